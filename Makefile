@@ -1,0 +1,40 @@
+# The two commands of the README: `make run` (the service on its embedded store, with the
+# simulator) and `make test`. Both create .venv and install the project when needed.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install test lint run demo simulate bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
+	VTW_TEST_REDIS_URL="$$($(BIN)/python .ci/ensure_redis.py)" \
+		$(BIN)/pytest -q --cov --cov-report=term $(PYTEST_ARGS)
+
+run: $(STAMP)
+	$(BIN)/vtwatch dev
+
+demo: $(STAMP)
+	$(BIN)/vtwatch demo
+
+simulate: $(STAMP)
+	$(BIN)/vtwatch simulate --port 5000
+
+bench: $(STAMP)
+	$(BIN)/python bench/polling.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage

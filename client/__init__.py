@@ -1,0 +1,28 @@
+"""Know when a video translation job on someone else's server finishes.
+
+from client import VideoTranslationClient
+final = await VideoTranslationClient("http://127.0.0.1:5000").get_status()
+"""
+
+import logging
+
+from .backoff import BackoffPolicy
+from .errors import ClientError, ConfigurationError
+from .polling import PollResult, StatusUpdate, VideoTranslationClient
+from .upstream import TERMINAL, Observation, Status, classify_response, parse_retry_after
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+__all__ = [
+    "TERMINAL",
+    "BackoffPolicy",
+    "ClientError",
+    "ConfigurationError",
+    "Observation",
+    "PollResult",
+    "Status",
+    "StatusUpdate",
+    "VideoTranslationClient",
+    "classify_response",
+    "parse_retry_after",
+]

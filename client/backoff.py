@@ -1,0 +1,110 @@
+"""The backoff policy: a pure function from (attempt, remaining time, hints, RNG) to a delay.
+
+Exponential growth from `initial_wait_time` by `backoff_factor`, capped at `max_interval`, then
+jittered (after the cap, so capped pollers do not fall into lockstep) by `±jitter` seconds plus
+`±jitter_ratio` of the delay. Deadline-aware (the Smithy waiter rule): when the next sleep would
+leave less than `initial_wait_time` before the deadline, sleep exactly to the deadline so the last
+poll happens there. Server hints (`Retry-After`, an ETA) replace the blind schedule within bounds.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+from .errors import ConfigurationError
+
+
+@dataclass(frozen=True, slots=True)
+class BackoffPolicy:
+    initial_wait_time: float = 1.0
+    backoff_factor: float = 2.0
+    jitter: float = 0.5
+    jitter_ratio: float = 0.0
+    max_interval: float = 10.0
+    # No sleep is shorter than this (nor than initial_wait_time): no hot loop, whatever the hints.
+    min_interval: float = 0.25
+    # Upper bound for a delay a server asks for (Retry-After, ETA).
+    max_hint_interval: float = 600.0
+    # While an ETA is far, aim this share early (ETAs err in proportion to what is left) ...
+    eta_margin: float = 0.12
+    # ... and aim right at it once that error is below this many seconds.
+    eta_tolerance: float = 0.5
+
+    def __post_init__(self) -> None:
+        checks = {
+            "initial_wait_time": self.initial_wait_time > 0,
+            "backoff_factor": self.backoff_factor >= 1,
+            "jitter": self.jitter >= 0,
+            "jitter_ratio": 0 <= self.jitter_ratio <= 1,
+            "max_interval": self.max_interval > 0,
+            "min_interval": self.min_interval > 0,
+            "max_hint_interval": self.max_hint_interval > 0,
+            "eta_margin": 0 <= self.eta_margin < 1,
+            "eta_tolerance": self.eta_tolerance >= 0,
+        }
+        for name, ok in checks.items():
+            value = getattr(self, name)
+            if not ok or not math.isfinite(value):
+                raise ConfigurationError(f"{name} is out of range: {value!r}")
+
+    @property
+    def floor(self) -> float:
+        """The shortest sleep this policy ever returns (except to land on the deadline)."""
+        return min(self.min_interval, self.initial_wait_time)
+
+    def base_delay(self, attempt: int) -> float:
+        """The un-jittered delay after poll number `attempt` (1-based), capped."""
+        try:
+            delay = self.initial_wait_time * self.backoff_factor ** max(0, attempt - 1)
+        except OverflowError:
+            delay = math.inf
+        return min(delay, self.max_interval)
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        """The jittered delay after poll number `attempt`."""
+        base = self.base_delay(attempt)
+        spread = self.jitter + self.jitter_ratio * base
+        jittered = base + rng.uniform(-spread, spread) if spread else base
+        return max(self.floor, jittered)
+
+    def hinted_delay(self, retry_after: float | None, eta_seconds: float | None) -> float | None:
+        """The delay a server's hints ask for, within bounds; None when it gave none."""
+        if retry_after is not None:
+            wanted = retry_after
+        elif eta_seconds is not None:
+            early = eta_seconds * self.eta_margin
+            wanted = eta_seconds if early <= self.eta_tolerance else eta_seconds - early
+        else:
+            return None
+        return min(self.max_hint_interval, max(self.floor, wanted))
+
+    def next_delay(
+        self,
+        attempt: int,
+        remaining: float,
+        rng: random.Random,
+        *,
+        retry_after: float | None = None,
+        eta_seconds: float | None = None,
+        last_attempt: bool = False,
+    ) -> float:
+        """Seconds to sleep after poll number `attempt` with `remaining` seconds to the deadline.
+
+        `last_attempt` says only one poll is left (max_attempts): it is kept for the deadline, so
+        a job that ends in time is never reported as a timeout.
+        """
+        if remaining <= 0:
+            return 0.0
+        if last_attempt:
+            return remaining
+        hinted = self.hinted_delay(retry_after, eta_seconds)
+        delay = self.delay(attempt, rng) if hinted is None else hinted
+        return self.clamp_to_deadline(delay, remaining)
+
+    def clamp_to_deadline(self, delay: float, remaining: float) -> float:
+        """Sleep to the deadline when the delay would pass it or leave a uselessly short gap."""
+        if remaining - delay <= self.initial_wait_time:
+            return max(0.0, remaining)
+        return delay

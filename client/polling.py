@@ -1,0 +1,226 @@
+"""`VideoTranslationClient`: poll one upstream until its job ends, within a deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+
+from .backoff import BackoffPolicy
+from .errors import ConfigurationError
+from .upstream import Observation, Status, fetch_status
+
+logger = logging.getLogger(__name__)
+
+# A sleep may end a hair before the deadline; that is the deadline, not a reason to poll again.
+_CLOCK_SLACK = 1e-3
+
+
+class StatusUpdate(str):
+    """What `on_update` receives after every poll: the status string, with details attached.
+
+    It *is* the status (`update == "pending"`), so callbacks written for plain strings keep
+    working; `attempt`, `elapsed`, `progress`, `eta_seconds`, `error` (a transient failure,
+    in which case the status is the last one known) and `next_poll_in` tell more.
+    """
+
+    attempt: int
+    elapsed: float
+    progress: float | None
+    eta_seconds: float | None
+    error: str | None
+    next_poll_in: float | None
+
+    def __new__(
+        cls,
+        status: str,
+        *,
+        attempt: int,
+        elapsed: float,
+        progress: float | None = None,
+        eta_seconds: float | None = None,
+        error: str | None = None,
+        next_poll_in: float | None = None,
+    ) -> StatusUpdate:
+        update = super().__new__(cls, status)
+        update.attempt = attempt
+        update.elapsed = elapsed
+        update.progress = progress
+        update.eta_seconds = eta_seconds
+        update.error = error
+        update.next_poll_in = next_poll_in
+        return update
+
+    @property
+    def status(self) -> Status:
+        return Status(str(self))
+
+
+OnUpdate = Callable[[StatusUpdate], Awaitable[Any] | Any]
+
+
+@dataclass(slots=True)
+class PollResult:
+    """The whole story of one `poll()`: final status, attempts, elapsed seconds, updates."""
+
+    status: Status
+    attempts: int
+    elapsed: float
+    last_error: str | None = None
+    updates: list[StatusUpdate] = field(default_factory=list)
+
+
+class VideoTranslationClient:
+    """Polls `GET {base_url}/status` with capped exponential backoff and jitter.
+
+    `get_status()` returns `'completed'`, `'error'` or `'timeout'` (a `Status`, equal to those
+    strings). Elapsed time is measured on a monotonic clock including request time; the last
+    poll happens at the deadline; the total never exceeds `max_wait_time` + `request_timeout`.
+    Use it with or without `async with`; an injected `session` is never closed by the client.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        max_attempts: int | None = 10,
+        max_wait_time: float = 60,
+        initial_wait_time: float = 1.0,
+        backoff_factor: float = 2.0,
+        jitter: float = 0.5,
+        *,
+        max_interval: float = 10.0,
+        jitter_ratio: float = 0.0,
+        request_timeout: float = 10.0,
+        status_path: str = "/status",
+        headers: dict[str, str] | None = None,
+        session: aiohttp.ClientSession | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        if max_attempts is not None and max_attempts < 1:
+            raise ConfigurationError(f"max_attempts must be at least 1, got {max_attempts!r}")
+        if not max_wait_time > 0:
+            raise ConfigurationError(f"max_wait_time must be positive, got {max_wait_time!r}")
+        if not request_timeout > 0:
+            raise ConfigurationError(f"request_timeout must be positive, got {request_timeout!r}")
+        self.base_url = base_url
+        self.status_url = base_url.rstrip("/") + status_path
+        self.max_attempts = max_attempts
+        self.max_wait_time = float(max_wait_time)
+        self.request_timeout = float(request_timeout)
+        self.policy = BackoffPolicy(
+            initial_wait_time=initial_wait_time,
+            backoff_factor=backoff_factor,
+            jitter=jitter,
+            jitter_ratio=jitter_ratio,
+            max_interval=max_interval,
+        )
+        self.headers = headers
+        self._session = session
+        self._owned_session: aiohttp.ClientSession | None = None
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng if rng is not None else random.Random()
+
+    async def __aenter__(self) -> VideoTranslationClient:
+        if self._session is None and self._owned_session is None:
+            self._owned_session = aiohttp.ClientSession()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the session the client opened itself (an injected one is left alone)."""
+        if self._owned_session is not None:
+            await self._owned_session.close()
+            self._owned_session = None
+
+    async def get_status(self, on_update: OnUpdate | None = None) -> Status:
+        """Poll until the job ends or the deadline passes: 'completed', 'error' or 'timeout'."""
+        return (await self.poll(on_update)).status
+
+    async def check(self) -> Observation:
+        """One request, no waiting: what the upstream says right now."""
+        session = self._session or self._owned_session
+        if session is not None:
+            return await fetch_status(session, self.status_url, self.request_timeout, self.headers)
+        async with aiohttp.ClientSession() as temporary:
+            return await fetch_status(
+                temporary, self.status_url, self.request_timeout, self.headers
+            )
+
+    async def poll(self, on_update: OnUpdate | None = None) -> PollResult:
+        """Like `get_status`, returning the attempts, elapsed time, last error and updates."""
+        session = self._session or self._owned_session
+        if session is not None:
+            return await self._poll(session, on_update)
+        async with aiohttp.ClientSession() as temporary:
+            return await self._poll(temporary, on_update)
+
+    async def _poll(self, session: aiohttp.ClientSession, on_update: OnUpdate | None) -> PollResult:
+        start = self._clock()
+        deadline = start + self.max_wait_time
+        result = PollResult(Status.TIMEOUT, attempts=0, elapsed=0.0)
+        known = Status.PENDING
+        while True:
+            result.attempts += 1
+            seen = await fetch_status(session, self.status_url, self.request_timeout, self.headers)
+            now = self._clock()
+            result.elapsed = now - start
+            if seen.error:
+                result.last_error = seen.error
+                logger.debug(
+                    "poll %d of %s failed: %s", result.attempts, self.status_url, seen.error
+                )
+            known = seen.status or known
+            next_poll_in = None
+            if not seen.terminal:
+                next_poll_in = self._next_delay(result.attempts, deadline - now, seen)
+            update = StatusUpdate(
+                known,
+                attempt=result.attempts,
+                elapsed=result.elapsed,
+                progress=seen.progress,
+                eta_seconds=seen.eta_seconds,
+                error=seen.error,
+                next_poll_in=next_poll_in,
+            )
+            result.updates.append(update)
+            if on_update is not None:
+                outcome = on_update(update)
+                if inspect.isawaitable(outcome):
+                    await outcome
+            if next_poll_in is None:
+                result.status = seen.status if seen.terminal and seen.status else Status.TIMEOUT
+                return result
+            await self._sleep(next_poll_in)
+
+    def _next_delay(self, attempt: int, remaining: float, seen: Observation) -> float | None:
+        """Seconds until the next poll, or None when the time or the attempts are used up."""
+        if remaining <= _CLOCK_SLACK or (
+            self.max_attempts is not None and attempt >= self.max_attempts
+        ):
+            return None
+        return self.policy.next_delay(
+            attempt,
+            remaining,
+            self._rng,
+            retry_after=seen.retry_after,
+            eta_seconds=seen.eta_seconds,
+            last_attempt=self.max_attempts is not None and attempt == self.max_attempts - 1,
+        )

@@ -1,0 +1,157 @@
+"""The upstream protocol, in one place: status values, hints and failure classification.
+
+`GET <status_url>` answers `200 {"result": "pending" | "completed" | "error", ...}`, optionally
+with a `Retry-After` header and body hints `progress` (0-100) and `eta_seconds`.
+
+* transient (retry with backoff): connection errors, timeouts, 408, 425, 429, 5xx, a body that
+  is not the expected JSON, a body over 64 KiB;
+* terminal `error`: 404, 410 and any other 4xx (with a reason);
+* otherwise the reported status.
+
+Both `VideoTranslationClient` and the service's workers poll through `fetch_status`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import math
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import aiohttp
+
+MAX_BODY_BYTES = 64 * 1024
+TRANSIENT_HTTP = frozenset({408, 425, 429})
+
+
+class Status(StrEnum):
+    """What a poll can end with. Compares equal to the plain strings."""
+
+    PENDING = "pending"
+    COMPLETED = "completed"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+
+
+UPSTREAM_STATUSES = frozenset({Status.PENDING, Status.COMPLETED, Status.ERROR})
+TERMINAL = frozenset({Status.COMPLETED, Status.ERROR, Status.TIMEOUT})
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """The outcome of one request to an upstream.
+
+    `status` is None when the request failed transiently (the job's state is unknown);
+    `error` says why. `retry_after`, `progress` and `eta_seconds` are the server's hints.
+    """
+
+    status: Status | None
+    http_status: int | None = None
+    error: str | None = None
+    progress: float | None = None
+    eta_seconds: float | None = None
+    retry_after: float | None = None
+
+    @property
+    def transient(self) -> bool:
+        return self.status is None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a `Retry-After` value (delta-seconds or an HTTP date), else None."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def _number(body: dict[str, Any], key: str, low: float, high: float) -> float | None:
+    value = body.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    if not math.isfinite(number):
+        return None
+    return min(high, max(low, number))
+
+
+def classify_response(
+    http_status: int, body: bytes, retry_after_header: str | None = None, now: float | None = None
+) -> Observation:
+    """Turn one HTTP response into an Observation (see the module docstring for the rules)."""
+    retry_after = parse_retry_after(retry_after_header, now)
+    if http_status in TRANSIENT_HTTP or http_status >= 500:
+        return Observation(None, http_status, f"HTTP {http_status}", retry_after=retry_after)
+    if 400 <= http_status < 500:
+        reason = "job not found" if http_status in (404, 410) else "request refused"
+        return Observation(Status.ERROR, http_status, f"HTTP {http_status}: {reason}")
+    if http_status != 200:
+        return Observation(None, http_status, f"unexpected HTTP {http_status}")
+    if len(body) > MAX_BODY_BYTES:
+        return Observation(None, http_status, "response body over 64 KiB")
+    try:
+        parsed = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return Observation(None, http_status, "response body is not JSON")
+    result = parsed.get("result") if isinstance(parsed, dict) else None
+    if result not in UPSTREAM_STATUSES:
+        return Observation(None, http_status, f"unexpected result: {str(result)[:64]!r}")
+    return Observation(
+        Status(result),
+        http_status,
+        progress=_number(parsed, "progress", 0.0, 100.0),
+        eta_seconds=_number(parsed, "eta_seconds", 0.0, math.inf),
+        retry_after=retry_after,
+    )
+
+
+def describe_exception(exc: BaseException) -> str:
+    """A short, secret-free description of a failed request."""
+    if isinstance(exc, asyncio.TimeoutError):
+        return "request timed out"
+    text = str(exc).splitlines()[0][:200] if str(exc) else ""
+    name = type(exc).__name__
+    return f"{name}: {text}" if text else name
+
+
+async def fetch_status(
+    session: aiohttp.ClientSession,
+    url: str,
+    timeout: float,
+    headers: dict[str, str] | None = None,
+) -> Observation:
+    """One `GET url` with a total timeout and a capped body read; never raises for I/O."""
+    try:
+        async with session.get(
+            url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
+        ) as response:
+            body = bytearray()
+            async for chunk in response.content.iter_chunked(16 * 1024):
+                body += chunk
+                if len(body) > MAX_BODY_BYTES:
+                    break
+            return classify_response(
+                response.status, bytes(body), response.headers.get("Retry-After")
+            )
+    except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+        return Observation(None, None, describe_exception(exc))

@@ -1,0 +1,1 @@
+"""The watch service's core: settings, models, the Redis store, the HTTP API."""

@@ -1,0 +1,62 @@
+"""Test doubles shared by the client tests: a virtual clock and a scripted upstream."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+
+class VirtualClock:
+    """A monotonic clock that only moves when something sleeps or a request takes time."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        assert seconds >= 0, seconds
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+Reply = tuple[int, object, dict[str, str]]
+
+
+@dataclass
+class ScriptedUpstream:
+    """An upstream whose answer is a function of virtual time; each request costs `request_time`."""
+
+    clock: VirtualClock
+    answer: Callable[[float], Reply]
+    request_time: float = 0.0
+    request_times: list[float] = field(default_factory=list)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.clock.now += self.request_time
+        self.request_times.append(self.clock.now)
+        status, body, headers = self.answer(self.clock.now)
+        text = body if isinstance(body, str) else json.dumps(body)
+        return web.Response(
+            status=status, text=text, headers=headers, content_type="application/json"
+        )
+
+    async def start(self) -> TestServer:
+        app = web.Application()
+        app.router.add_get("/status", self.handle)
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        return server
+
+
+def job_ending_at(end: float, outcome: str = "completed") -> Callable[[float], Reply]:
+    def answer(now: float) -> Reply:
+        return 200, {"result": outcome if now >= end else "pending"}, {}
+
+    return answer

@@ -1,0 +1,1 @@
+"""The background processes: scheduler, poller, webhook dispatcher, and the `vtwatch` CLI."""
