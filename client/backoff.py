@@ -14,6 +14,10 @@ import random
 from dataclasses import dataclass
 
 from .errors import ConfigurationError
+from .upstream import Observation
+
+# A sleep may end a hair before the deadline; that is the deadline, not a reason to poll again.
+CLOCK_SLACK = 1e-3
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,3 +112,30 @@ class BackoffPolicy:
         if remaining - delay <= self.initial_wait_time:
             return max(0.0, remaining)
         return delay
+
+
+def next_poll_delay(
+    policy: BackoffPolicy,
+    seen: Observation,
+    attempt: int,
+    remaining: float,
+    max_attempts: int | None,
+    rng: random.Random,
+) -> float | None:
+    """After poll number `attempt` saw `seen`: seconds until the next poll, or None to stop.
+
+    None means the job ended (`seen` is terminal) or the time or the attempts are used up
+    (a timeout). The one rule both the client and the service's workers follow.
+    """
+    if seen.terminal or remaining <= CLOCK_SLACK:
+        return None
+    if max_attempts is not None and attempt >= max_attempts:
+        return None
+    return policy.next_delay(
+        attempt,
+        remaining,
+        rng,
+        retry_after=seen.retry_after,
+        eta_seconds=seen.eta_seconds,
+        last_attempt=max_attempts is not None and attempt == max_attempts - 1,
+    )

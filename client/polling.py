@@ -14,14 +14,11 @@ from typing import Any
 
 import aiohttp
 
-from .backoff import BackoffPolicy
+from .backoff import BackoffPolicy, next_poll_delay
 from .errors import ConfigurationError
 from .upstream import Observation, Status, fetch_status
 
 logger = logging.getLogger(__name__)
-
-# A sleep may end a hair before the deadline; that is the deadline, not a reason to poll again.
-_CLOCK_SLACK = 1e-3
 
 
 class StatusUpdate(str):
@@ -188,9 +185,9 @@ class VideoTranslationClient:
                     "poll %d of %s failed: %s", result.attempts, self.status_url, seen.error
                 )
             known = seen.status or known
-            next_poll_in = None
-            if not seen.terminal:
-                next_poll_in = self._next_delay(result.attempts, deadline - now, seen)
+            next_poll_in = next_poll_delay(
+                self.policy, seen, result.attempts, deadline - now, self.max_attempts, self._rng
+            )
             update = StatusUpdate(
                 known,
                 attempt=result.attempts,
@@ -209,18 +206,3 @@ class VideoTranslationClient:
                 result.status = seen.status if seen.terminal and seen.status else Status.TIMEOUT
                 return result
             await self._sleep(next_poll_in)
-
-    def _next_delay(self, attempt: int, remaining: float, seen: Observation) -> float | None:
-        """Seconds until the next poll, or None when the time or the attempts are used up."""
-        if remaining <= _CLOCK_SLACK or (
-            self.max_attempts is not None and attempt >= self.max_attempts
-        ):
-            return None
-        return self.policy.next_delay(
-            attempt,
-            remaining,
-            self._rng,
-            retry_after=seen.retry_after,
-            eta_seconds=seen.eta_seconds,
-            last_attempt=self.max_attempts is not None and attempt == self.max_attempts - 1,
-        )
