@@ -1,0 +1,378 @@
+"""A fake video-translation server (the upstream) for demos, tests and benchmarks.
+
+`GET /status` serves one default job; `POST /jobs` creates more, each polled at
+`/jobs/{id}/status`. Faults (latency, hangs, 429, 503, malformed bodies) and hints are
+drawn per request from one seeded RNG; `/jobs/{id}` and `/stats` expose counters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import math
+import random
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from aiohttp import web
+
+OUTCOMES = ("completed", "error", "random")
+RATES = frozenset({"error_rate", "fail_rate", "rate_limit_rate", "malformed_rate", "hang_rate"})
+OVERRIDES = ("latency", "retry_after", "hints", "eta_error", *sorted(RATES - {"error_rate"}))
+DEFAULT_JOB = "default"
+MALFORMED_BODY = b'{"result": "pend'
+JSON = "application/json"
+BODIES = {r: json.dumps({"result": r}).encode() for r in ("pending", "completed", "error")}
+
+
+@dataclass
+class SimulatorConfig:
+    """How the simulator behaves; fault and hint fields are the defaults of every job."""
+
+    delay: float | None = None
+    outcome: str = "completed"
+    error_rate: float = 0.2
+    seed: int | None = None
+    latency: float = 0.0
+    fail_rate: float = 0.0
+    rate_limit_rate: float = 0.0
+    retry_after: float = 1.0
+    malformed_rate: float = 0.0
+    hang_rate: float = 0.0
+    hang_seconds: float = 30.0
+    hints: bool = False
+    eta_error: float = 0.0
+    hint_retry_after: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.outcome not in OUTCOMES:
+            raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "seed" or value is None or isinstance(value, bool | str):
+                continue
+            high = 1.0 if f.name in RATES else math.inf
+            if not (math.isfinite(value) and 0.0 <= value <= high):
+                raise ValueError(f"{f.name} must be a number in [0, {high}]")
+
+
+@dataclass(slots=True)
+class Job:
+    """One simulated job and the counters of the requests made for it."""
+
+    id: str
+    duration: float
+    outcome: str
+    created_at: float
+    config: SimulatorConfig
+    requests: int = 0
+    in_flight: int = 0
+    max_concurrent: int = 0
+    first_request_at: float | None = None
+    completed_noticed_at: float | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ends_at(self) -> float:
+        return self.created_at + self.duration
+
+    def result(self, now: float) -> str:
+        return self.outcome if now >= self.ends_at else "pending"
+
+    def details(self, now: float) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "config"}
+        return data | {"result": self.result(now), "ends_at": self.ends_at, "now": now}
+
+
+class BadRequest(Exception):
+    """A request body that cannot be accepted; the message names the field."""
+
+
+def _number(value: object, name: str, high: float = math.inf) -> float:
+    number = value if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+    if math.isfinite(number) and 0.0 <= number <= high:
+        return float(number)
+    raise BadRequest(f"{name}: must be a number in [0, {high:g}]")
+
+
+def _parse_job(body: object, where: str = "") -> tuple[float, str, dict[str, Any]]:
+    """Validate one job spec: (duration, outcome, overrides)."""
+    if not isinstance(body, dict):
+        raise BadRequest(f"{where.rstrip('.') or 'body'}: must be a JSON object")
+    unknown = sorted(set(body) - {"duration", "outcome", *OVERRIDES})
+    if unknown:
+        raise BadRequest(f"{where}{unknown[0]}: unknown field")
+    if "duration" not in body:
+        raise BadRequest(f"{where}duration: required")
+    duration = _number(body["duration"], f"{where}duration")
+    outcome = body.get("outcome", "completed")
+    if outcome not in ("completed", "error"):
+        raise BadRequest(f"{where}outcome: must be 'completed' or 'error'")
+    overrides: dict[str, Any] = {}
+    for key in (k for k in OVERRIDES if k in body):
+        if key == "hints" and not isinstance(body[key], bool):
+            raise BadRequest(f"{where}hints: must be true or false")
+        high = 1.0 if key in RATES else math.inf
+        overrides[key] = body[key] if key == "hints" else _number(body[key], where + key, high)
+    return duration, outcome, overrides
+
+
+class Simulator:
+    """The state behind the app: jobs, counters, the RNG and the clock."""
+
+    def __init__(self, config: SimulatorConfig, clock: Callable[[], float]) -> None:
+        self.config = config
+        self.clock = clock
+        self.rng = random.Random(config.seed)
+        self.ids = itertools.count(1)
+        delay = config.delay if config.delay is not None else self.rng.uniform(5.0, 15.0)
+        outcome = config.outcome
+        if outcome == "random":
+            outcome = "error" if self.rng.random() < config.error_rate else "completed"
+        self.default_delay, self.default_outcome = delay, outcome
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all jobs and counters; the default job starts again now."""
+        self.requests = self.in_flight = self.max_in_flight = self.max_concurrent = 0
+        self.by_status: dict[int, int] = {}
+        job = Job(DEFAULT_JOB, self.default_delay, self.default_outcome, self.clock(), self.config)
+        self.jobs: dict[str, Job] = {DEFAULT_JOB: job}
+
+    def create(self, duration: float, outcome: str, overrides: dict[str, Any]) -> Job:
+        job_id = f"j{next(self.ids)}"
+        config = replace(self.config, **overrides) if overrides else self.config
+        job = Job(job_id, duration, outcome, self.clock(), config, overrides=overrides)
+        self.jobs[job_id] = job
+        return job
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "by_status": {str(code): n for code, n in sorted(self.by_status.items())},
+            "jobs": len(self.jobs) - 1,
+            "in_flight": self.in_flight,
+            "max_in_flight": self.max_in_flight,
+            "max_concurrent": self.max_concurrent,
+        }
+
+    def count(self, code: int) -> None:
+        self.by_status[code] = self.by_status.get(code, 0) + 1
+
+    async def poll(self, job: Job) -> web.Response:
+        """Answer one status request for `job`, counting it and applying faults."""
+        self.requests += 1
+        job.requests += 1
+        if job.first_request_at is None:
+            job.first_request_at = self.clock()
+        job.in_flight += 1
+        self.in_flight += 1
+        job.max_concurrent = max(job.max_concurrent, job.in_flight)
+        self.max_concurrent = max(self.max_concurrent, job.max_concurrent)
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            response = await self._answer(job)
+        finally:
+            job.in_flight -= 1
+            self.in_flight -= 1
+        self.count(response.status)
+        return response
+
+    async def _answer(self, job: Job) -> web.Response:
+        cfg, rng = job.config, self.rng
+        if cfg.hang_rate and rng.random() < cfg.hang_rate:
+            await asyncio.sleep(cfg.hang_seconds)
+        if cfg.latency:
+            await asyncio.sleep(cfg.latency)
+        if cfg.rate_limit_rate and rng.random() < cfg.rate_limit_rate:
+            headers = {"Retry-After": f"{cfg.retry_after:g}"}
+            return web.json_response({"detail": "rate limited"}, status=429, headers=headers)
+        if cfg.fail_rate and rng.random() < cfg.fail_rate:
+            return web.json_response({"detail": "service unavailable"}, status=503)
+        if cfg.malformed_rate and rng.random() < cfg.malformed_rate:
+            return web.Response(body=MALFORMED_BODY, content_type=JSON)
+        now = self.clock()
+        result = job.result(now)
+        if result != "pending":
+            if job.completed_noticed_at is None:
+                job.completed_noticed_at = now
+            return web.Response(body=BODIES[result], content_type=JSON)
+        headers = {}
+        if cfg.hint_retry_after is not None:
+            headers["Retry-After"] = f"{cfg.hint_retry_after:g}"
+        if not cfg.hints:
+            return web.Response(body=BODIES[result], content_type=JSON, headers=headers)
+        remaining = job.ends_at - now
+        progress = 100.0 * (1.0 - remaining / job.duration) if job.duration else 100.0
+        eta = remaining * (1.0 + rng.uniform(-cfg.eta_error, cfg.eta_error))
+        body = {"result": result, "progress": round(min(100.0, max(0.0, progress)), 2)}
+        body["eta_seconds"] = round(max(0.0, eta), 3)
+        return web.json_response(body, headers=headers)
+
+
+SIMULATOR = web.AppKey("simulator", Simulator)
+
+
+async def _default_status(request: web.Request) -> web.Response:
+    sim = request.app[SIMULATOR]
+    return await sim.poll(sim.jobs[DEFAULT_JOB])
+
+
+async def _job_status(request: web.Request) -> web.Response:
+    sim = request.app[SIMULATOR]
+    job = sim.jobs.get(request.match_info["id"])
+    if job is None:
+        sim.requests += 1
+        sim.count(404)
+        return web.json_response({"detail": "job not found"}, status=404)
+    return await sim.poll(job)
+
+
+async def _job_details(request: web.Request) -> web.Response:
+    sim = request.app[SIMULATOR]
+    job = sim.jobs.get(request.match_info["id"])
+    if job is None:
+        return web.json_response({"detail": "job not found"}, status=404)
+    return web.json_response(job.details(sim.clock()))
+
+
+async def _create_jobs(request: web.Request) -> web.Response:
+    sim = request.app[SIMULATOR]
+    try:
+        try:
+            body = await request.json()
+        except ValueError:
+            raise BadRequest("body: not valid JSON") from None
+        batch = isinstance(body, dict) and "jobs" in body
+        if batch and (len(body) != 1 or not isinstance(body["jobs"], list)):
+            raise BadRequest("jobs: must be the only field and a list of job objects")
+        specs = body["jobs"] if batch else [body]
+        parsed = [_parse_job(s, f"jobs[{i}]." if batch else "") for i, s in enumerate(specs)]
+    except BadRequest as exc:
+        return web.json_response({"detail": str(exc)}, status=400)
+    base = f"{request.scheme}://{request.host}/jobs/"
+    created = []
+    for duration, outcome, overrides in parsed:
+        job = sim.create(duration, outcome, overrides)
+        url = f"{base}{job.id}/status"
+        created.append({"id": job.id, "status_url": url, "duration": duration, "outcome": outcome})
+    return web.json_response({"jobs": created} if batch else created[0], status=201)
+
+
+async def _stats(request: web.Request) -> web.Response:
+    return web.json_response(request.app[SIMULATOR].stats())
+
+
+async def _reset(request: web.Request) -> web.Response:
+    request.app[SIMULATOR].reset()
+    return web.json_response({"reset": True})
+
+
+def create_app(
+    config: SimulatorConfig, clock: Callable[[], float] = time.monotonic
+) -> web.Application:
+    """The simulator as an aiohttp application; `clock` is injectable for tests."""
+    app = web.Application()
+    app[SIMULATOR] = Simulator(config, clock)
+    app.router.add_get("/status", _default_status)
+    app.router.add_post("/jobs", _create_jobs)
+    app.router.add_get("/jobs/{id}/status", _job_status)
+    app.router.add_get("/jobs/{id}", _job_details)
+    app.router.add_get("/stats", _stats)
+    app.router.add_post("/reset", _reset)
+    return app
+
+
+def _bounded(high: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not (math.isfinite(value) and 0.0 <= value <= high):
+            raise argparse.ArgumentTypeError(f"must be between 0 and {high:g}: {text!r}")
+        return value
+
+    return parse
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"not a TCP port: {text!r}")
+    return int(text)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add `--host`, `--port` and one flag per `SimulatorConfig` field."""
+    d = SimulatorConfig()
+    rate, seconds = _bounded(1.0), _bounded(math.inf)
+    add = parser.add_argument
+    add("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    add("--port", type=_port, default=5000, help="port to listen on (default %(default)s)")
+    add("--delay", type=seconds, default=d.delay, help="seconds until /status ends (default 5-15)")
+    add("--outcome", choices=OUTCOMES, default=d.outcome, help="how /status ends")
+    add("--error-rate", type=rate, default=d.error_rate, help="share of error for random outcome")
+    add("--seed", type=int, default=d.seed, help="seed of the RNG, for reproducible runs")
+    add("--latency", type=seconds, default=d.latency, help="seconds added to every response")
+    add("--fail-rate", type=rate, default=d.fail_rate, help="share of 503 responses")
+    add("--rate-limit-rate", type=rate, default=d.rate_limit_rate, help="share of 429 responses")
+    add("--retry-after", type=seconds, default=d.retry_after, help="Retry-After of 429 responses")
+    add("--malformed-rate", type=rate, default=d.malformed_rate, help="share of non-JSON bodies")
+    add("--hang-rate", type=rate, default=d.hang_rate, help="share of requests that hang")
+    add("--hang-seconds", type=seconds, default=d.hang_seconds, help="how long a hang lasts")
+    add("--hints", action="store_true", help="add progress and eta_seconds to pending answers")
+    add("--eta-error", type=seconds, default=d.eta_error, help="relative error of eta_seconds")
+    add("--hint-retry-after", type=seconds, default=None, help="Retry-After of pending answers")
+
+
+def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
+    """Build the config from arguments parsed with `add_arguments`."""
+    return SimulatorConfig(**{f.name: getattr(args, f.name) for f in fields(SimulatorConfig)})
+
+
+async def _serve(config: SimulatorConfig, host: str, port: int) -> None:
+    app = create_app(config)
+    sim = app[SIMULATOR]
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        print(
+            f"simulator listening on http://{host}:{port} - GET /status: {sim.default_outcome}"
+            f" after {sim.default_delay:.1f} s; POST /jobs for more",
+            flush=True,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def run(config: SimulatorConfig, host: str, port: int) -> None:
+    """Serve until Ctrl-C or SIGTERM."""
+    try:
+        asyncio.run(_serve(config, host, port))
+    except OSError as exc:
+        raise SystemExit(f"simulator: cannot listen on {host}:{port}: {exc}") from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m client.simulator [options]`."""
+    parser = argparse.ArgumentParser(
+        prog="simulator", description="A fake video-translation server."
+    )
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    run(config_from_args(args), args.host, args.port)
+
+
+if __name__ == "__main__":
+    main()
