@@ -1,0 +1,89 @@
+"""The FastAPI application: lifespan resources, error mapping, health endpoints."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI, Request, Response, status
+from fastapi.responses import JSONResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from . import routes
+from .connection import connect
+from .deps import StoreDep
+from .errors import IdempotencyConflict, ServiceError, WatchConflict, WatchNotFound
+from .models import Health
+from .settings import Settings
+from .store import Store
+
+logger = logging.getLogger(__name__)
+UNAVAILABLE = "storage unavailable: Redis cannot be reached; retry later"
+
+
+def create_app(settings: Settings | None = None, redis: aioredis.Redis | None = None) -> FastAPI:
+    """The API. `redis` is injected by `vtwatch dev` (shared with its worker) and by tests."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = redis if redis is not None else connect(settings)
+        app.state.settings = settings
+        app.state.store = Store(
+            client,
+            retention_seconds=settings.retention_seconds,
+            idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
+            namespace=settings.namespace,
+        )
+        try:
+            yield
+        finally:
+            if redis is None:
+                await client.aclose()
+
+    app = FastAPI(
+        title="vtwatch",
+        version="1",
+        summary="Register translation jobs to watch; get told when they end.",
+        lifespan=lifespan,
+    )
+    app.include_router(routes.router)
+    _add_error_handlers(app)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> Health:
+        """Liveness: the process answers."""
+        return Health(status="ok")
+
+    @app.get("/readyz", tags=["health"], responses={503: {"model": Health}})
+    async def readyz(store: StoreDep, response: Response) -> Health:
+        """Readiness: Redis answers."""
+        try:
+            await store.ping()
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+            return Health(status="unavailable")
+        return Health(status="ok")
+
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    codes = {WatchNotFound: 404, WatchConflict: 409, IdempotencyConflict: 409}
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=codes.get(type(exc), 400))
+
+    @app.exception_handler(RedisConnectionError)
+    @app.exception_handler(RedisTimeoutError)
+    async def unavailable(request: Request, exc: Exception) -> JSONResponse:
+        logger.warning("Redis unavailable during %s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse(
+            {"detail": UNAVAILABLE},
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": "1"},
+        )

@@ -1,0 +1,78 @@
+"""Every Redis key name of the service, in one place.
+
+All keys share the hash tag `{namespace}`, so every script's keys live in one Redis Cluster slot.
+
+    vtw:{ns}:schedule              ZSET  watch id -> due time (ms), or lease expiry while claimed;
+                                         the lease expiry doubles as the fencing token
+    vtw:{ns}:expiry                ZSET  terminal watch id -> when retention ends (ms)
+    vtw:{ns}:outbox                ZSET  watch id -> when its webhook is due (ms)
+    vtw:{ns}:w:<id>                STRING the watch document (JSON)
+    vtw:{ns}:d:<id>                LIST  webhook delivery attempts (JSON), newest last
+    vtw:{ns}:t:<tenant>:idx        ZSET  the tenant's watch ids (lexicographic, ids sort by time)
+    vtw:{ns}:t:<tenant>:idx:<st>   ZSET  the same, per state
+    vtw:{ns}:t:<tenant>:counts     HASH  state -> count, and wh:<state> -> count
+    vtw:{ns}:t:<tenant>:secret     HASH  webhook signing secrets
+    vtw:{ns}:idem:<tenant>:<hash>  STRING idempotency key -> "<id> <body fingerprint>"
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+
+NAMESPACE_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    namespace: str = "vtw"
+    prefix: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not NAMESPACE_PATTERN.match(self.namespace):
+            raise ValueError(f"namespace {self.namespace!r} must match {NAMESPACE_PATTERN.pattern}")
+        object.__setattr__(self, "prefix", f"vtw:{{{self.namespace}}}:")
+
+    @property
+    def schedule(self) -> str:
+        return self.prefix + "schedule"
+
+    @property
+    def expiry(self) -> str:
+        return self.prefix + "expiry"
+
+    @property
+    def outbox(self) -> str:
+        return self.prefix + "outbox"
+
+    @property
+    def watch_prefix(self) -> str:
+        return self.prefix + "w:"
+
+    def watch(self, watch_id: str) -> str:
+        return self.watch_prefix + watch_id
+
+    @property
+    def deliveries_prefix(self) -> str:
+        return self.prefix + "d:"
+
+    def deliveries(self, watch_id: str) -> str:
+        return self.deliveries_prefix + watch_id
+
+    def tenant_prefix(self, tenant: str) -> str:
+        return f"{self.prefix}t:{tenant}:"
+
+    def index(self, tenant: str, state: str | None = None) -> str:
+        base = self.tenant_prefix(tenant) + "idx"
+        return base if state is None else f"{base}:{state}"
+
+    def counts(self, tenant: str) -> str:
+        return self.tenant_prefix(tenant) + "counts"
+
+    def secret(self, tenant: str) -> str:
+        return self.tenant_prefix(tenant) + "secret"
+
+    def idempotency(self, tenant: str, key: str) -> str:
+        digest = hashlib.sha256(key.encode()).hexdigest()[:32]
+        return f"{self.prefix}idem:{tenant}:{digest}"

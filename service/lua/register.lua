@@ -1,0 +1,34 @@
+-- Register a watch, or answer an earlier registration with the same idempotency key.
+-- KEYS: doc, schedule, index, index:pending, counts[, idempotency]
+-- ARGV: id, doc JSON (without times), max_wait_ms, body fingerprint, idempotency TTL s, watch key prefix
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if KEYS[6] then
+  local earlier = redis.call('GET', KEYS[6])
+  if earlier then
+    local sep = string.find(earlier, ' ', 1, true)
+    local earlier_id = string.sub(earlier, 1, sep - 1)
+    if string.sub(earlier, sep + 1) ~= ARGV[4] then
+      return {'conflict', earlier_id}
+    end
+    local earlier_doc = redis.call('GET', ARGV[6] .. earlier_id)
+    if earlier_doc then
+      return {'existing', earlier_doc}
+    end
+  end
+end
+local doc = cjson.decode(ARGV[2])
+doc.created_at = now
+doc.updated_at = now
+doc.next_poll_at = now
+doc.deadline = now + tonumber(ARGV[3])
+local encoded = cjson.encode(doc)
+redis.call('SET', KEYS[1], encoded)
+redis.call('ZADD', KEYS[2], now, ARGV[1])
+redis.call('ZADD', KEYS[3], 0, ARGV[1])
+redis.call('ZADD', KEYS[4], 0, ARGV[1])
+redis.call('HINCRBY', KEYS[5], 'pending', 1)
+if KEYS[6] then
+  redis.call('SET', KEYS[6], ARGV[1] .. ' ' .. ARGV[4], 'EX', ARGV[5])
+end
+return {'created', encoded}

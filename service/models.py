@@ -1,0 +1,130 @@
+"""The HTTP API's request and response bodies (what `/docs` shows), and Watch rendering."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, UrlConstraints, field_validator
+
+from .domain import WatchState, WebhookState
+
+MAX_METADATA_BYTES = 4096
+HttpUrl = Annotated[AnyHttpUrl, UrlConstraints(max_length=2048, allowed_schemes=["http", "https"])]
+
+
+class Policy(BaseModel):
+    """How the workers poll the upstream: the client library's backoff, with a deadline."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    initial_wait_time: float = Field(1.0, ge=0.05, le=3600, description="first delay, seconds")
+    backoff_factor: float = Field(2.0, ge=1, le=10, description="growth of each delay")
+    jitter: float = Field(0.5, ge=0, le=60, description="± seconds of random jitter")
+    max_interval: float = Field(60.0, ge=0.05, le=86400, description="cap of one delay, seconds")
+    max_wait_time: float = Field(
+        3600.0, ge=0.1, le=30 * 86400, description="deadline from registration, seconds"
+    )
+    max_attempts: int | None = Field(
+        None, ge=1, le=100_000, description="most requests; null: only the deadline limits"
+    )
+
+
+class WatchCreate(BaseModel):
+    """Register a job to watch."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status_url: HttpUrl = Field(description="the upstream's `GET` status URL")
+    webhook_url: HttpUrl | None = Field(None, description="where the terminal webhook goes")
+    policy: Policy = Field(default_factory=Policy)
+    metadata: dict[str, Any] = Field(
+        default_factory=dict, description="yours, echoed back (a JSON object up to 4 KiB)"
+    )
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_size(cls, value: dict[str, Any]) -> dict[str, Any]:
+        size = len(json.dumps(value, separators=(",", ":")).encode())
+        if size > MAX_METADATA_BYTES:
+            raise ValueError(f"metadata is {size} bytes of JSON; at most {MAX_METADATA_BYTES}")
+        return value
+
+    def spec(self) -> dict[str, Any]:
+        """What the store keeps of the request (the immutable part of a watch)."""
+        return self.model_dump(mode="json")
+
+
+class WebhookSummary(BaseModel):
+    state: WebhookState
+    attempts: int
+    last_status_code: int | None
+
+
+class Watch(BaseModel):
+    id: str
+    state: WatchState
+    reason: str | None = Field(description="why it ended as error or timeout")
+    status_url: str
+    webhook_url: str | None
+    metadata: dict[str, Any]
+    policy: Policy
+    attempts: int = Field(description="requests made to the upstream")
+    last_result: str | None = Field(description="what the upstream last said")
+    last_error: str | None = Field(description="the last transient failure")
+    progress: float | None = Field(description="the upstream's last progress hint, 0-100")
+    created_at: datetime
+    updated_at: datetime
+    last_polled_at: datetime | None
+    next_poll_at: datetime | None
+    deadline: datetime
+    finished_at: datetime | None
+    webhook: WebhookSummary
+
+
+class WatchPage(BaseModel):
+    items: list[Watch]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page")
+
+
+class WebhookCounts(BaseModel):
+    pending: int = 0
+    delivered: int = 0
+    failed: int = 0
+
+
+class StatusSummary(BaseModel):
+    total: int
+    by_state: dict[WatchState, int]
+    webhooks: WebhookCounts
+
+
+class Health(BaseModel):
+    status: Literal["ok", "unavailable"]
+
+
+def timestamp(ms: int | None) -> datetime | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def render_watch(doc: dict[str, Any]) -> Watch:
+    """The stored document as the API's Watch."""
+    spec = json.loads(doc["spec"])
+    times = ("created_at", "updated_at", "last_polled_at", "next_poll_at", "deadline")
+    return Watch.model_validate(
+        {
+            **{field: doc.get(field) for field in Watch.model_fields if field in doc},
+            **spec,
+            **{field: timestamp(doc.get(field)) for field in (*times, "finished_at")},
+        }
+    )
+
+
+def render_summary(counts: dict[str, int]) -> StatusSummary:
+    by_state = {state: max(0, counts.get(state.value, 0)) for state in WatchState}
+    webhooks = {state.value: max(0, counts.get(f"wh:{state.value}", 0)) for state in WebhookState}
+    webhooks.pop(WebhookState.NONE.value)
+    return StatusSummary(
+        total=sum(by_state.values()), by_state=by_state, webhooks=WebhookCounts(**webhooks)
+    )

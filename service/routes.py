@@ -1,0 +1,96 @@
+"""The v1 HTTP API: thin routes over the store."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Path, Query, Response, status
+
+from .deps import StoreDep, TenantDep
+from .domain import WatchState
+from .models import (
+    StatusSummary,
+    Watch,
+    WatchCreate,
+    WatchPage,
+    render_summary,
+    render_watch,
+)
+
+router = APIRouter(prefix="/v1", tags=["watches"])
+WatchId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="the watch's id")]
+NOT_FOUND = {404: {"description": "no such watch for this tenant"}}
+
+
+@router.post(
+    "/watches",
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        200: {"model": Watch, "description": "an earlier request with this Idempotency-Key"},
+        409: {"description": "the Idempotency-Key was used with another body"},
+        422: {"description": "invalid input; the message names the field"},
+    },
+)
+async def register_watch(
+    body: WatchCreate,
+    store: StoreDep,
+    tenant: TenantDep,
+    response: Response,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            max_length=255,
+            description="repeat a request safely: same key and body give the same watch",
+        ),
+    ] = None,
+) -> Watch:
+    """Register a job to watch; workers poll its `status_url` until it ends."""
+    spec = body.spec()
+    fingerprint = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    doc, created = await store.register(
+        tenant,
+        spec,
+        body.policy.max_wait_time,
+        idempotency_key=idempotency_key,
+        fingerprint=fingerprint,
+    )
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return render_watch(doc)
+
+
+@router.get("/watches/{watch_id}", responses=NOT_FOUND)
+async def get_watch(watch_id: WatchId, store: StoreDep, tenant: TenantDep) -> Watch:
+    return render_watch(await store.get(tenant, watch_id))
+
+
+@router.get("/watches")
+async def list_watches(
+    store: StoreDep,
+    tenant: TenantDep,
+    state: Annotated[WatchState | None, Query(description="only watches in this state")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[
+        str | None, Query(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="`next_cursor` of a page")
+    ] = None,
+) -> WatchPage:
+    """The tenant's watches, newest first."""
+    page = await store.list(tenant, state, limit, cursor)
+    return WatchPage(items=[render_watch(doc) for doc in page.docs], next_cursor=page.next_cursor)
+
+
+@router.delete(
+    "/watches/{watch_id}",
+    responses={**NOT_FOUND, 409: {"description": "the watch has already ended"}},
+)
+async def cancel_watch(watch_id: WatchId, store: StoreDep, tenant: TenantDep) -> Watch:
+    """Stop watching; the watch ends as `cancelled` (no webhook is sent)."""
+    return render_watch(await store.cancel(tenant, watch_id))
+
+
+@router.get("/status")
+async def aggregated_status(store: StoreDep, tenant: TenantDep) -> StatusSummary:
+    """Counts of the tenant's watches by state, and of their webhooks."""
+    return render_summary(await store.counts(tenant))

@@ -1,0 +1,70 @@
+"""All configuration, from `VTW_*` environment variables (pydantic-settings), validated at start."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .keys import NAMESPACE_PATTERN
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+DEFAULT_WEBHOOK_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+
+
+def _split(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VTW_", extra="ignore", frozen=True)
+
+    redis_url: str | None = Field(None, description="Redis URL; unset: embedded in-memory store")
+    api_keys: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="`tenant:key,tenant2:key2`, parsed to key -> tenant; unset: open, loopback only",
+    )
+    allowed_networks: Annotated[list[Network], NoDecode] = Field(
+        default_factory=list, description="CIDRs the SSRF guard admits, comma-separated"
+    )
+    namespace: str = Field("vtw", pattern=NAMESPACE_PATTERN.pattern)
+    lease_seconds: float = Field(30.0, gt=0.5, le=3600)
+    worker_concurrency: int = Field(256, ge=1, le=100_000)
+    per_host_concurrency: int = Field(64, ge=1, le=100_000)
+    request_timeout: float = Field(10.0, gt=0, le=300, description="seconds per upstream poll")
+    shutdown_grace_seconds: float = Field(10.0, ge=0, le=3600)
+    retention_seconds: float = Field(7 * 86400.0, gt=0)
+    idempotency_ttl_seconds: int = Field(86400, ge=60)
+    webhook_retry_schedule: Annotated[tuple[float, ...], NoDecode] = DEFAULT_WEBHOOK_SCHEDULE
+    webhook_timeout: float = Field(15.0, gt=0, le=300)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _parse_api_keys(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        keys: dict[str, str] = {}
+        for pair in _split(value):  # type: ignore[union-attr]
+            tenant, sep, key = pair.partition(":")
+            if not sep or not tenant or not key:
+                raise ValueError("VTW_API_KEYS takes `tenant:key` pairs separated by commas")
+            if not NAMESPACE_PATTERN.match(tenant):
+                raise ValueError(f"tenant names use letters, digits, '.', '_' and '-': {tenant!r}")
+            keys[key] = tenant
+        return keys
+
+    @field_validator("allowed_networks", "webhook_retry_schedule", mode="before")
+    @classmethod
+    def _parse_list(cls, value: object) -> object:
+        return _split(value)
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _check_schedule(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(delay < 0 for delay in value):
+            raise ValueError("retry delays must not be negative")
+        return value

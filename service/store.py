@@ -1,0 +1,246 @@
+"""The Redis store: every read and atomic write of watches, through the Lua scripts in `lua/`.
+
+Watches are JSON documents; their scheduling state lives in one ZSET (see `keys.py`). Times are
+Redis server milliseconds. A worker's claim returns a fencing token (its lease expiry); `record`,
+`finish` and `extend` change nothing for a worker whose lease has passed to another.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+
+from .domain import WatchState, WebhookState, new_watch_id
+from .errors import IdempotencyConflict, WatchConflict, WatchNotFound
+from .keys import Keys
+
+Doc = dict[str, Any]
+SCRIPTS = ("register", "claim", "record", "extend", "finish", "cancel", "forget")
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    id: str
+    token: int
+    doc: Doc
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    now_ms: int
+    next_due_ms: int | None
+    watches: list[Claimed]
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    docs: list[Doc]
+    next_cursor: str | None
+
+
+def _load_scripts(redis: aioredis.Redis) -> dict[str, AsyncScript]:
+    folder = resources.files("service") / "lua"
+    return {name: redis.register_script((folder / f"{name}.lua").read_text()) for name in SCRIPTS}
+
+
+def encode(doc: Doc) -> str:
+    return json.dumps(doc, separators=(",", ":"))
+
+
+class Store:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        namespace: str = "vtw",
+        retention_seconds: float = 7 * 86400,
+        idempotency_ttl_seconds: int = 86400,
+    ) -> None:
+        self.redis = redis
+        self.keys = Keys(namespace)
+        self.retention_ms = int(retention_seconds * 1000)
+        self.idempotency_ttl = idempotency_ttl_seconds
+        self._scripts = _load_scripts(redis)
+
+    async def ping(self) -> None:
+        await self.redis.ping()
+
+    # -- the API's side ---------------------------------------------------------------------
+
+    async def register(
+        self,
+        tenant: str,
+        spec: Doc,
+        max_wait_seconds: float,
+        *,
+        idempotency_key: str | None = None,
+        fingerprint: str = "",
+    ) -> tuple[Doc, bool]:
+        """Create a watch; returns (doc, created). A repeated idempotent request returns the
+        earlier watch with created=False; a reused key with another body raises."""
+        watch_id = new_watch_id()
+        doc = {
+            "id": watch_id,
+            "tenant": tenant,
+            "spec": encode(spec),
+            "state": WatchState.PENDING.value,
+            "reason": None,
+            "attempts": 0,
+            "last_result": None,
+            "last_error": None,
+            "progress": None,
+            "last_polled_at": None,
+            "finished_at": None,
+            # A webhook becomes "pending" when the watch ends (see `finish`).
+            "webhook": {"state": WebhookState.NONE.value, "attempts": 0, "last_status_code": None},
+        }
+        k = self.keys
+        keys = [
+            k.watch(watch_id),
+            k.schedule,
+            k.index(tenant),
+            k.index(tenant, WatchState.PENDING),
+            k.counts(tenant),
+        ]
+        if idempotency_key is not None:
+            keys.append(k.idempotency(tenant, idempotency_key))
+        args = [
+            watch_id,
+            encode(doc),
+            int(max_wait_seconds * 1000),
+            fingerprint,
+            self.idempotency_ttl,
+            k.watch_prefix,
+        ]
+        outcome, payload = await self._scripts["register"](keys=keys, args=args)
+        if outcome == "conflict":
+            raise IdempotencyConflict(payload)
+        return json.loads(payload), outcome == "created"
+
+    async def get(self, tenant: str, watch_id: str) -> Doc:
+        raw = await self.redis.get(self.keys.watch(watch_id))
+        doc = json.loads(raw) if raw else None
+        if doc is None or doc["tenant"] != tenant:
+            raise WatchNotFound(watch_id)
+        return doc
+
+    async def list(
+        self, tenant: str, state: WatchState | None, limit: int, cursor: str | None
+    ) -> Page:
+        """The tenant's watches, newest first; `cursor` is the last id of the previous page."""
+        start = f"({cursor}" if cursor else "+"
+        ids = await self.redis.zrevrangebylex(
+            self.keys.index(tenant, state), start, "-", start=0, num=limit + 1
+        )
+        page_ids = ids[:limit]
+        raws = await self.redis.mget([self.keys.watch(i) for i in page_ids]) if page_ids else []
+        docs = [json.loads(raw) for raw in raws if raw]
+        return Page(docs, page_ids[-1] if len(ids) > limit else None)
+
+    async def cancel(self, tenant: str, watch_id: str) -> Doc:
+        k = self.keys
+        result = await self._scripts["cancel"](
+            keys=[
+                k.watch(watch_id),
+                k.schedule,
+                k.index(tenant, WatchState.PENDING),
+                k.index(tenant, WatchState.CANCELLED),
+                k.counts(tenant),
+                k.expiry,
+            ],
+            args=[watch_id, tenant, self.retention_ms],
+        )
+        if result[0] == "missing":
+            raise WatchNotFound(watch_id)
+        doc: Doc = json.loads(result[1])
+        if result[0] == "conflict":
+            raise WatchConflict(watch_id, doc["state"])
+        return doc
+
+    async def counts(self, tenant: str) -> dict[str, int]:
+        raw = await self.redis.hgetall(self.keys.counts(tenant))
+        return {field: int(value) for field, value in raw.items()}
+
+    # -- the worker's side ------------------------------------------------------------------
+
+    async def claim(self, limit: int, lease_seconds: float) -> Claim:
+        reply = await self._scripts["claim"](
+            keys=[self.keys.schedule],
+            args=[self.keys.watch_prefix, limit, int(lease_seconds * 1000)],
+        )
+        now, next_due, token = int(reply[0]), int(reply[1]), int(reply[2])
+        watches = [
+            Claimed(reply[i], token, json.loads(reply[i + 1])) for i in range(3, len(reply), 2)
+        ]
+        return Claim(now, next_due if next_due >= 0 else None, watches)
+
+    async def record(self, claimed: Claimed, doc: Doc, delay_seconds: float) -> bool:
+        """Save a poll of a still-pending watch and schedule the next one in `delay_seconds`."""
+        done = await self._scripts["record"](
+            keys=[self.keys.schedule, self.keys.watch(claimed.id)],
+            args=[claimed.id, claimed.token, encode(doc), int(delay_seconds * 1000)],
+        )
+        return bool(done)
+
+    async def finish(self, claimed: Claimed, doc: Doc) -> bool:
+        """Save the terminal state and queue its webhook, atomically."""
+        k, tenant, state = self.keys, doc["tenant"], doc["state"]
+        has_webhook = doc["webhook"]["state"] == WebhookState.PENDING
+        done = await self._scripts["finish"](
+            keys=[
+                k.schedule,
+                k.watch(claimed.id),
+                k.index(tenant, WatchState.PENDING),
+                k.index(tenant, state),
+                k.counts(tenant),
+                k.expiry,
+                k.outbox,
+            ],
+            args=[
+                claimed.id,
+                claimed.token,
+                encode(doc),
+                state,
+                self.retention_ms,
+                "1" if has_webhook else "0",
+            ],
+        )
+        return bool(done)
+
+    async def extend(self, claimed: Claimed, lease_seconds: float) -> Claimed | None:
+        """Extend the lease; returns the claim with its new token, or None if it was lost."""
+        token = await self._scripts["extend"](
+            keys=[self.keys.schedule], args=[claimed.id, claimed.token, int(lease_seconds * 1000)]
+        )
+        return Claimed(claimed.id, int(token), claimed.doc) if token else None
+
+    async def forget_expired(self, limit: int = 500) -> int:
+        """Delete terminal watches past their retention; returns how many."""
+        k = self.keys
+        now = await self.server_time_ms()
+        ids = await self.redis.zrangebyscore(k.expiry, "-inf", now, start=0, num=limit)
+        raws = await self.redis.mget([k.watch(i) for i in ids]) if ids else []
+        forgotten = 0
+        for watch_id, raw in zip(ids, raws, strict=True):
+            doc = json.loads(raw) if raw else {"tenant": "", "state": ""}
+            forgotten += await self._scripts["forget"](
+                keys=[
+                    k.expiry,
+                    k.watch(watch_id),
+                    k.deliveries(watch_id),
+                    k.index(doc["tenant"]),
+                    k.index(doc["tenant"], doc["state"]),
+                    k.counts(doc["tenant"]),
+                ],
+                args=[watch_id, doc["state"]],
+            )
+        return forgotten
+
+    async def server_time_ms(self) -> int:
+        seconds, micros = await self.redis.time()
+        return int(seconds) * 1000 + int(micros) // 1000
