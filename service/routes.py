@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Response, status
 
@@ -21,7 +21,7 @@ from .models import (
 
 router = APIRouter(prefix="/v1", tags=["watches"])
 WatchId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="the watch's id")]
-NOT_FOUND = {404: {"description": "no such watch for this tenant"}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such watch for this tenant"}}
 
 
 @router.post(

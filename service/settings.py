@@ -14,10 +14,8 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 DEFAULT_WEBHOOK_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 
 
-def _split(value: object) -> object:
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return value
+def _split(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
 
 
 class Settings(BaseSettings):
@@ -26,7 +24,7 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(None, description="Redis URL; unset: embedded in-memory store")
     api_keys: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict,
-        description="`tenant:key,tenant2:key2`, parsed to key -> tenant; unset: open, loopback only",
+        description="`tenant:key,...`, parsed to key -> tenant; unset: open, loopback only",
     )
     allowed_networks: Annotated[list[Network], NoDecode] = Field(
         default_factory=list, description="CIDRs the SSRF guard admits, comma-separated"
@@ -48,7 +46,7 @@ class Settings(BaseSettings):
         if not isinstance(value, str):
             return value
         keys: dict[str, str] = {}
-        for pair in _split(value):  # type: ignore[union-attr]
+        for pair in _split(value):
             tenant, sep, key = pair.partition(":")
             if not sep or not tenant or not key:
                 raise ValueError("VTW_API_KEYS takes `tenant:key` pairs separated by commas")
@@ -60,7 +58,7 @@ class Settings(BaseSettings):
     @field_validator("allowed_networks", "webhook_retry_schedule", mode="before")
     @classmethod
     def _parse_list(cls, value: object) -> object:
-        return _split(value)
+        return _split(value) if isinstance(value, str) else value
 
     @field_validator("webhook_retry_schedule")
     @classmethod

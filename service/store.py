@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
@@ -109,7 +109,7 @@ class Store:
         ]
         if idempotency_key is not None:
             keys.append(k.idempotency(tenant, idempotency_key))
-        args = [
+        args: list[str | int] = [
             watch_id,
             encode(doc),
             int(max_wait_seconds * 1000),
@@ -124,7 +124,7 @@ class Store:
 
     async def get(self, tenant: str, watch_id: str) -> Doc:
         raw = await self.redis.get(self.keys.watch(watch_id))
-        doc = json.loads(raw) if raw else None
+        doc: Doc | None = json.loads(raw) if raw else None
         if doc is None or doc["tenant"] != tenant:
             raise WatchNotFound(watch_id)
         return doc
@@ -134,8 +134,11 @@ class Store:
     ) -> Page:
         """The tenant's watches, newest first; `cursor` is the last id of the previous page."""
         start = f"({cursor}" if cursor else "+"
-        ids = await self.redis.zrevrangebylex(
-            self.keys.index(tenant, state), start, "-", start=0, num=limit + 1
+        ids = cast(
+            list[str],
+            await self.redis.zrevrangebylex(
+                self.keys.index(tenant, state), start, "-", start=0, num=limit + 1
+            ),
         )
         page_ids = ids[:limit]
         raws = await self.redis.mget([self.keys.watch(i) for i in page_ids]) if page_ids else []
@@ -163,7 +166,7 @@ class Store:
         return doc
 
     async def counts(self, tenant: str) -> dict[str, int]:
-        raw = await self.redis.hgetall(self.keys.counts(tenant))
+        raw = cast(dict[str, str], await self.redis.hgetall(self.keys.counts(tenant)))
         return {field: int(value) for field, value in raw.items()}
 
     # -- the worker's side ------------------------------------------------------------------
@@ -223,7 +226,9 @@ class Store:
         """Delete terminal watches past their retention; returns how many."""
         k = self.keys
         now = await self.server_time_ms()
-        ids = await self.redis.zrangebyscore(k.expiry, "-inf", now, start=0, num=limit)
+        ids = cast(
+            list[str], await self.redis.zrangebyscore(k.expiry, "-inf", now, start=0, num=limit)
+        )
         raws = await self.redis.mget([k.watch(i) for i in ids]) if ids else []
         forgotten = 0
         for watch_id, raw in zip(ids, raws, strict=True):
