@@ -3,8 +3,44 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
 import sys
 from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from client import ClientError
+from service.settings import Settings
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def _api(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from service.app import create_app
+    from service.auth import check_open_mode
+
+    settings = Settings()
+    check_open_mode(settings, args.host)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+
+
+def _worker(args: argparse.Namespace) -> None:
+    from .process import run_worker
+
+    asyncio.run(run_worker(Settings()))
+
+
+def _dev(args: argparse.Namespace) -> None:
+    from .dev import run_dev
+
+    asyncio.run(run_dev(Settings(), args.host, args.port, demo=args.demo))
 
 
 def _simulate(args: argparse.Namespace) -> None:
@@ -31,7 +67,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vtwatch", description="Know when long-running translation jobs finish."
     )
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    api = commands.add_parser("api", help="serve the HTTP API")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8000)
+    api.set_defaults(func=_api)
+
+    worker = commands.add_parser("worker", help="poll upstreams and deliver webhooks")
+    worker.set_defaults(func=_worker)
+
+    dev = commands.add_parser(
+        "dev", help="API + worker in one process (embedded store if no Redis)"
+    )
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=8000)
+    dev.add_argument(
+        "--demo",
+        action="store_true",
+        help="also start a simulator on :5000 and show a first watch from pending to completed",
+    )
+    dev.set_defaults(func=_dev)
 
     sim = commands.add_parser(
         "simulate", help="run the upstream simulator (a fake translation server)"
@@ -51,7 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    _configure_logging(args.log_level)
     try:
         args.func(args)
     except KeyboardInterrupt:
         sys.exit(130)
+    except (ValidationError, ClientError) as exc:
+        sys.exit(f"vtwatch: invalid configuration: {exc}")

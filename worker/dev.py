@@ -1,0 +1,107 @@
+"""`vtwatch dev`: the API and a worker in one process, sharing one store (embedded if no Redis).
+
+With `--demo`, a simulator runs on :5000 too, and a first watch is registered and followed from
+`pending` to its end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import signal
+from collections.abc import Iterator
+
+import aiohttp
+import uvicorn
+from aiohttp import web
+
+from client.simulator import SimulatorConfig
+from client.simulator import create_app as create_simulator
+from service.app import create_app
+from service.auth import OPEN_TENANT, check_open_mode
+from service.connection import connect
+from service.settings import Settings
+
+from .process import Worker
+
+logger = logging.getLogger(__name__)
+LOOPBACK = [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")]
+SIMULATOR_PORT = 5000
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: `run_dev` stops API and worker together."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def run_dev(settings: Settings, host: str, port: int, *, demo: bool = False) -> None:
+    check_open_mode(settings, host)
+    # Local development polls local upstreams: the SSRF guard admits loopback here.
+    settings = settings.model_copy(
+        update={"allowed_networks": [*settings.allowed_networks, *LOOPBACK]}
+    )
+    redis = connect(settings)
+    config = uvicorn.Config(
+        create_app(settings, redis=redis), host=host, port=port, access_log=False
+    )
+    server = _Server(config)
+    worker = Worker(settings, redis)
+
+    def stop() -> None:
+        server.should_exit = True
+        worker.stop()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop)
+    simulator = await _start_simulator() if demo else None
+    tasks = [asyncio.create_task(server.serve()), asyncio.create_task(worker.run())]
+    if demo:
+        tasks.append(asyncio.create_task(_follow_first_watch(server, f"http://{host}:{port}")))
+    try:
+        await tasks[0]
+    finally:
+        worker.stop()
+        await asyncio.gather(*tasks[1:], return_exceptions=True)
+        if simulator is not None:
+            await simulator.cleanup()
+        await redis.aclose()
+
+
+async def _start_simulator() -> web.AppRunner:
+    runner = web.AppRunner(
+        create_simulator(SimulatorConfig(delay=8.0, hints=True)), access_log=None
+    )
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", SIMULATOR_PORT).start()
+    return runner
+
+
+async def _follow_first_watch(server: uvicorn.Server, api: str) -> None:
+    """Register one watch on the simulator and print it until it ends."""
+    while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for this
+        await asyncio.sleep(0.05)
+    status_url = f"http://127.0.0.1:{SIMULATOR_PORT}/status"
+    body = {"status_url": status_url, "policy": {"max_interval": 2}}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{api}/v1/watches", json=body) as response:
+            watch = await response.json()
+        print(f"\nDemo: registered watch {watch['id']} (tenant {OPEN_TENANT}) on {status_url}")
+        print(f"      follow it at {api}/v1/watches/{watch['id']} - API docs at {api}/docs\n")
+        last = None
+        while watch["state"] == "pending":
+            await asyncio.sleep(0.5)
+            async with session.get(f"{api}/v1/watches/{watch['id']}") as response:
+                watch = await response.json()
+            line = (watch["state"], watch["attempts"], watch["progress"])
+            if line != last:
+                print(f"Demo: state={line[0]} attempts={line[1]} progress={line[2]}", flush=True)
+                last = line
+        print(
+            f"\nDemo: watch ended as {watch['state']!r}. The service keeps running; Ctrl-C stops."
+        )
