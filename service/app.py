@@ -12,11 +12,12 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import routes
+from . import routes, webhook_routes
 from .connection import connect
 from .deps import StoreDep
 from .errors import IdempotencyConflict, ServiceError, WatchConflict, WatchNotFound
 from .models import Health
+from .outbox import Outbox
 from .settings import Settings
 from .store import Store
 
@@ -38,6 +39,7 @@ def create_app(settings: Settings | None = None, redis: aioredis.Redis | None = 
             idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
             namespace=settings.namespace,
         )
+        app.state.outbox = Outbox(client, namespace=settings.namespace)
         try:
             yield
         finally:
@@ -51,6 +53,7 @@ def create_app(settings: Settings | None = None, redis: aioredis.Redis | None = 
         lifespan=lifespan,
     )
     app.include_router(routes.router)
+    app.include_router(webhook_routes.router)
     _add_error_handlers(app)
 
     @app.get("/healthz", tags=["health"])

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from .auth import tenant_for
+from .outbox import Outbox
 from .settings import Settings
 from .store import Store
 
@@ -21,8 +22,14 @@ def get_store(request: Request) -> Store:
     return store
 
 
+def get_outbox(request: Request) -> Outbox:
+    outbox: Outbox = request.app.state.outbox
+    return outbox
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[Store, Depends(get_store)]
+OutboxDep = Annotated[Outbox, Depends(get_outbox)]
 
 
 def get_tenant(request: Request, settings: SettingsDep) -> str:

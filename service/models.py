@@ -128,3 +128,30 @@ def render_summary(counts: dict[str, int]) -> StatusSummary:
     return StatusSummary(
         total=sum(by_state.values()), by_state=by_state, webhooks=WebhookCounts(**webhooks)
     )
+
+
+class DeliveryAttempt(BaseModel):
+    at: datetime = Field(description="when the attempt ended")
+    status_code: int | None = Field(description="the receiver's HTTP status; null on no answer")
+    error: str | None = Field(description="why it failed: HTTP status, timeout, connection error")
+    latency_ms: int
+    next_attempt_at: datetime | None = Field(description="when the next retry is due, if any")
+
+
+class Deliveries(BaseModel):
+    items: list[DeliveryAttempt]
+
+
+class WebhookSecret(BaseModel):
+    secret: str = Field(description="signs every webhook (`whsec_...`)")
+    previous: str | None = Field(description="the secret before a rotation, signing for 24 h")
+
+
+def render_attempt(attempt: dict[str, Any]) -> DeliveryAttempt:
+    return DeliveryAttempt.model_validate(
+        {
+            **attempt,
+            "at": timestamp(attempt["at"]),
+            "next_attempt_at": timestamp(attempt.get("next_attempt_at")),
+        }
+    )

@@ -7,8 +7,9 @@ import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Response, status
+from fastapi.exceptions import RequestValidationError
 
-from .deps import StoreDep, TenantDep
+from .deps import SettingsDep, StoreDep, TenantDep
 from .domain import WatchState
 from .models import (
     StatusSummary,
@@ -18,6 +19,8 @@ from .models import (
     render_summary,
     render_watch,
 )
+from .settings import Settings
+from .ssrf import blocked_literal
 
 router = APIRouter(prefix="/v1", tags=["watches"])
 WatchId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="the watch's id")]
@@ -37,6 +40,7 @@ async def register_watch(
     body: WatchCreate,
     store: StoreDep,
     tenant: TenantDep,
+    settings: SettingsDep,
     response: Response,
     idempotency_key: Annotated[
         str | None,
@@ -47,6 +51,7 @@ async def register_watch(
     ] = None,
 ) -> Watch:
     """Register a job to watch; workers poll its `status_url` until it ends."""
+    _refuse_blocked_urls(body, settings)
     spec = body.spec()
     fingerprint = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
     doc, created = await store.register(
@@ -59,6 +64,18 @@ async def register_watch(
     if not created:
         response.status_code = status.HTTP_200_OK
     return render_watch(doc)
+
+
+def _refuse_blocked_urls(body: WatchCreate, settings: Settings) -> None:
+    errors = []
+    for field in ("status_url", "webhook_url"):
+        url = getattr(body, field)
+        why = blocked_literal(str(url), settings.allowed_networks) if url else None
+        if why:
+            loc = ("body", field)
+            errors.append({"type": "value_error", "loc": loc, "msg": why, "input": str(url)})
+    if errors:
+        raise RequestValidationError(errors)
 
 
 @router.get("/watches/{watch_id}", responses=NOT_FOUND)

@@ -43,9 +43,17 @@ class Page:
     next_cursor: str | None
 
 
-def _load_scripts(redis: aioredis.Redis) -> dict[str, AsyncScript]:
+def load_scripts(redis: aioredis.Redis, names: tuple[str, ...]) -> dict[str, AsyncScript]:
+    """Register the named scripts of `lua/` once; calls use EVALSHA (reloading if flushed)."""
     folder = resources.files("service") / "lua"
-    return {name: redis.register_script((folder / f"{name}.lua").read_text()) for name in SCRIPTS}
+    return {name: redis.register_script((folder / f"{name}.lua").read_text()) for name in names}
+
+
+def parse_claim(reply: list[Any]) -> Claim:
+    """The reply of `claim.lua`: {now, next_due or -1, token, id1, doc1, ...}."""
+    now, next_due, token = int(reply[0]), int(reply[1]), int(reply[2])
+    watches = [Claimed(reply[i], token, json.loads(reply[i + 1])) for i in range(3, len(reply), 2)]
+    return Claim(now, next_due if next_due >= 0 else None, watches)
 
 
 def encode(doc: Doc) -> str:
@@ -65,7 +73,7 @@ class Store:
         self.keys = Keys(namespace)
         self.retention_ms = int(retention_seconds * 1000)
         self.idempotency_ttl = idempotency_ttl_seconds
-        self._scripts = _load_scripts(redis)
+        self._scripts = load_scripts(redis, SCRIPTS)
 
     async def ping(self) -> None:
         await self.redis.ping()
@@ -176,11 +184,7 @@ class Store:
             keys=[self.keys.schedule],
             args=[self.keys.watch_prefix, limit, int(lease_seconds * 1000)],
         )
-        now, next_due, token = int(reply[0]), int(reply[1]), int(reply[2])
-        watches = [
-            Claimed(reply[i], token, json.loads(reply[i + 1])) for i in range(3, len(reply), 2)
-        ]
-        return Claim(now, next_due if next_due >= 0 else None, watches)
+        return parse_claim(reply)
 
     async def record(self, claimed: Claimed, doc: Doc, delay_seconds: float) -> bool:
         """Save a poll of a still-pending watch and schedule the next one in `delay_seconds`."""

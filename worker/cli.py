@@ -32,9 +32,9 @@ def _api(args: argparse.Namespace) -> None:
 
 
 def _worker(args: argparse.Namespace) -> None:
-    from .process import run_worker
+    from .process import ROLES, run_worker
 
-    asyncio.run(run_worker(Settings()))
+    asyncio.run(run_worker(Settings(), roles=args.only or ROLES))
 
 
 def _dev(args: argparse.Namespace) -> None:
@@ -76,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     api.set_defaults(func=_api)
 
     worker = commands.add_parser("worker", help="poll upstreams and deliver webhooks")
+    worker.add_argument(
+        "--only",
+        action="append",
+        choices=["poller", "dispatcher"],
+        help="run only this part (repeatable); default: both",
+    )
     worker.set_defaults(func=_worker)
 
     dev = commands.add_parser(

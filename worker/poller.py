@@ -1,19 +1,17 @@
-"""The poller: claims due watches from the store and polls their upstreams.
+"""The poller: claims due watches and polls their upstreams.
 
-Concurrency is bounded per process (`worker_concurrency`) and per upstream host
-(`per_host_concurrency`). Each poll uses `client/`'s upstream protocol and backoff rule, then
-records the result (or the terminal state) under the lease it was claimed with.
+Each poll uses `client/`'s upstream protocol (`fetch_status`) and its next-poll rule
+(`next_poll_delay`), then records the result, or the terminal state with its webhook, under the
+lease it was claimed with. Concurrency is bounded per process and per upstream host.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import random
-from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections import deque
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -23,36 +21,11 @@ from client.backoff import BackoffPolicy, next_poll_delay
 from client.upstream import Observation, Status, fetch_status
 from service.domain import WatchState, WebhookState
 from service.settings import Settings
-from service.store import Claimed, Doc, Store
+from service.store import Claim, Claimed, Doc, Store
 
-from .retry import STORE_ERRORS, outage_backoff
+from .loop import ClaimLoop, HostLimits, LeaseLost
 
 logger = logging.getLogger(__name__)
-IDLE_SLEEP = 0.05  # longest nap between claims when nothing is due: bounds poll lateness
-
-
-class LeaseLost(Exception):
-    """Another worker holds the watch now; this poll's result must be dropped."""
-
-
-class HostLimits:
-    """One semaphore per upstream host, dropped when unused."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._semaphores: dict[str, asyncio.Semaphore] = {}
-        self._users: Counter[str] = Counter()
-
-    async def run(self, host: str, work: Callable[[], Awaitable[Observation]]) -> Observation:
-        semaphore = self._semaphores.setdefault(host, asyncio.Semaphore(self.limit))
-        self._users[host] += 1
-        try:
-            async with semaphore:
-                return await work()
-        finally:
-            self._users[host] -= 1
-            if not self._users[host]:
-                del self._users[host], self._semaphores[host]
 
 
 def policy_of(spec: dict[str, Any]) -> tuple[BackoffPolicy, int | None]:
@@ -94,7 +67,9 @@ def apply_end(doc: Doc, seen: Observation, webhook_url: str | None, now_ms: int)
         doc["webhook"]["state"] = WebhookState.PENDING.value
 
 
-class Poller:
+class Poller(ClaimLoop):
+    name = "poller"
+
     def __init__(
         self,
         store: Store,
@@ -103,86 +78,24 @@ class Poller:
         *,
         rng: random.Random | None = None,
     ) -> None:
+        super().__init__(settings.worker_concurrency, settings.lease_seconds)
         self.store = store
         self.session = session
         self.settings = settings
         self.rng = rng or random.Random()
-        self.stopping = asyncio.Event()
-        self.in_flight: set[asyncio.Task[None]] = set()
         self.host_limits = HostLimits(settings.per_host_concurrency)
         self.polls = 0
         self.lateness_ms: deque[int] = deque(maxlen=100_000)
-        self._clock_offset_ms = 0.0  # Redis time minus this process's monotonic time
 
-    def server_now_ms(self) -> int:
-        return int(asyncio.get_running_loop().time() * 1000 + self._clock_offset_ms)
+    async def claim(self, limit: int) -> Claim:
+        return await self.store.claim(limit, self.lease_seconds)
 
-    async def run(self) -> None:
-        """Claim and poll until `stopping` is set."""
-        failures = 0
-        while not self.stopping.is_set():
-            free = self.settings.worker_concurrency - len(self.in_flight)
-            if free <= 0:
-                await asyncio.wait(self.in_flight, return_when=asyncio.FIRST_COMPLETED)
-                continue
-            try:
-                claim = await self.store.claim(free, self.settings.lease_seconds)
-            except STORE_ERRORS as exc:
-                failures += 1
-                delay = outage_backoff(failures)
-                logger.warning("claim failed (%s); retrying in %.1fs", exc, delay)
-                await self._nap(delay)
-                continue
-            if failures:
-                logger.info("store reachable again after %d failed claims", failures)
-                failures = 0
-            loop_now = asyncio.get_running_loop().time() * 1000
-            self._clock_offset_ms = claim.now_ms - loop_now
-            for claimed in claim.watches:
-                task = asyncio.create_task(self._poll(claimed))
-                self.in_flight.add(task)
-                task.add_done_callback(self.in_flight.discard)
-            if len(claim.watches) < free:
-                wait_ms = IDLE_SLEEP * 1000
-                if claim.next_due_ms is not None:
-                    wait_ms = min(wait_ms, claim.next_due_ms - claim.now_ms)
-                if wait_ms > 0:
-                    await self._nap(wait_ms / 1000)
-
-    async def _nap(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stopping.wait(), seconds)
-
-    async def drain(self, grace_seconds: float) -> None:
-        """Wait for polls in flight up to the grace period, then cancel the rest."""
-        if self.in_flight:
-            _, pending = await asyncio.wait(set(self.in_flight), timeout=grace_seconds)
-            for task in pending:
-                task.cancel()
-            if pending:
-                logger.info("cancelled %d polls after the grace period", len(pending))
-                await asyncio.wait(pending)
-
-    async def _poll(self, claimed: Claimed) -> None:
-        try:
-            await self._poll_once(claimed)
-        except LeaseLost:
-            logger.info("lease on watch %s was lost mid-poll; its new holder decides", claimed.id)
-        except STORE_ERRORS as exc:
-            logger.warning(
-                "could not save the poll of %s (%s); the lease will lapse", claimed.id, exc
-            )
-        except Exception:
-            logger.exception("poll of watch %s failed", claimed.id)
-
-    async def _poll_once(self, claimed: Claimed) -> None:
+    async def handle(self, claimed: Claimed) -> None:
         doc = claimed.doc
         spec = json.loads(doc["spec"])
-        url = spec["status_url"]
-        started = self.server_now_ms()
         if doc["next_poll_at"] is not None:
-            self.lateness_ms.append(started - doc["next_poll_at"])
-        seen, claimed = await self._fetch_under_lease(claimed, url)
+            self.lateness_ms.append(self.server_now_ms() - doc["next_poll_at"])
+        seen, claimed = await self._fetch_under_lease(claimed, spec["status_url"])
         now_ms = self.server_now_ms()
         apply_poll(doc, seen, now_ms)
         self.polls += 1
@@ -196,23 +109,21 @@ class Poller:
             doc["next_poll_at"] = now_ms + int(delay * 1000)
             saved = await self.store.record(claimed, doc, delay)
         if not saved:
-            logger.info("lease on watch %s was lost; its new holder decides", claimed.id)
+            raise LeaseLost(claimed.id)
 
     async def _fetch_under_lease(self, claimed: Claimed, url: str) -> tuple[Observation, Claimed]:
         """Poll the upstream, extending the lease while the request (or its queue) is slow."""
-        host = urlsplit(url).netloc
 
         async def fetch() -> Observation:
             return await fetch_status(self.session, url, self.settings.request_timeout)
 
-        request = asyncio.ensure_future(self.host_limits.run(host, fetch))
+        request = asyncio.ensure_future(self.host_limits.run(urlsplit(url).netloc, fetch))
         try:
-            lease = self.settings.lease_seconds
             while True:
-                done, _ = await asyncio.wait({request}, timeout=lease / 2)
+                done, _ = await asyncio.wait({request}, timeout=self.lease_seconds / 2)
                 if done:
                     return request.result(), claimed
-                extended = await self.store.extend(claimed, lease)
+                extended = await self.store.extend(claimed, self.lease_seconds)
                 if extended is None:
                     raise LeaseLost(claimed.id)
                 claimed = extended

@@ -1,7 +1,7 @@
-"""The worker process: poller and housekeeping, with graceful shutdown.
+"""The worker process: poller, webhook dispatcher and housekeeping, with graceful shutdown.
 
-Shutdown order: a signal sets `stopping`; claiming stops; polls in flight get the grace period;
-the rest are cancelled (their leases lapse and other workers take over); pools close. A second
+Shutdown order: a signal sets `stopping`; claiming stops; work in flight gets the grace period;
+the rest is cancelled (leases lapse and other workers take over); pools close. A second
 SIGINT/SIGTERM exits at once.
 """
 
@@ -12,27 +12,44 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import Iterable
 
 import aiohttp
 import redis.asyncio as aioredis
 
 from service.connection import connect
+from service.outbox import Outbox
 from service.settings import Settings
+from service.ssrf import guarded_connector
 from service.store import Store
 
+from .dispatcher import Dispatcher
+from .loop import ClaimLoop
 from .poller import Poller
 from .retry import STORE_ERRORS
 
 logger = logging.getLogger(__name__)
 SWEEP_INTERVAL = 60.0
+ROLES = ("poller", "dispatcher")
 
 
 class Worker:
-    def __init__(self, settings: Settings, redis: aioredis.Redis | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        redis: aioredis.Redis | None = None,
+        roles: Iterable[str] = ROLES,
+    ) -> None:
         self.settings = settings
+        self.roles = frozenset(roles)
         self._redis = redis
         self.stopping = asyncio.Event()
         self.poller: Poller | None = None
+        self.dispatcher: Dispatcher | None = None
+
+    @property
+    def loops(self) -> list[ClaimLoop]:
+        return [loop for loop in (self.poller, self.dispatcher) if loop is not None]
 
     def stop(self) -> None:
         """Begin a graceful shutdown (idempotent)."""
@@ -41,8 +58,8 @@ class Worker:
                 "stopping: no new claims; %.0fs grace", self.settings.shutdown_grace_seconds
             )
         self.stopping.set()
-        if self.poller is not None:
-            self.poller.stopping.set()
+        for loop in self.loops:
+            loop.stopping.set()
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -57,22 +74,26 @@ class Worker:
             loop.add_signal_handler(sig, on_signal)
 
     async def run(self) -> None:
-        redis = self._redis if self._redis is not None else connect(self.settings)
-        store = Store(
-            redis,
-            namespace=self.settings.namespace,
-            retention_seconds=self.settings.retention_seconds,
-        )
-        connector = aiohttp.TCPConnector(limit=self.settings.worker_concurrency)
+        settings = self.settings
+        redis = self._redis if self._redis is not None else connect(settings)
+        connector = guarded_connector(settings.allowed_networks, limit=settings.worker_concurrency)
         try:
             async with aiohttp.ClientSession(connector=connector) as session:
-                self.poller = Poller(store, session, self.settings)
+                store = Store(
+                    redis,
+                    namespace=settings.namespace,
+                    retention_seconds=settings.retention_seconds,
+                )
+                if "poller" in self.roles:
+                    self.poller = Poller(store, session, settings)
+                if "dispatcher" in self.roles:
+                    outbox = Outbox(redis, namespace=settings.namespace)
+                    self.dispatcher = Dispatcher(outbox, session, settings)
                 if self.stopping.is_set():
-                    self.poller.stopping.set()
+                    self.stop()
                 sweeper = asyncio.create_task(self._sweep(store))
                 try:
-                    await self.poller.run()
-                    await self.poller.drain(self.settings.shutdown_grace_seconds)
+                    await asyncio.gather(*(self._run_loop(loop) for loop in self.loops))
                 finally:
                     sweeper.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -81,6 +102,10 @@ class Worker:
             if self._redis is None:
                 await redis.aclose()
         logger.info("worker stopped")
+
+    async def _run_loop(self, loop: ClaimLoop) -> None:
+        await loop.run()
+        await loop.drain(self.settings.shutdown_grace_seconds)
 
     async def _sweep(self, store: Store) -> None:
         """Forget terminal watches past their retention, once a minute."""
@@ -93,7 +118,7 @@ class Worker:
             await asyncio.sleep(SWEEP_INTERVAL)
 
 
-async def run_worker(settings: Settings) -> None:
-    worker = Worker(settings)
+async def run_worker(settings: Settings, roles: Iterable[str] = ROLES) -> None:
+    worker = Worker(settings, roles=roles)
     worker.install_signal_handlers()
     await worker.run()

@@ -1,0 +1,27 @@
+-- Queue the terminal webhook of a tenant's watch again (manual retry).
+-- KEYS: doc, outbox, counts   ARGV: id, tenant
+-- Returns 'queued' | 'missing' | 'not_ended' | 'no_webhook'
+local raw = redis.call('GET', KEYS[1])
+if not raw then
+  return 'missing'
+end
+local doc = cjson.decode(raw)
+if doc.tenant ~= ARGV[2] then
+  return 'missing'
+end
+if doc.state == 'pending' then
+  return 'not_ended'
+end
+if doc.webhook.state == 'none' then
+  return 'no_webhook'
+end
+if doc.webhook.state ~= 'pending' then
+  redis.call('HINCRBY', KEYS[3], 'wh:' .. doc.webhook.state, -1)
+  redis.call('HINCRBY', KEYS[3], 'wh:pending', 1)
+  doc.webhook.state = 'pending'
+end
+doc.webhook.cycle_attempts = 0
+redis.call('SET', KEYS[1], cjson.encode(doc))
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[2], 'NX', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), ARGV[1])
+return 'queued'

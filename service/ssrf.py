@@ -1,0 +1,62 @@
+"""The SSRF guard: every connection we open to a caller-supplied URL goes to a public address.
+
+The check runs on the resolved IP of each connection (aiohttp's `socket_factory`), so it covers
+host names, literal IPs and every redirect hop. Loopback, private, link-local (cloud metadata),
+CGNAT, multicast, reserved and other non-global addresses are refused unless an allowlisted
+CIDR admits them. At registration, a URL whose host is a literal blocked address is refused.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class BlockedAddress(OSError):
+    """A connection to a blocked address was refused."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(errno.EACCES, f"blocked by the SSRF guard: {address} is not public")
+
+
+def is_blocked(ip: IPAddress, allowed: Sequence[Network] = ()) -> bool:
+    if any(ip in network for network in allowed if network.version == ip.version):
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return is_blocked(ip.ipv4_mapped, allowed)
+    return not ip.is_global or ip.is_multicast
+
+
+def blocked_literal(url: str, allowed: Sequence[Network] = ()) -> str | None:
+    """Why the URL's host, if it is a literal IP (or localhost), is refused; else None."""
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        host = "127.0.0.1"
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if not is_blocked(ip, allowed):
+        return None
+    return f"{host} is not a public address; allow its network with VTW_ALLOWED_NETWORKS"
+
+
+def guarded_connector(allowed: Sequence[Network] = (), **kwargs: Any) -> aiohttp.TCPConnector:
+    """A TCPConnector that refuses to connect to blocked addresses."""
+
+    def socket_factory(addr_info: Any) -> socket.socket:
+        family, type_, proto, _, address = addr_info
+        if is_blocked(ipaddress.ip_address(address[0]), allowed):
+            raise BlockedAddress(address[0])
+        return socket.socket(family=family, type=type_, proto=proto)
+
+    return aiohttp.TCPConnector(socket_factory=socket_factory, **kwargs)

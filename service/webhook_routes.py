@@ -1,0 +1,47 @@
+"""The v1 webhook endpoints: delivery attempts, manual retry, the signing secret."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+
+from .deps import OutboxDep, StoreDep, TenantDep
+from .models import Deliveries, WebhookSecret, render_attempt
+from .routes import NOT_FOUND, WatchId
+
+router = APIRouter(prefix="/v1", tags=["webhooks"])
+
+
+@router.get("/watches/{watch_id}/deliveries", responses=NOT_FOUND)
+async def list_deliveries(
+    watch_id: WatchId, store: StoreDep, outbox: OutboxDep, tenant: TenantDep
+) -> Deliveries:
+    """Every attempt to deliver the watch's webhook, oldest first (the last 100)."""
+    await store.get(tenant, watch_id)
+    return Deliveries(items=[render_attempt(a) for a in await outbox.attempts(watch_id)])
+
+
+@router.post(
+    "/watches/{watch_id}/deliveries/retry",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={
+        **NOT_FOUND,
+        409: {"description": "the watch has not ended, or has no webhook_url"},
+    },
+)
+async def retry_delivery(watch_id: WatchId, outbox: OutboxDep, tenant: TenantDep) -> None:
+    """Send the terminal webhook again, on a fresh retry schedule (same `webhook-id`)."""
+    await outbox.redeliver(tenant, watch_id)
+
+
+@router.get("/webhook-secret")
+async def get_webhook_secret(outbox: OutboxDep, tenant: TenantDep) -> WebhookSecret:
+    """The tenant's signing secret (created on first use)."""
+    current, previous = await outbox.secrets(tenant)
+    return WebhookSecret(secret=current, previous=previous)
+
+
+@router.post("/webhook-secret/rotate")
+async def rotate_webhook_secret(outbox: OutboxDep, tenant: TenantDep) -> WebhookSecret:
+    """A new signing secret; the previous one keeps signing for 24 hours."""
+    current, previous = await outbox.rotate_secret(tenant)
+    return WebhookSecret(secret=current, previous=previous)
