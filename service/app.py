@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI, Request, Response, status
 from fastapi.responses import JSONResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import routes, webhook_routes
@@ -22,7 +23,7 @@ from .settings import Settings
 from .store import Store
 
 logger = logging.getLogger(__name__)
-UNAVAILABLE = "storage unavailable: Redis cannot be reached; retry later"
+UNAVAILABLE = "storage unavailable: Redis cannot be reached or cannot take writes; retry later"
 
 
 def create_app(settings: Settings | None = None, redis: aioredis.Redis | None = None) -> FastAPI:
@@ -83,6 +84,8 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RedisConnectionError)
     @app.exception_handler(RedisTimeoutError)
+    @app.exception_handler(OutOfMemoryError)
+    @app.exception_handler(ReadOnlyError)
     async def unavailable(request: Request, exc: Exception) -> JSONResponse:
         logger.warning("Redis unavailable during %s %s: %s", request.method, request.url.path, exc)
         return JSONResponse(

@@ -50,10 +50,18 @@ class Settings(BaseSettings):
             tenant, sep, key = pair.partition(":")
             if not sep or not tenant or not key:
                 raise ValueError("VTW_API_KEYS takes `tenant:key` pairs separated by commas")
-            if not NAMESPACE_PATTERN.match(tenant):
-                raise ValueError(f"tenant names use letters, digits, '.', '_' and '-': {tenant!r}")
             keys[key] = tenant
         return keys
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_api_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, tenant in value.items():
+            if not key.strip():
+                raise ValueError("an API key must not be empty")
+            if not NAMESPACE_PATTERN.match(tenant):
+                raise ValueError(f"tenant names use letters, digits, '.', '_' and '-': {tenant!r}")
+        return value
 
     @field_validator("allowed_networks", "webhook_retry_schedule", mode="before")
     @classmethod

@@ -28,11 +28,31 @@ class BlockedAddress(OSError):
         super().__init__(errno.EACCES, f"blocked by the SSRF guard: {address} is not public")
 
 
+# IPv6 forms that carry an IPv4 address a gateway may reach (NAT64's well-known prefix), and
+# deprecated ranges that Python still calls global (IPv4-compatible ::a.b.c.d, site-local).
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+DEPRECATED_V6 = (ipaddress.IPv6Network("::/96"), ipaddress.IPv6Network("fec0::/10"))
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
 def is_blocked(ip: IPAddress, allowed: Sequence[Network] = ()) -> bool:
     if any(ip in network for network in allowed if network.version == ip.version):
         return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return is_blocked(ip.ipv4_mapped, allowed)
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None:
+            return is_blocked(embedded, allowed)
+        if any(ip in network for network in DEPRECATED_V6):
+            return True
     return not ip.is_global or ip.is_multicast
 
 

@@ -9,6 +9,8 @@ from aiohttp.test_utils import TestServer
 from client import VideoTranslationClient
 from tests.fakes import Reply, ScriptedUpstream, VirtualClock
 
+pytest_plugins = ["tests.service_fixtures"]
+
 
 @pytest.fixture
 def clock() -> VirtualClock:

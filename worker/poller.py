@@ -47,7 +47,7 @@ def apply_poll(doc: Doc, seen: Observation, now_ms: int) -> None:
     if seen.status is not None:
         doc["last_result"] = seen.status.value
     if seen.progress is not None:
-        doc["progress"] = seen.progress
+        doc["progress"] = round(seen.progress, 2)
 
 
 def apply_end(doc: Doc, seen: Observation, webhook_url: str | None, now_ms: int) -> None:

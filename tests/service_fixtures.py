@@ -1,0 +1,123 @@
+"""Fixtures of the watch service's tests: Redis clients, stores and the API app.
+
+A test module loads them with `pytest_plugins = ["tests.service_fixtures"]` and may also import
+helpers from here. PYTEST_DONT_REWRITE: no asserts live here, and the marker keeps pytest from
+warning (an error under `filterwarnings = error`) when a plain import came first.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from typing import Any
+
+import fakeredis
+import httpx
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from service.app import create_app
+from service.settings import Settings
+from service.store import Store
+
+REAL_REDIS_URL = os.environ.get("VTW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+# Nothing listens on port 1: every command fails at once with a connection error.
+DOWN_REDIS_URL = "redis://127.0.0.1:1/0"
+
+
+def fake_redis() -> aioredis.Redis:
+    """A fresh in-memory Redis (each instance has its own data), Lua included."""
+    return fakeredis.FakeAsyncRedis(decode_responses=True)
+
+
+def down_redis() -> aioredis.Redis:
+    return aioredis.Redis.from_url(
+        DOWN_REDIS_URL, decode_responses=True, socket_connect_timeout=0.2
+    )
+
+
+@pytest.fixture(params=["fakeredis", "redis"])
+async def redis_client(request: pytest.FixtureRequest) -> AsyncIterator[aioredis.Redis]:
+    """The contract suite runs against fakeredis and against the real Redis."""
+    if request.param == "fakeredis":
+        client = fake_redis()
+    else:
+        client = aioredis.Redis.from_url(
+            REAL_REDIS_URL, decode_responses=True, socket_connect_timeout=1
+        )
+        try:
+            await client.ping()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            await client.aclose()
+            pytest.skip(f"no Redis at {REAL_REDIS_URL} (set VTW_TEST_REDIS_URL): {exc}")
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def delete_namespace(client: aioredis.Redis, namespace: str) -> None:
+    keys = [key async for key in client.scan_iter(match=f"vtw:{{{namespace}}}:*", count=500)]
+    if keys:
+        await client.delete(*keys)
+
+
+@pytest.fixture
+async def store(redis_client: aioredis.Redis) -> AsyncIterator[Store]:
+    """A store in a fresh random namespace, whose keys are deleted afterwards."""
+    namespace = "t" + secrets.token_hex(6)
+    try:
+        yield Store(redis_client, namespace=namespace)
+    finally:
+        await delete_namespace(redis_client, namespace)
+
+
+ApiFactory = Callable[..., Awaitable[httpx.AsyncClient]]
+
+
+@pytest.fixture
+def no_vtw_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings() must not pick up the developer's `VTW_*` variables."""
+    for name in list(os.environ):
+        if name.startswith("VTW_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+async def make_api(no_vtw_env: None) -> AsyncIterator[ApiFactory]:
+    """Start the API app (lifespan included) and return an HTTP client for it.
+
+    `await make_api(settings, redis=...)`: settings default to open mode, redis to a fresh
+    fakeredis. Everything is closed when the test ends.
+    """
+    async with AsyncExitStack() as stack:
+
+        async def start(
+            settings: Settings | None = None,
+            redis: aioredis.Redis | None = None,
+            headers: dict[str, Any] | None = None,
+        ) -> httpx.AsyncClient:
+            if redis is None:
+                redis = fake_redis()
+            stack.push_async_callback(redis.aclose)
+            app = create_app(settings or Settings(), redis=redis)
+            await stack.enter_async_context(app.router.lifespan_context(app))
+            return await stack.enter_async_context(
+                httpx.AsyncClient(
+                    transport=httpx.ASGITransport(app=app),
+                    base_url="http://test",
+                    headers=headers,
+                )
+            )
+
+        yield start
+
+
+@pytest.fixture
+async def api(make_api: ApiFactory) -> httpx.AsyncClient:
+    """The API in open mode (no keys; everyone is tenant `default`) over fakeredis."""
+    return await make_api()

@@ -1,0 +1,420 @@
+"""Contract of the Redis store, run against fakeredis and against a real Redis.
+
+Each test works in a fresh namespace (see `tests/service_fixtures.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import dataclasses
+import json
+import time
+from typing import Any
+
+import pytest
+
+from service.domain import WatchState
+from service.errors import IdempotencyConflict, WatchConflict, WatchNotFound
+from service.store import Claim, Claimed, Doc, Store
+
+TENANT = "acme"
+SPEC = {
+    "status_url": "http://translate-1:5000/status",
+    "webhook_url": None,
+    "policy": {"initial_wait_time": 1.0, "max_wait_time": 3600},
+    "metadata": {"video": "abc.mp4"},
+}
+LONG_LEASE = 30.0
+
+
+async def register(store: Store, tenant: str = TENANT, **kwargs: Any) -> Doc:
+    doc, created = await store.register(tenant, SPEC, 3600, **kwargs)
+    assert created
+    return doc
+
+
+async def claim_one(store: Store, lease_seconds: float = LONG_LEASE) -> Claimed:
+    claim = await store.claim(10, lease_seconds)
+    assert len(claim.watches) == 1, claim
+    return claim.watches[0]
+
+
+async def claim_within(
+    store: Store, seconds: float, lease_seconds: float = LONG_LEASE, limit: int = 10
+) -> Claim:
+    """Claim until something is returned or `seconds` have passed (then the empty claim)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        claim = await store.claim(limit, lease_seconds)
+        if claim.watches or time.monotonic() > deadline:
+            return claim
+        await asyncio.sleep(0.01)
+
+
+def terminal(claimed: Claimed, state: str, webhook_state: str) -> Doc:
+    """The claimed document as a worker would finish it."""
+    doc = copy.deepcopy(claimed.doc)
+    doc["state"] = state
+    doc["finished_at"] = doc["updated_at"] + 1
+    doc["webhook"]["state"] = webhook_state
+    return doc
+
+
+async def counts(store: Store, tenant: str = TENANT) -> dict[str, int]:
+    """The tenant's counts, without zeros; and none of them negative."""
+    raw = await store.counts(tenant)
+    assert all(value >= 0 for value in raw.values()), raw
+    return {name: value for name, value in raw.items() if value}
+
+
+async def raw_doc(store: Store, watch_id: str) -> str | None:
+    raw: str | None = await store.redis.get(store.keys.watch(watch_id))
+    return raw
+
+
+async def in_zset(store: Store, key: str, member: str) -> bool:
+    return await store.redis.zscore(key, member) is not None
+
+
+# -- registering and reading ---------------------------------------------------------------
+
+
+async def test_register_then_get_returns_the_stored_watch(store: Store) -> None:
+    doc = await register(store)
+
+    assert doc["state"] == "pending"
+    assert doc["tenant"] == TENANT
+    assert json.loads(doc["spec"]) == SPEC
+    assert doc["attempts"] == 0
+    assert doc["webhook"] == {"state": "none", "attempts": 0, "last_status_code": None}
+    assert doc["next_poll_at"] == doc["created_at"] == doc["updated_at"]
+    assert doc["deadline"] == doc["created_at"] + 3600 * 1000
+    assert doc["finished_at"] is None
+    assert await store.get(TENANT, doc["id"]) == doc
+    assert await counts(store) == {"pending": 1}
+
+
+async def test_same_idempotency_key_and_fingerprint_returns_the_earlier_watch(
+    store: Store,
+) -> None:
+    first = await register(store, idempotency_key="k1", fingerprint="f1")
+
+    again, created = await store.register(
+        TENANT, SPEC, 3600, idempotency_key="k1", fingerprint="f1"
+    )
+
+    assert created is False
+    assert again == first
+    assert await counts(store) == {"pending": 1}
+
+
+async def test_same_idempotency_key_with_other_fingerprint_conflicts(store: Store) -> None:
+    first = await register(store, idempotency_key="k1", fingerprint="f1")
+
+    with pytest.raises(IdempotencyConflict) as raised:
+        await store.register(TENANT, SPEC, 3600, idempotency_key="k1", fingerprint="f2")
+
+    assert raised.value.watch_id == first["id"]
+    assert await counts(store) == {"pending": 1}
+
+
+async def test_idempotency_keys_are_per_tenant(store: Store) -> None:
+    mine = await register(store, idempotency_key="k1", fingerprint="f1")
+    theirs = await register(store, tenant="other", idempotency_key="k1", fingerprint="f2")
+
+    assert theirs["id"] != mine["id"]
+
+
+async def test_another_tenants_watch_is_not_found(store: Store) -> None:
+    doc = await register(store)
+
+    with pytest.raises(WatchNotFound):
+        await store.get("other", doc["id"])
+    with pytest.raises(WatchNotFound):
+        await store.get(TENANT, "w_000000000000nosuchwatch")
+
+
+async def test_list_pages_newest_first_with_a_cursor(store: Store) -> None:
+    ids = []
+    for _ in range(5):
+        ids.append((await register(store))["id"])
+        await asyncio.sleep(0.002)  # ids sort by millisecond: keep the order unambiguous
+    await register(store, tenant="other")
+
+    seen, cursor, pages = [], None, 0
+    while True:
+        page = await store.list(TENANT, None, 2, cursor)
+        pages += 1
+        seen += [doc["id"] for doc in page.docs]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+
+    assert seen == ids[::-1]
+    assert pages == 3
+    whole = await store.list(TENANT, None, 5, None)
+    assert [doc["id"] for doc in whole.docs] == ids[::-1]
+    assert whole.next_cursor is None
+
+
+async def test_list_filters_by_state(store: Store) -> None:
+    kept = await register(store)
+    cancelled = await register(store)
+    await store.cancel(TENANT, cancelled["id"])
+
+    pending = await store.list(TENANT, WatchState.PENDING, 10, None)
+    ended = await store.list(TENANT, WatchState.CANCELLED, 10, None)
+    completed = await store.list(TENANT, WatchState.COMPLETED, 10, None)
+
+    assert [doc["id"] for doc in pending.docs] == [kept["id"]]
+    assert [doc["id"] for doc in ended.docs] == [cancelled["id"]]
+    assert [doc["state"] for doc in ended.docs] == ["cancelled"]
+    assert completed.docs == []
+    assert completed.next_cursor is None
+
+
+# -- claiming and leases -------------------------------------------------------------------
+
+
+async def test_a_new_watch_is_due_at_once_and_a_claim_leases_it(store: Store) -> None:
+    doc = await register(store)
+
+    claim = await store.claim(10, LONG_LEASE)
+
+    assert [(c.id, c.doc) for c in claim.watches] == [(doc["id"], doc)]
+    token = claim.watches[0].token
+    assert token == claim.now_ms + LONG_LEASE * 1000
+    assert claim.next_due_ms == token
+    assert await store.redis.zscore(store.keys.schedule, doc["id"]) == token
+    assert (await store.claim(10, LONG_LEASE)).watches == []
+
+
+async def test_claim_returns_only_due_watches(store: Store) -> None:
+    later = await register(store)
+    claimed = await claim_one(store)
+    assert await store.record(claimed, claimed.doc, 60)  # next poll in a minute
+    due = await register(store)
+
+    claim = await store.claim(10, LONG_LEASE)
+
+    assert [c.id for c in claim.watches] == [due["id"]]
+    # the earliest thing in the schedule is now that new lease (30 s), not `later` (60 s)
+    assert claim.next_due_ms == claim.watches[0].token
+    assert await store.redis.zscore(store.keys.schedule, later["id"]) > claim.next_due_ms
+    assert (await store.claim(10, LONG_LEASE)).watches == []
+
+
+async def test_claim_respects_its_limit(store: Store) -> None:
+    for _ in range(3):
+        await register(store)
+
+    first = await store.claim(2, LONG_LEASE)
+    second = await store.claim(2, LONG_LEASE)
+
+    assert len(first.watches) == 2
+    assert len(second.watches) == 1
+    assert {c.id for c in first.watches}.isdisjoint({c.id for c in second.watches})
+
+
+async def test_an_expired_lease_is_reclaimed_with_a_larger_token(store: Store) -> None:
+    doc = await register(store)
+    first = await claim_one(store, lease_seconds=0.05)
+
+    second = await claim_within(store, seconds=2.0)
+
+    assert [c.id for c in second.watches] == [doc["id"]]
+    assert second.watches[0].token > first.token
+
+
+async def test_extend_renews_the_lease_with_a_larger_token(store: Store) -> None:
+    await register(store)
+    claimed = await claim_one(store, lease_seconds=0.05)
+
+    extended = await store.extend(claimed, LONG_LEASE)
+
+    assert extended is not None
+    assert extended.token > claimed.token
+    assert await store.redis.zscore(store.keys.schedule, claimed.id) == extended.token
+    await asyncio.sleep(0.1)  # the first lease would have expired by now
+    assert (await store.claim(10, LONG_LEASE)).watches == []
+    assert await store.record(claimed, claimed.doc, 1) is False
+    assert await store.record(extended, extended.doc, 1) is True
+
+
+async def test_record_with_the_current_token_saves_and_reschedules(store: Store) -> None:
+    await register(store)
+    claimed = await claim_one(store)
+    polled = {**claimed.doc, "attempts": 1, "last_result": "pending", "progress": 42.5}
+
+    assert await store.record(claimed, polled, 0.2) is True
+
+    assert await store.get(TENANT, claimed.id) == polled
+    assert (await store.claim(10, LONG_LEASE)).watches == []  # not due before its delay
+    again = await claim_within(store, seconds=2.0)
+    assert [c.doc for c in again.watches] == [polled]
+    assert await counts(store) == {"pending": 1}
+
+
+async def test_a_stale_token_changes_nothing(store: Store) -> None:
+    await register(store)
+    stale = await claim_one(store, lease_seconds=0.05)
+    current = (await claim_within(store, seconds=2.0)).watches[0]
+    before = await raw_doc(store, stale.id)
+    schedule_before = await store.redis.zscore(store.keys.schedule, stale.id)
+    changed = {**stale.doc, "attempts": 99}
+
+    assert await store.record(stale, changed, 0) is False
+    assert await store.finish(stale, terminal(stale, "completed", "pending")) is False
+    assert await store.extend(stale, LONG_LEASE) is None
+    wrong = dataclasses.replace(current, token=current.token - 1)
+    assert await store.record(wrong, changed, 0) is False
+
+    assert await raw_doc(store, stale.id) == before
+    assert await store.redis.zscore(store.keys.schedule, stale.id) == schedule_before
+    assert schedule_before == current.token
+    assert not await in_zset(store, store.keys.outbox, stale.id)
+    assert await counts(store) == {"pending": 1}
+
+
+# -- ending --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("state", "webhook_state"),
+    [("completed", "pending"), ("error", "pending"), ("timeout", "none"), ("completed", "none")],
+)
+async def test_finish_moves_the_watch_to_its_terminal_state(
+    store: Store, state: str, webhook_state: str
+) -> None:
+    await register(store)
+    claimed = await claim_one(store)
+    done = terminal(claimed, state, webhook_state)
+
+    assert await store.finish(claimed, done) is True
+
+    k = store.keys
+    assert await store.get(TENANT, claimed.id) == done
+    assert not await in_zset(store, k.schedule, claimed.id)
+    assert not await in_zset(store, k.index(TENANT, "pending"), claimed.id)
+    assert await in_zset(store, k.index(TENANT, state), claimed.id)
+    assert await in_zset(store, k.index(TENANT), claimed.id)
+    assert await in_zset(store, k.expiry, claimed.id)
+    queued = await in_zset(store, k.outbox, claimed.id)
+    assert queued is (webhook_state == "pending")
+    expected = {state: 1, "wh:pending": 1} if queued else {state: 1}
+    assert await counts(store) == expected
+    assert (await store.claim(10, LONG_LEASE)).watches == []
+    assert await store.finish(claimed, done) is False  # once only
+    assert await counts(store) == expected
+
+
+async def test_cancel_ends_a_pending_watch_and_fences_its_worker(store: Store) -> None:
+    doc = await register(store)
+    holder = await claim_one(store)
+
+    cancelled = await store.cancel(TENANT, doc["id"])
+
+    assert cancelled["state"] == "cancelled"
+    assert cancelled["finished_at"] is not None
+    assert cancelled["next_poll_at"] is None
+    assert await store.get(TENANT, doc["id"]) == cancelled
+    assert await counts(store) == {"cancelled": 1}
+    k = store.keys
+    assert not await in_zset(store, k.schedule, doc["id"])
+    assert not await in_zset(store, k.index(TENANT, "pending"), doc["id"])
+    assert await in_zset(store, k.index(TENANT, "cancelled"), doc["id"])
+    assert await in_zset(store, k.expiry, doc["id"])
+    assert not await in_zset(store, k.outbox, doc["id"])
+    assert (await store.claim(10, LONG_LEASE)).watches == []
+    assert await store.finish(holder, terminal(holder, "completed", "pending")) is False
+    assert await store.record(holder, holder.doc, 0) is False
+    assert (await store.get(TENANT, doc["id"]))["state"] == "cancelled"
+    assert await counts(store) == {"cancelled": 1}
+
+
+async def test_cancel_of_an_ended_watch_conflicts(store: Store) -> None:
+    await register(store)
+    claimed = await claim_one(store)
+    await store.finish(claimed, terminal(claimed, "completed", "none"))
+
+    with pytest.raises(WatchConflict) as raised:
+        await store.cancel(TENANT, claimed.id)
+
+    assert raised.value.state == "completed"
+    assert await counts(store) == {"completed": 1}
+
+
+async def test_cancel_twice_conflicts_and_counts_once(store: Store) -> None:
+    doc = await register(store)
+    await store.cancel(TENANT, doc["id"])
+
+    with pytest.raises(WatchConflict):
+        await store.cancel(TENANT, doc["id"])
+
+    assert await counts(store) == {"cancelled": 1}
+
+
+async def test_cancel_of_another_tenants_or_unknown_watch_is_not_found(store: Store) -> None:
+    doc = await register(store)
+
+    with pytest.raises(WatchNotFound):
+        await store.cancel("other", doc["id"])
+    with pytest.raises(WatchNotFound):
+        await store.cancel(TENANT, "w_000000000000nosuchwatch")
+
+    assert (await store.get(TENANT, doc["id"]))["state"] == "pending"
+    assert await counts(store) == {"pending": 1}
+
+
+# -- retention -----------------------------------------------------------------------------
+
+
+async def test_forget_expired_deletes_ended_watches_and_their_traces(store: Store) -> None:
+    short = Store(store.redis, namespace=store.keys.namespace, retention_seconds=0.001)
+    finished = await register(short)
+    claimed = await claim_one(short)
+    assert await short.finish(claimed, terminal(claimed, "completed", "pending"))
+    cancelled = await register(short)
+    await short.cancel(TENANT, cancelled["id"])
+    kept = await register(short)
+    k = short.keys
+    await short.redis.rpush(k.deliveries(finished["id"]), json.dumps({"status_code": 500}))
+    assert await counts(short) == {
+        "pending": 1,
+        "cancelled": 1,
+        "completed": 1,
+        "wh:pending": 1,
+    }
+
+    forgotten = 0
+    deadline = time.monotonic() + 2.0
+    while forgotten < 2 and time.monotonic() < deadline:
+        forgotten += await short.forget_expired()
+        await asyncio.sleep(0.005)
+
+    assert forgotten == 2
+    for gone in (cancelled["id"], finished["id"]):
+        assert await raw_doc(short, gone) is None
+        assert not await in_zset(short, k.index(TENANT), gone)
+        assert not await in_zset(short, k.expiry, gone)
+        with pytest.raises(WatchNotFound):
+            await short.get(TENANT, gone)
+    assert not await in_zset(short, k.index(TENANT, "cancelled"), cancelled["id"])
+    assert not await in_zset(short, k.index(TENANT, "completed"), finished["id"])
+    assert not await short.redis.exists(k.deliveries(finished["id"]))
+    assert await counts(short) == {"pending": 1}
+    assert await short.get(TENANT, kept["id"]) == kept
+    assert [doc["id"] for doc in (await short.list(TENANT, None, 10, None)).docs] == [kept["id"]]
+    assert await short.forget_expired() == 0
+    assert await counts(short) == {"pending": 1}
+
+
+async def test_forget_expired_keeps_watches_within_retention(store: Store) -> None:
+    doc = await register(store)
+    await store.cancel(TENANT, doc["id"])
+
+    assert await store.forget_expired() == 0
+
+    assert (await store.get(TENANT, doc["id"]))["state"] == "cancelled"
+    assert await counts(store) == {"cancelled": 1}
