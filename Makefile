@@ -25,7 +25,7 @@ test: lint
 		$(BIN)/pytest -q --cov --cov-report=term $(PYTEST_ARGS)
 
 run: $(STAMP)
-	$(BIN)/vtwatch dev
+	$(BIN)/vtwatch dev --demo
 
 demo: $(STAMP)
 	$(BIN)/vtwatch demo

@@ -59,10 +59,12 @@ async def run_dev(settings: Settings, host: str, port: int, *, demo: bool = Fals
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop)
-    simulator = await _start_simulator() if demo else None
     tasks = [asyncio.create_task(server.serve()), asyncio.create_task(worker.run())]
+    simulator = None
     if demo:
-        tasks.append(asyncio.create_task(_follow_first_watch(server, f"http://{host}:{port}")))
+        simulator, status_url = await _start_simulator()
+        api = f"http://{host}:{port}"
+        tasks.append(asyncio.create_task(_follow_first_watch(server, api, status_url)))
     try:
         await tasks[0]
     finally:
@@ -73,20 +75,23 @@ async def run_dev(settings: Settings, host: str, port: int, *, demo: bool = Fals
         await redis.aclose()
 
 
-async def _start_simulator() -> web.AppRunner:
-    runner = web.AppRunner(
-        create_simulator(SimulatorConfig(delay=8.0, hints=True)), access_log=None
-    )
+async def _start_simulator() -> tuple[web.AppRunner, str]:
+    """A simulator on :5000, or on a free port if that one is taken; returns its /status URL."""
+    config = SimulatorConfig(delay=8.0, hints=True)
+    runner = web.AppRunner(create_simulator(config), access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", SIMULATOR_PORT).start()
-    return runner
+    try:
+        await web.TCPSite(runner, "127.0.0.1", SIMULATOR_PORT).start()
+    except OSError:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    return runner, f"http://127.0.0.1:{port}/status"
 
 
-async def _follow_first_watch(server: uvicorn.Server, api: str) -> None:
+async def _follow_first_watch(server: uvicorn.Server, api: str, status_url: str) -> None:
     """Register one watch on the simulator and print it until it ends."""
     while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for this
         await asyncio.sleep(0.05)
-    status_url = f"http://127.0.0.1:{SIMULATOR_PORT}/status"
     body = {"status_url": status_url, "policy": {"max_interval": 2}}
     async with aiohttp.ClientSession() as session:
         async with session.post(f"{api}/v1/watches", json=body) as response:
