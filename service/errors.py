@@ -19,10 +19,9 @@ class WatchNotFound(ServiceError):
 
 
 class WatchConflict(ServiceError):
-    def __init__(self, watch_id: str, state: str) -> None:
-        super().__init__(f"watch {watch_id!r} is already {state}")
+    def __init__(self, watch_id: str, why: str) -> None:
+        super().__init__(f"watch {watch_id!r} {why}")
         self.watch_id = watch_id
-        self.state = state
 
 
 class IdempotencyConflict(ServiceError):

@@ -73,9 +73,9 @@ class Outbox:
         if outcome == "missing":
             raise WatchNotFound(watch_id)
         if outcome == "not_ended":
-            raise WatchConflict(watch_id, "pending: its webhook is sent when it ends")
+            raise WatchConflict(watch_id, "has not ended yet: its webhook is sent when it does")
         if outcome == "no_webhook":
-            raise WatchConflict(watch_id, "without a webhook_url")
+            raise WatchConflict(watch_id, "has no webhook_url")
 
     async def secrets(self, tenant: str) -> tuple[str, str | None]:
         """The tenant's (current, previous-if-still-live) signing secrets; created on first use."""

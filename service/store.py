@@ -170,7 +170,7 @@ class Store:
             raise WatchNotFound(watch_id)
         doc: Doc = json.loads(result[1])
         if result[0] == "conflict":
-            raise WatchConflict(watch_id, doc["state"])
+            raise WatchConflict(watch_id, f"has already ended: it is {doc['state']}")
         return doc
 
     async def counts(self, tenant: str) -> dict[str, int]:

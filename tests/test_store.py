@@ -341,7 +341,7 @@ async def test_cancel_of_an_ended_watch_conflicts(store: Store) -> None:
     with pytest.raises(WatchConflict) as raised:
         await store.cancel(TENANT, claimed.id)
 
-    assert raised.value.state == "completed"
+    assert "completed" in str(raised.value)
     assert await counts(store) == {"completed": 1}
 
 

@@ -18,6 +18,7 @@ import aiohttp
 
 from client.upstream import describe_exception, parse_retry_after
 from client.webhooks import signature_header
+from service.domain import WebhookState
 from service.models import render_watch, timestamp
 from service.outbox import Outbox, Outcome
 from service.settings import Settings
@@ -31,8 +32,14 @@ SCHEDULE_JITTER = 0.2
 
 
 def event_body(doc: dict[str, Any]) -> bytes:
-    """The webhook payload: `{"type": "watch.<state>", "timestamp": ..., "data": <Watch>}`."""
-    watch = render_watch(doc)
+    """The webhook payload: `{"type": "watch.<state>", "timestamp": ..., "data": <Watch>}`.
+
+    The data is the watch as it ended, so every attempt sends the same bytes (one event, one
+    `webhook-id`, one body): the delivery's own progress (attempts, last status code) is left
+    out, as it was when the event was queued.
+    """
+    as_ended = {"state": WebhookState.PENDING.value, "attempts": 0, "last_status_code": None}
+    watch = render_watch({**doc, "webhook": as_ended})
     finished = timestamp(doc["finished_at"])
     event = {
         "type": f"watch.{watch.state.value}",
