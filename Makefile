@@ -21,6 +21,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 test: lint
+	deploy/validate.sh
 	VTW_TEST_REDIS_URL="$$($(BIN)/python .ci/ensure_redis.py)" \
 		$(BIN)/pytest -q --cov --cov-report=term $(PYTEST_ARGS)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -28,7 +29,13 @@ def _api(args: argparse.Namespace) -> None:
 
     settings = Settings()
     check_open_mode(settings, args.host)
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+    )
 
 
 def _worker(args: argparse.Namespace) -> None:
@@ -67,7 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vtwatch", description="Know when long-running translation jobs finish."
     )
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("VTW_LOG_LEVEL", "info").lower(),
+        choices=["debug", "info", "warning", "error"],
+        help="also VTW_LOG_LEVEL (info)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     api = commands.add_parser("api", help="serve the HTTP API")

@@ -76,6 +76,15 @@ class Worker:
     async def run(self) -> None:
         settings = self.settings
         redis = self._redis if self._redis is not None else connect(settings)
+        logger.info(
+            "worker starting: roles %s, concurrency %d (%d per host), lease %.0fs, "
+            "allowed networks %s",
+            ",".join(sorted(self.roles)),
+            settings.worker_concurrency,
+            settings.per_host_concurrency,
+            settings.lease_seconds,
+            ",".join(map(str, settings.allowed_networks)) or "none",
+        )
         connector = guarded_connector(settings.allowed_networks, limit=settings.worker_concurrency)
         try:
             async with aiohttp.ClientSession(connector=connector) as session:

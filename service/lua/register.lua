@@ -1,6 +1,12 @@
 -- Register a watch, or answer an earlier registration with the same idempotency key.
 -- KEYS: doc, schedule, index, index:pending, counts[, idempotency]
 -- ARGV: id, doc JSON (without times), max_wait_ms, body fingerprint, idempotency TTL s, watch key prefix
+-- The id is drawn by the caller: finding it means this very call already ran (a client retry
+-- after a lost reply or a timeout), so answer it again without counting the watch twice.
+local again = redis.call('GET', KEYS[1])
+if again then
+  return {'created', again}
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if KEYS[6] then
