@@ -8,7 +8,6 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .settings import Settings
 
@@ -31,8 +30,10 @@ def connect(settings: Settings) -> aioredis.Redis:
         socket_connect_timeout=2,
         socket_timeout=5,
         health_check_interval=15,
+        # Retry only failures to connect or send: a command that timed out may have run, and
+        # running a script twice is not always harmless (register.lua is made safe anyway).
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        retry_on_error=[RedisConnectionError],
     )
     return aioredis.Redis(connection_pool=pool)
 

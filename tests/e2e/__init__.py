@@ -1,0 +1,1 @@
+"""End-to-end tests: real API, worker, simulator and Redis processes on loopback."""

@@ -1,0 +1,94 @@
+"""Fixtures of the end-to-end tests: processes (torn down, logs shown on failure), a namespace
+in the shared Redis (deleted afterwards), and HTTP clients."""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+from collections.abc import AsyncIterator, Generator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .helpers import http_client
+from .procs import SHARED_REDIS_URL, Processes
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Keep each phase's report on the test item, so fixtures can tell a failed test."""
+    report = yield
+    setattr(item, f"e2e_report_{report.when}", report)
+    return report
+
+
+def _failed(node: pytest.Item) -> bool:
+    return any(
+        getattr(node, f"e2e_report_{when}", None) is not None
+        and getattr(node, f"e2e_report_{when}").failed
+        for when in ("setup", "call")
+    )
+
+
+@pytest.fixture
+async def procs(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Processes]:
+    """Start processes with `procs.start_*`; all are stopped afterwards, and the tail of each
+    log is printed when the test failed."""
+    log_dir = tmp_path_factory.mktemp("e2e-logs")
+    processes = Processes(log_dir)
+    try:
+        yield processes
+    finally:
+        await processes.aclose()
+        if _failed(request.node):
+            print(f"\n===== logs of {request.node.name} (kept in {log_dir})")
+            print(processes.report())
+        else:
+            shutil.rmtree(log_dir, ignore_errors=True)
+
+
+@pytest.fixture
+async def shared_redis() -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(SHARED_REDIS_URL, socket_connect_timeout=1)
+    try:
+        await client.ping()
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        await client.aclose()
+        pytest.skip(f"no Redis at {SHARED_REDIS_URL} (set VTW_TEST_REDIS_URL): {exc}")
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def namespace(shared_redis: aioredis.Redis) -> AsyncIterator[str]:
+    """A fresh `VTW_NAMESPACE` in the shared Redis; its keys are deleted afterwards."""
+    ns = "e2e" + secrets.token_hex(6)
+    try:
+        yield ns
+    finally:
+        keys = [key async for key in shared_redis.scan_iter(match=f"vtw:{{{ns}}}:*", count=1000)]
+        for start in range(0, len(keys), 1000):
+            await shared_redis.delete(*keys[start : start + 1000])
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with http_client() as client:
+        yield client
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "redis-data"
+    path.mkdir()
+    return path
