@@ -109,3 +109,22 @@ async def test_an_unknown_job_is_an_error_at_once(simulator: object) -> None:
     client = VideoTranslationClient(base, status_path="/jobs/nope/status")
     result = await client.poll()
     assert result.status is Status.ERROR and result.attempts == 1
+
+
+async def test_the_demo_starts_a_simulator_when_none_answers(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from client.demo import run_demo
+
+    port = socket_free_port()
+    assert await run_demo(f"http://127.0.0.1:{port}", delay=0.5, seed=1) == "completed"
+    output = capsys.readouterr().out
+    assert "Started a simulator" in output and "Final status: completed" in output
+
+
+def socket_free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
