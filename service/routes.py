@@ -94,7 +94,7 @@ async def list_watches(
     ] = None,
 ) -> WatchPage:
     """The tenant's watches, newest first."""
-    page = await store.list(tenant, state, limit, cursor)
+    page = await store.page(tenant, state, limit, cursor)
     return WatchPage(items=[render_watch(doc) for doc in page.docs], next_cursor=page.next_cursor)
 
 

@@ -8,11 +8,13 @@ Redis server milliseconds. A worker's claim returns a fencing token (its lease e
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 
 from .domain import WatchState, WebhookState, new_watch_id
@@ -137,7 +139,7 @@ class Store:
             raise WatchNotFound(watch_id)
         return doc
 
-    async def list(
+    async def page(
         self, tenant: str, state: WatchState | None, limit: int, cursor: str | None
     ) -> Page:
         """The tenant's watches, newest first; `cursor` is the last id of the previous page."""
@@ -186,19 +188,38 @@ class Store:
         )
         return parse_claim(reply)
 
-    async def record(self, claimed: Claimed, doc: Doc, delay_seconds: float) -> bool:
-        """Save a poll of a still-pending watch and schedule the next one in `delay_seconds`."""
-        done = await self._scripts["record"](
-            keys=[self.keys.schedule, self.keys.watch(claimed.id)],
-            args=[claimed.id, claimed.token, encode(doc), int(delay_seconds * 1000)],
-        )
-        return bool(done)
+    async def record(self, claimed: Claimed, doc: Doc) -> bool:
+        """Save a poll of a still-pending watch; it is due again at `doc["next_poll_at"]`."""
+        return (await self.save([(claimed, doc)]))[0]
 
     async def finish(self, claimed: Claimed, doc: Doc) -> bool:
         """Save the terminal state and queue its webhook, atomically."""
+        return (await self.save([(claimed, doc)]))[0]
+
+    async def save(self, polls: Sequence[tuple[Claimed, Doc]]) -> list[bool]:
+        """Save many polls in one round trip: `record` for pending docs, `finish` for the rest.
+
+        Each is fenced on its own: False for a watch whose lease passed to another worker.
+        """
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for claimed, doc in polls:
+                if doc["state"] == WatchState.PENDING:
+                    await self._record(pipe, claimed, doc)
+                else:
+                    await self._finish(pipe, claimed, doc)
+            return [bool(done) for done in await pipe.execute()]
+
+    async def _record(self, pipe: Pipeline, claimed: Claimed, doc: Doc) -> None:
+        await self._scripts["record"](
+            keys=[self.keys.schedule, self.keys.watch(claimed.id)],
+            args=[claimed.id, claimed.token, encode(doc), doc["next_poll_at"]],
+            client=pipe,
+        )
+
+    async def _finish(self, pipe: Pipeline, claimed: Claimed, doc: Doc) -> None:
         k, tenant, state = self.keys, doc["tenant"], doc["state"]
         has_webhook = doc["webhook"]["state"] == WebhookState.PENDING
-        done = await self._scripts["finish"](
+        await self._scripts["finish"](
             keys=[
                 k.schedule,
                 k.watch(claimed.id),
@@ -216,8 +237,8 @@ class Store:
                 self.retention_ms,
                 "1" if has_webhook else "0",
             ],
+            client=pipe,
         )
-        return bool(done)
 
     async def extend(self, claimed: Claimed, lease_seconds: float) -> Claimed | None:
         """Extend the lease; returns the claim with its new token, or None if it was lost."""

@@ -19,6 +19,14 @@ from service.errors import IdempotencyConflict, WatchConflict, WatchNotFound
 from service.store import Claim, Claimed, Doc, Store
 
 TENANT = "acme"
+
+
+async def record_in(store: Store, claimed: Claimed, doc: Doc, seconds: float) -> bool:
+    """`store.record` with the next poll due `seconds` from now (Redis time)."""
+    doc["next_poll_at"] = await store.server_time_ms() + int(seconds * 1000)
+    return await store.record(claimed, doc)
+
+
 SPEC = {
     "status_url": "http://translate-1:5000/status",
     "webhook_url": None,
@@ -144,7 +152,7 @@ async def test_list_pages_newest_first_with_a_cursor(store: Store) -> None:
 
     seen, cursor, pages = [], None, 0
     while True:
-        page = await store.list(TENANT, None, 2, cursor)
+        page = await store.page(TENANT, None, 2, cursor)
         pages += 1
         seen += [doc["id"] for doc in page.docs]
         cursor = page.next_cursor
@@ -153,7 +161,7 @@ async def test_list_pages_newest_first_with_a_cursor(store: Store) -> None:
 
     assert seen == ids[::-1]
     assert pages == 3
-    whole = await store.list(TENANT, None, 5, None)
+    whole = await store.page(TENANT, None, 5, None)
     assert [doc["id"] for doc in whole.docs] == ids[::-1]
     assert whole.next_cursor is None
 
@@ -163,9 +171,9 @@ async def test_list_filters_by_state(store: Store) -> None:
     cancelled = await register(store)
     await store.cancel(TENANT, cancelled["id"])
 
-    pending = await store.list(TENANT, WatchState.PENDING, 10, None)
-    ended = await store.list(TENANT, WatchState.CANCELLED, 10, None)
-    completed = await store.list(TENANT, WatchState.COMPLETED, 10, None)
+    pending = await store.page(TENANT, WatchState.PENDING, 10, None)
+    ended = await store.page(TENANT, WatchState.CANCELLED, 10, None)
+    completed = await store.page(TENANT, WatchState.COMPLETED, 10, None)
 
     assert [doc["id"] for doc in pending.docs] == [kept["id"]]
     assert [doc["id"] for doc in ended.docs] == [cancelled["id"]]
@@ -193,7 +201,7 @@ async def test_a_new_watch_is_due_at_once_and_a_claim_leases_it(store: Store) ->
 async def test_claim_returns_only_due_watches(store: Store) -> None:
     later = await register(store)
     claimed = await claim_one(store)
-    assert await store.record(claimed, claimed.doc, 60)  # next poll in a minute
+    assert await record_in(store, claimed, claimed.doc, 60)  # next poll in a minute
     due = await register(store)
 
     claim = await store.claim(10, LONG_LEASE)
@@ -238,8 +246,8 @@ async def test_extend_renews_the_lease_with_a_larger_token(store: Store) -> None
     assert await store.redis.zscore(store.keys.schedule, claimed.id) == extended.token
     await asyncio.sleep(0.1)  # the first lease would have expired by now
     assert (await store.claim(10, LONG_LEASE)).watches == []
-    assert await store.record(claimed, claimed.doc, 1) is False
-    assert await store.record(extended, extended.doc, 1) is True
+    assert await record_in(store, claimed, claimed.doc, 1) is False
+    assert await record_in(store, extended, extended.doc, 1) is True
 
 
 async def test_record_with_the_current_token_saves_and_reschedules(store: Store) -> None:
@@ -247,7 +255,7 @@ async def test_record_with_the_current_token_saves_and_reschedules(store: Store)
     claimed = await claim_one(store)
     polled = {**claimed.doc, "attempts": 1, "last_result": "pending", "progress": 42.5}
 
-    assert await store.record(claimed, polled, 0.2) is True
+    assert await record_in(store, claimed, polled, 0.2) is True
 
     assert await store.get(TENANT, claimed.id) == polled
     assert (await store.claim(10, LONG_LEASE)).watches == []  # not due before its delay
@@ -264,11 +272,11 @@ async def test_a_stale_token_changes_nothing(store: Store) -> None:
     schedule_before = await store.redis.zscore(store.keys.schedule, stale.id)
     changed = {**stale.doc, "attempts": 99}
 
-    assert await store.record(stale, changed, 0) is False
+    assert await record_in(store, stale, changed, 0) is False
     assert await store.finish(stale, terminal(stale, "completed", "pending")) is False
     assert await store.extend(stale, LONG_LEASE) is None
     wrong = dataclasses.replace(current, token=current.token - 1)
-    assert await store.record(wrong, changed, 0) is False
+    assert await record_in(store, wrong, changed, 0) is False
 
     assert await raw_doc(store, stale.id) == before
     assert await store.redis.zscore(store.keys.schedule, stale.id) == schedule_before
@@ -328,7 +336,7 @@ async def test_cancel_ends_a_pending_watch_and_fences_its_worker(store: Store) -
     assert not await in_zset(store, k.outbox, doc["id"])
     assert (await store.claim(10, LONG_LEASE)).watches == []
     assert await store.finish(holder, terminal(holder, "completed", "pending")) is False
-    assert await store.record(holder, holder.doc, 0) is False
+    assert await record_in(store, holder, holder.doc, 0) is False
     assert (await store.get(TENANT, doc["id"]))["state"] == "cancelled"
     assert await counts(store) == {"cancelled": 1}
 
@@ -405,7 +413,7 @@ async def test_forget_expired_deletes_ended_watches_and_their_traces(store: Stor
     assert not await short.redis.exists(k.deliveries(finished["id"]))
     assert await counts(short) == {"pending": 1}
     assert await short.get(TENANT, kept["id"]) == kept
-    assert [doc["id"] for doc in (await short.list(TENANT, None, 10, None)).docs] == [kept["id"]]
+    assert [doc["id"] for doc in (await short.page(TENANT, None, 10, None)).docs] == [kept["id"]]
     assert await short.forget_expired() == 0
     assert await counts(short) == {"pending": 1}
 

@@ -70,6 +70,7 @@ def decide(
 
 class Dispatcher(ClaimLoop):
     name = "dispatcher"
+    idle_sleep = 0.25  # webhooks go out within a quarter second of the terminal state
 
     def __init__(
         self,

@@ -13,7 +13,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from service.store import Claim, Claimed
 
@@ -22,6 +22,45 @@ from .retry import STORE_ERRORS, outage_backoff
 logger = logging.getLogger(__name__)
 IDLE_SLEEP = 0.05
 T = TypeVar("T")
+R = TypeVar("R")
+
+
+class WriteBatch(Generic[T, R]):
+    """Coalesces the writes made in one event-loop turn into one call of `send` (one round trip).
+
+    `await batch.add(item)` returns that item's result; a failed send fails every item in it.
+    """
+
+    def __init__(self, send: Callable[[list[T]], Awaitable[list[R]]]) -> None:
+        self._send = send
+        self._items: list[T] = []
+        self._futures: list[asyncio.Future[R]] = []
+
+    async def add(self, item: T) -> R:
+        loop = asyncio.get_running_loop()
+        if not self._items:
+            loop.call_soon(self._flush)
+        future: asyncio.Future[R] = loop.create_future()
+        self._items.append(item)
+        self._futures.append(future)
+        return await future
+
+    def _flush(self) -> None:
+        items, futures = self._items, self._futures
+        self._items, self._futures = [], []
+        task = asyncio.ensure_future(self._send(items))
+        task.add_done_callback(lambda done: self._settle(done, futures))
+
+    @staticmethod
+    def _settle(done: asyncio.Future[list[R]], futures: list[asyncio.Future[R]]) -> None:
+        error = done.exception() if not done.cancelled() else asyncio.CancelledError()
+        for index, future in enumerate(futures):
+            if future.done():
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(done.result()[index])
 
 
 class LeaseLost(Exception):
@@ -50,12 +89,14 @@ class HostLimits:
 
 class ClaimLoop(ABC):
     name = "loop"
+    idle_sleep = IDLE_SLEEP
 
     def __init__(self, concurrency: int, lease_seconds: float) -> None:
         self.concurrency = concurrency
         self.lease_seconds = lease_seconds
         self.stopping = asyncio.Event()
         self.in_flight: set[asyncio.Task[None]] = set()
+        self._slot_free = asyncio.Event()
         self._clock_offset_ms = 0.0  # Redis time minus this process's monotonic time
 
     @abstractmethod
@@ -74,7 +115,8 @@ class ClaimLoop(ABC):
         while not self.stopping.is_set():
             free = self.concurrency - len(self.in_flight)
             if free <= 0:
-                await asyncio.wait(self.in_flight, return_when=asyncio.FIRST_COMPLETED)
+                self._slot_free.clear()
+                await self._slot_free.wait()
                 continue
             try:
                 claim = await self.claim(free)
@@ -91,13 +133,17 @@ class ClaimLoop(ABC):
             for claimed in claim.watches:
                 task = asyncio.create_task(self._handle(claimed))
                 self.in_flight.add(task)
-                task.add_done_callback(self.in_flight.discard)
+                task.add_done_callback(self._done)
             if len(claim.watches) < free:
-                wait_ms = IDLE_SLEEP * 1000
+                wait_ms = self.idle_sleep * 1000
                 if claim.next_due_ms is not None:
                     wait_ms = min(wait_ms, claim.next_due_ms - claim.now_ms)
                 if wait_ms > 0:
                     await self._nap(wait_ms / 1000)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.in_flight.discard(task)
+        self._slot_free.set()
 
     async def _nap(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

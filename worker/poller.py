@@ -23,7 +23,8 @@ from service.domain import WatchState, WebhookState
 from service.settings import Settings
 from service.store import Claim, Claimed, Doc, Store
 
-from .loop import ClaimLoop, HostLimits, LeaseLost
+from .loop import ClaimLoop, HostLimits, LeaseLost, WriteBatch
+from .retry import STORE_ERRORS
 
 logger = logging.getLogger(__name__)
 
@@ -84,18 +85,34 @@ class Poller(ClaimLoop):
         self.settings = settings
         self.rng = rng or random.Random()
         self.host_limits = HostLimits(settings.per_host_concurrency)
+        self.writes: WriteBatch[tuple[Claimed, Doc], bool] = WriteBatch(store.save)
+        self.leases: dict[str, Claimed | None] = {}  # polls in flight; None: lease lost
         self.polls = 0
         self.lateness_ms: deque[int] = deque(maxlen=100_000)
 
     async def claim(self, limit: int) -> Claim:
         return await self.store.claim(limit, self.lease_seconds)
 
+    async def run(self) -> None:
+        keeper = asyncio.create_task(self._keep_leases())
+        try:
+            await super().run()
+        finally:
+            keeper.cancel()
+
     async def handle(self, claimed: Claimed) -> None:
         doc = claimed.doc
         spec = json.loads(doc["spec"])
         if doc["next_poll_at"] is not None:
             self.lateness_ms.append(self.server_now_ms() - doc["next_poll_at"])
-        seen, claimed = await self._fetch_under_lease(claimed, spec["status_url"])
+        url = spec["status_url"]
+        self.leases[claimed.id] = claimed
+        try:
+            seen = await self.host_limits.run(urlsplit(url).netloc, lambda: self._fetch(url))
+        finally:
+            current = self.leases.pop(claimed.id)
+        if current is None:
+            raise LeaseLost(claimed.id)
         now_ms = self.server_now_ms()
         apply_poll(doc, seen, now_ms)
         self.polls += 1
@@ -104,28 +121,27 @@ class Poller(ClaimLoop):
         delay = next_poll_delay(backoff, seen, doc["attempts"], remaining, max_attempts, self.rng)
         if delay is None:
             apply_end(doc, seen, spec.get("webhook_url"), now_ms)
-            saved = await self.store.finish(claimed, doc)
         else:
             doc["next_poll_at"] = now_ms + int(delay * 1000)
-            saved = await self.store.record(claimed, doc, delay)
-        if not saved:
+        if not await self.writes.add((current, doc)):
             raise LeaseLost(claimed.id)
 
-    async def _fetch_under_lease(self, claimed: Claimed, url: str) -> tuple[Observation, Claimed]:
-        """Poll the upstream, extending the lease while the request (or its queue) is slow."""
+    async def _fetch(self, url: str) -> Observation:
+        return await fetch_status(self.session, url, self.settings.request_timeout)
 
-        async def fetch() -> Observation:
-            return await fetch_status(self.session, url, self.settings.request_timeout)
-
-        request = asyncio.ensure_future(self.host_limits.run(urlsplit(url).netloc, fetch))
-        try:
-            while True:
-                done, _ = await asyncio.wait({request}, timeout=self.lease_seconds / 2)
-                if done:
-                    return request.result(), claimed
-                extended = await self.store.extend(claimed, self.lease_seconds)
-                if extended is None:
-                    raise LeaseLost(claimed.id)
-                claimed = extended
-        finally:
-            request.cancel()
+    async def _keep_leases(self) -> None:
+        """Extend the leases of polls that run (or queue for their host) for long."""
+        lease_ms = self.lease_seconds * 1000
+        while True:
+            await asyncio.sleep(self.lease_seconds / 4)
+            now_ms = self.server_now_ms()
+            for watch_id, claimed in list(self.leases.items()):
+                if claimed is None or claimed.token - now_ms > lease_ms / 2:
+                    continue
+                try:
+                    extended = await self.store.extend(claimed, self.lease_seconds)
+                except STORE_ERRORS as exc:
+                    logger.warning("could not extend the lease on %s: %s", watch_id, exc)
+                    continue
+                if watch_id in self.leases:
+                    self.leases[watch_id] = extended
