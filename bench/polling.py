@@ -43,7 +43,7 @@ import math
 import random
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from types import TracebackType
 from typing import Any, cast
@@ -91,14 +91,15 @@ class JobClock:
 
 
 class FakeBody:
-    """`response.content`: yields the JSON body in chunks."""
+    """`response.content`: hands out the JSON body like aiohttp's StreamReader.read(n)."""
 
     def __init__(self, data: bytes) -> None:
         self._data = data
 
-    async def iter_chunked(self, n: int) -> AsyncIterator[bytes]:
-        for start in range(0, len(self._data), n):
-            yield self._data[start : start + n]
+    async def read(self, n: int = -1) -> bytes:
+        chunk = self._data if n < 0 else self._data[:n]
+        self._data = self._data[len(chunk) :]
+        return chunk
 
 
 class FakeResponse:
@@ -107,7 +108,9 @@ class FakeResponse:
     def __init__(self, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         self.status = 200
         self.headers: dict[str, str] = headers or {}
-        self.content = FakeBody(json.dumps(body).encode())
+        data = json.dumps(body).encode()
+        self.content = FakeBody(data)
+        self.content_length = len(data)
 
     async def __aenter__(self) -> FakeResponse:
         return self
@@ -192,7 +195,7 @@ def ours(**client_kwargs: Any) -> Runner:
 async def original_status(upstream: FakeUpstream) -> str:
     """One request of the original: read the body, return its `result`."""
     async with upstream.get(BASE_URL + "/status") as response:
-        data = b"".join([chunk async for chunk in response.content.iter_chunked(16 * 1024)])
+        data = await response.content.read()
     return str(json.loads(data).get("result", "pending"))
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import json
 import math
 import time
@@ -142,16 +143,27 @@ async def fetch_status(
 ) -> Observation:
     """One `GET url` with a total timeout and a capped body read; never raises for I/O."""
     try:
-        async with session.get(
-            url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
-        ) as response:
-            body = bytearray()
-            async for chunk in response.content.iter_chunked(16 * 1024):
-                body += chunk
-                if len(body) > MAX_BODY_BYTES:
-                    break
-            return classify_response(
-                response.status, bytes(body), response.headers.get("Retry-After")
-            )
+        async with session.get(url, headers=headers, timeout=_timeout(timeout)) as response:
+            body = await _read_capped(response)
+            return classify_response(response.status, body, response.headers.get("Retry-After"))
     except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
         return Observation(None, None, describe_exception(exc))
+
+
+@functools.lru_cache(maxsize=64)
+def _timeout(seconds: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=seconds)
+
+
+async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
+    """The body, or its first MAX_BODY_BYTES + 1 bytes when it is longer (a transient error)."""
+    length = response.content_length
+    if length is not None and length > MAX_BODY_BYTES:
+        return b"x" * (MAX_BODY_BYTES + 1)
+    body = b""
+    while len(body) <= MAX_BODY_BYTES:
+        chunk = await response.content.read(MAX_BODY_BYTES + 1 - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return body

@@ -14,14 +14,15 @@ from importlib import resources
 from typing import Any, cast
 
 import redis.asyncio as aioredis
-from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from .domain import WatchState, WebhookState, new_watch_id
 from .errors import IdempotencyConflict, WatchConflict, WatchNotFound
 from .keys import Keys
 
 Doc = dict[str, Any]
+ScriptCall = tuple[AsyncScript, list[str], list[Any]]
 SCRIPTS = ("register", "claim", "record", "extend", "finish", "cancel", "forget")
 
 
@@ -201,44 +202,61 @@ class Store:
 
         Each is fenced on its own: False for a watch whose lease passed to another worker.
         """
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for claimed, doc in polls:
-                if doc["state"] == WatchState.PENDING:
-                    await self._record(pipe, claimed, doc)
-                else:
-                    await self._finish(pipe, claimed, doc)
-            return [bool(done) for done in await pipe.execute()]
+        calls = [
+            self._record(claimed, doc)
+            if doc["state"] == WatchState.PENDING
+            else self._finish(claimed, doc)
+            for claimed, doc in polls
+        ]
+        return [bool(done) for done in await self._run_scripts(calls)]
 
-    async def _record(self, pipe: Pipeline, claimed: Claimed, doc: Doc) -> None:
-        await self._scripts["record"](
-            keys=[self.keys.schedule, self.keys.watch(claimed.id)],
-            args=[claimed.id, claimed.token, encode(doc), doc["next_poll_at"]],
-            client=pipe,
+    async def _run_scripts(self, calls: list[ScriptCall]) -> list[Any]:
+        """EVALSHA each call in one pipeline; scripts the server lost (a restart) are loaded and
+        only those calls run again (NOSCRIPT means they did not run)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for script, keys, args in calls:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+        missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+        if missing:
+            for script in {calls[i][0] for i in missing}:
+                await self.redis.script_load(script.script)
+            again = await self._run_scripts([calls[i] for i in missing])
+            for i, result in zip(missing, again, strict=True):
+                results[i] = result
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return results
+
+    def _record(self, claimed: Claimed, doc: Doc) -> ScriptCall:
+        return (
+            self._scripts["record"],
+            [self.keys.schedule, self.keys.watch(claimed.id)],
+            [claimed.id, claimed.token, encode(doc), doc["next_poll_at"]],
         )
 
-    async def _finish(self, pipe: Pipeline, claimed: Claimed, doc: Doc) -> None:
+    def _finish(self, claimed: Claimed, doc: Doc) -> ScriptCall:
         k, tenant, state = self.keys, doc["tenant"], doc["state"]
         has_webhook = doc["webhook"]["state"] == WebhookState.PENDING
-        await self._scripts["finish"](
-            keys=[
-                k.schedule,
-                k.watch(claimed.id),
-                k.index(tenant, WatchState.PENDING),
-                k.index(tenant, state),
-                k.counts(tenant),
-                k.expiry,
-                k.outbox,
-            ],
-            args=[
-                claimed.id,
-                claimed.token,
-                encode(doc),
-                state,
-                self.retention_ms,
-                "1" if has_webhook else "0",
-            ],
-            client=pipe,
-        )
+        keys = [
+            k.schedule,
+            k.watch(claimed.id),
+            k.index(tenant, WatchState.PENDING),
+            k.index(tenant, state),
+            k.counts(tenant),
+            k.expiry,
+            k.outbox,
+        ]
+        args = [
+            claimed.id,
+            claimed.token,
+            encode(doc),
+            state,
+            self.retention_ms,
+            "1" if has_webhook else "0",
+        ]
+        return self._scripts["finish"], keys, args
 
     async def extend(self, claimed: Claimed, lease_seconds: float) -> Claimed | None:
         """Extend the lease; returns the claim with its new token, or None if it was lost."""

@@ -8,11 +8,12 @@ lease it was claimed with. Concurrency is bounded per process and per upstream h
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import random
 from collections import deque
-from typing import Any
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -29,7 +30,20 @@ from .retry import STORE_ERRORS
 logger = logging.getLogger(__name__)
 
 
-def policy_of(spec: dict[str, Any]) -> tuple[BackoffPolicy, int | None]:
+@dataclass(frozen=True, slots=True)
+class WatchSpec:
+    """What a poll needs of a watch's immutable spec, parsed once per distinct spec."""
+
+    status_url: str
+    host: str
+    webhook_url: str | None
+    backoff: BackoffPolicy
+    max_attempts: int | None
+
+
+@functools.lru_cache(maxsize=65536)
+def parse_spec(spec_json: str) -> WatchSpec:
+    spec = json.loads(spec_json)
     policy = spec["policy"]
     backoff = BackoffPolicy(
         initial_wait_time=policy["initial_wait_time"],
@@ -37,7 +51,10 @@ def policy_of(spec: dict[str, Any]) -> tuple[BackoffPolicy, int | None]:
         jitter=policy["jitter"],
         max_interval=policy["max_interval"],
     )
-    return backoff, policy["max_attempts"]
+    url = spec["status_url"]
+    return WatchSpec(
+        url, urlsplit(url).netloc, spec.get("webhook_url"), backoff, policy["max_attempts"]
+    )
 
 
 def apply_poll(doc: Doc, seen: Observation, now_ms: int) -> None:
@@ -102,13 +119,12 @@ class Poller(ClaimLoop):
 
     async def handle(self, claimed: Claimed) -> None:
         doc = claimed.doc
-        spec = json.loads(doc["spec"])
+        spec = parse_spec(doc["spec"])
         if doc["next_poll_at"] is not None:
             self.lateness_ms.append(self.server_now_ms() - doc["next_poll_at"])
-        url = spec["status_url"]
         self.leases[claimed.id] = claimed
         try:
-            seen = await self.host_limits.run(urlsplit(url).netloc, lambda: self._fetch(url))
+            seen = await self.host_limits.run(spec.host, lambda: self._fetch(spec.status_url))
         finally:
             current = self.leases.pop(claimed.id)
         if current is None:
@@ -116,11 +132,12 @@ class Poller(ClaimLoop):
         now_ms = self.server_now_ms()
         apply_poll(doc, seen, now_ms)
         self.polls += 1
-        backoff, max_attempts = policy_of(spec)
         remaining = (doc["deadline"] - now_ms) / 1000
-        delay = next_poll_delay(backoff, seen, doc["attempts"], remaining, max_attempts, self.rng)
+        delay = next_poll_delay(
+            spec.backoff, seen, doc["attempts"], remaining, spec.max_attempts, self.rng
+        )
         if delay is None:
-            apply_end(doc, seen, spec.get("webhook_url"), now_ms)
+            apply_end(doc, seen, spec.webhook_url, now_ms)
         else:
             doc["next_poll_at"] = now_ms + int(delay * 1000)
         if not await self.writes.add((current, doc)):
