@@ -59,7 +59,7 @@ def parse_claim(reply: list[Any]) -> Claim:
     return Claim(now, next_due if next_due >= 0 else None, watches)
 
 
-def encode(doc: Doc) -> str:
+def encode(doc: Any) -> str:
     return json.dumps(doc, separators=(",", ":"))
 
 
@@ -198,17 +198,33 @@ class Store:
         return (await self.save([(claimed, doc)]))[0]
 
     async def save(self, polls: Sequence[tuple[Claimed, Doc]]) -> list[bool]:
-        """Save many polls in one round trip: `record` for pending docs, `finish` for the rest.
+        """Save many polls in one round trip: pending docs in one `record` call (the due time is
+        their `next_poll_at`), terminal ones with a `finish` each.
 
         Each is fenced on its own: False for a watch whose lease passed to another worker.
         """
-        calls = [
-            self._record(claimed, doc)
-            if doc["state"] == WatchState.PENDING
-            else self._finish(claimed, doc)
-            for claimed, doc in polls
-        ]
-        return [bool(done) for done in await self._run_scripts(calls)]
+        pending = [i for i, (_, doc) in enumerate(polls) if doc["state"] == WatchState.PENDING]
+        ended = [i for i, (_, doc) in enumerate(polls) if doc["state"] != WatchState.PENDING]
+        calls = [self._finish(*polls[i]) for i in ended]
+        if pending:
+            items = [
+                [claimed.id, claimed.token, doc["next_poll_at"], encode(doc)]
+                for claimed, doc in (polls[i] for i in pending)
+            ]
+            calls.append(
+                (
+                    self._scripts["record"],
+                    [self.keys.schedule],
+                    [self.keys.watch_prefix, encode(items)],
+                )
+            )
+        results = await self._run_scripts(calls)
+        saved = [False] * len(polls)
+        for i, done in zip(ended, results, strict=False):
+            saved[i] = bool(done)
+        for i, done in zip(pending, results[-1] if pending else [], strict=True):
+            saved[i] = bool(done)
+        return saved
 
     async def _run_scripts(self, calls: list[ScriptCall]) -> list[Any]:
         """EVALSHA each call in one pipeline; scripts the server lost (a restart) are loaded and
@@ -228,13 +244,6 @@ class Store:
             if isinstance(result, Exception):
                 raise result
         return results
-
-    def _record(self, claimed: Claimed, doc: Doc) -> ScriptCall:
-        return (
-            self._scripts["record"],
-            [self.keys.schedule, self.keys.watch(claimed.id)],
-            [claimed.id, claimed.token, encode(doc), doc["next_poll_at"]],
-        )
 
     def _finish(self, claimed: Claimed, doc: Doc) -> ScriptCall:
         k, tenant, state = self.keys, doc["tenant"], doc["state"]

@@ -7,12 +7,23 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 from pydantic import ValidationError
 
 from client import ClientError
 from service.settings import Settings
+
+
+def run_async(main: Coroutine[Any, Any, None]) -> None:
+    """Run on uvloop when it is installed (markedly less CPU per request), else on asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
 
 
 def _configure_logging(level: str) -> None:
@@ -41,13 +52,13 @@ def _api(args: argparse.Namespace) -> None:
 def _worker(args: argparse.Namespace) -> None:
     from .process import ROLES, run_worker
 
-    asyncio.run(run_worker(Settings(), roles=args.only or ROLES))
+    run_async(run_worker(Settings(), roles=args.only or ROLES))
 
 
 def _dev(args: argparse.Namespace) -> None:
     from .dev import run_dev
 
-    asyncio.run(run_dev(Settings(), args.host, args.port, demo=args.demo))
+    run_async(run_dev(Settings(), args.host, args.port, demo=args.demo))
 
 
 def _simulate(args: argparse.Namespace) -> None:

@@ -1,10 +1,18 @@
--- Record a poll of a pending watch and schedule its next one, if the caller still holds the lease.
--- KEYS: schedule, doc   ARGV: id, token, doc JSON, due (ms, Redis time: the doc's next_poll_at)
--- Returns 1, or 0 when the lease was lost (nothing is changed).
-local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not score or tonumber(score) ~= tonumber(ARGV[2]) then
-  return 0
+-- Record polls of pending watches and schedule their next ones, each fenced by its lease.
+-- KEYS: schedule
+-- ARGV: watch key prefix, JSON array of [id, token, due (ms, Redis time), doc JSON] items
+-- Returns, in order, 1 per saved poll and 0 per lost lease (that watch is left unchanged).
+local items = cjson.decode(ARGV[2])
+local saved = {}
+for i, item in ipairs(items) do
+  local id = item[1]
+  local score = redis.call('ZSCORE', KEYS[1], id)
+  if score and tonumber(score) == item[2] then
+    redis.call('SET', ARGV[1] .. id, item[4])
+    redis.call('ZADD', KEYS[1], item[3], id)
+    saved[i] = 1
+  else
+    saved[i] = 0
+  end
 end
-redis.call('SET', KEYS[2], ARGV[3])
-redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
-return 1
+return saved
