@@ -91,6 +91,7 @@ from service.models import Policy, WatchCreate
 from service.settings import Settings
 from service.store import Store
 from worker.cli import run_async
+from worker.process import tune_gc
 
 TENANT = "bench"
 LOOPBACK = "127.0.0.0/8,::1/128"
@@ -389,7 +390,8 @@ def bare_child_main(urls_file: str, concurrency: int, total: int, sim_pid: int) 
     async def measure() -> None:
         result.update(await bare_loop(urls, concurrency, total, sim_pid))
 
-    run_async(measure())  # the worker's event loop (uvloop if installed): like for like
+    tune_gc()  # like for like: the worker's garbage-collector settings ...
+    run_async(measure())  # ... and its event loop (uvloop if installed)
     print(json.dumps(result), flush=True)
 
 

@@ -101,7 +101,12 @@ class Poller(ClaimLoop):
         self.session = session
         self.settings = settings
         self.rng = rng or random.Random()
-        self.host_limits = HostLimits(settings.per_host_concurrency)
+        # A per-host limit at or above the process's concurrency could never bind: skip its cost.
+        self.host_limits = (
+            HostLimits(settings.per_host_concurrency)
+            if settings.per_host_concurrency < settings.worker_concurrency
+            else None
+        )
         self.writes: WriteBatch[tuple[Claimed, Doc], bool] = WriteBatch(store.save)
         self.leases: dict[str, Claimed | None] = {}  # polls in flight; None: lease lost
         self.polls = 0
@@ -124,7 +129,10 @@ class Poller(ClaimLoop):
             self.lateness_ms.append(self.server_now_ms() - doc["next_poll_at"])
         self.leases[claimed.id] = claimed
         try:
-            seen = await self.host_limits.run(spec.host, lambda: self._fetch(spec.status_url))
+            if self.host_limits is None:
+                seen = await self._fetch(spec.status_url)
+            else:
+                seen = await self.host_limits.run(spec.host, lambda: self._fetch(spec.status_url))
         finally:
             current = self.leases.pop(claimed.id)
         if current is None:
