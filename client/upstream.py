@@ -161,7 +161,7 @@ async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
     if length is not None and length > MAX_BODY_BYTES:
         return b"x" * (MAX_BODY_BYTES + 1)
     body = b""
-    while len(body) <= MAX_BODY_BYTES:
+    while len(body) <= MAX_BODY_BYTES and len(body) != length:
         chunk = await response.content.read(MAX_BODY_BYTES + 1 - len(body))
         if not chunk:
             break

@@ -97,6 +97,8 @@ class ClaimLoop(ABC):
         self.stopping = asyncio.Event()
         self.in_flight: set[asyncio.Task[None]] = set()
         self._slot_free = asyncio.Event()
+        # While busy, claim in batches of at least this many: one claim serves many polls.
+        self.claim_batch = max(1, concurrency // 16)
         self._clock_offset_ms = 0.0  # Redis time minus this process's monotonic time
 
     @abstractmethod
@@ -114,7 +116,7 @@ class ClaimLoop(ABC):
         failures = 0
         while not self.stopping.is_set():
             free = self.concurrency - len(self.in_flight)
-            if free <= 0:
+            if free < self.claim_batch and self.in_flight:
                 self._slot_free.clear()
                 await self._slot_free.wait()
                 continue
