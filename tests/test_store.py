@@ -264,6 +264,25 @@ async def test_record_with_the_current_token_saves_and_reschedules(store: Store)
     assert await counts(store) == {"pending": 1}
 
 
+async def test_save_mixes_records_and_finishes_and_survives_a_script_flush(store: Store) -> None:
+    for _ in range(3):
+        await register(store)
+    first, second, third = (await store.claim(10, LONG_LEASE)).watches
+    await store.redis.script_flush()  # as after a Redis restart: the scripts must be reloaded
+    now = await store.server_time_ms()
+    polled = {**first.doc, "attempts": 1, "next_poll_at": now + 60_000}
+    done = terminal(second, "completed", "none")
+    stale = dataclasses.replace(third, token=third.token - 1)
+
+    saved = await store.save([(first, polled), (second, done), (stale, third.doc)])
+
+    assert saved == [True, True, False]
+    assert await store.get(TENANT, first.id) == polled
+    assert await store.redis.zscore(store.keys.schedule, first.id) == now + 60_000
+    assert (await store.get(TENANT, second.id))["state"] == "completed"
+    assert await counts(store) == {"pending": 2, "completed": 1}
+
+
 async def test_a_stale_token_changes_nothing(store: Store) -> None:
     await register(store)
     stale = await claim_one(store, lease_seconds=0.05)
