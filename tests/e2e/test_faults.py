@@ -30,7 +30,7 @@ from .helpers import (
     verify_final,
     wait_all_done,
 )
-from .procs import SHARED_REDIS_URL, Processes, free_port, poll_until, service_env
+from .procs import SHARED_REDIS_URL, Proc, Processes, free_port, poll_until, service_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -232,20 +232,21 @@ async def test_redis_outage_is_ridden_out(
         assert "Traceback" not in proc.log(), proc.tail()
 
 
-async def test_sigterm_finishes_polls_in_flight_then_exits(
-    namespace: str,
+async def sigterm_with_polls_in_flight(
     procs: Processes,
     http: httpx.AsyncClient,
-    shared_redis: aioredis.Redis,
-) -> None:
-    """A worker with slow polls in flight gets SIGTERM: it saves them, exits 0 within the
-    grace period, holds no lease afterwards, and another worker finishes its watches."""
-    env = service_env(SHARED_REDIS_URL, namespace, lease_seconds=2, shutdown_grace_seconds=5)
-    _, sim_url = await procs.start_simulator("simulator", "--seed", "7")
+    env: dict[str, str],
+    plan: list[Planned],
+    *,
+    seed: int,
+    grace: float,
+) -> tuple[Proc, Simulator, Api, list[Registered], int | None, float]:
+    """Start a stack with one worker, register `plan`, and SIGTERM the worker once 10 polls are
+    in flight; returns the worker, the stack, its exit code and how long it took to exit."""
+    _, sim_url = await procs.start_simulator("simulator", "--seed", str(seed))
     _, api_url = await procs.start_api(env)
     first = procs.start_worker(env, "worker-first")
     sim, api = Simulator(http, sim_url), Api(http, api_url)
-    plan = plan_jobs(random.Random(7), 40, 3.0, 4.0, FAST_POLICY, latency=1.0)
     registered = await register_all(sim, api, plan)
 
     async def polls_in_flight() -> int | None:
@@ -257,9 +258,25 @@ async def test_sigterm_finishes_polls_in_flight_then_exits(
     )
     signalled = time.monotonic()
     first.send(signal.SIGTERM)
-    code = await first.wait_exit(5 + 3)
+    code = await first.wait_exit(grace + 3)
     exited_in = time.monotonic() - signalled
     print(f"SIGTERM with {in_flight} polls in flight: exited {code} after {exited_in:.2f}s")
+    return first, sim, api, registered, code, exited_in
+
+
+async def test_sigterm_finishes_polls_in_flight_then_exits(
+    namespace: str,
+    procs: Processes,
+    http: httpx.AsyncClient,
+    shared_redis: aioredis.Redis,
+) -> None:
+    """A worker with slow polls in flight gets SIGTERM: it saves them, exits 0 within the
+    grace period, holds no lease afterwards, and another worker finishes its watches."""
+    env = service_env(SHARED_REDIS_URL, namespace, lease_seconds=2, shutdown_grace_seconds=5)
+    plan = plan_jobs(random.Random(7), 40, 3.0, 4.0, FAST_POLICY, latency=1.0)
+    first, sim, api, registered, code, exited_in = await sigterm_with_polls_in_flight(
+        procs, http, env, plan, seed=7, grace=5
+    )
     assert code == 0, first.tail()
     assert exited_in < 5 + 1.0
     log = first.log()
@@ -296,25 +313,10 @@ async def test_sigterm_past_the_grace_period_leaves_polls_to_others(
     """Polls slower than the grace period are cancelled: the worker still exits 0 in time,
     and another worker reclaims those watches when their leases lapse."""
     env = service_env(SHARED_REDIS_URL, namespace, lease_seconds=2, shutdown_grace_seconds=0.5)
-    _, sim_url = await procs.start_simulator("simulator", "--seed", "8")
-    _, api_url = await procs.start_api(env)
-    first = procs.start_worker(env, "worker-first")
-    sim, api = Simulator(http, sim_url), Api(http, api_url)
     plan = plan_jobs(random.Random(8), 20, 0.5, 1.0, FAST_POLICY, latency=3.0)
-    registered = await register_all(sim, api, plan)
-
-    async def polls_in_flight() -> int | None:
-        in_flight: int = (await sim.stats())["in_flight"]
-        return in_flight if in_flight >= 10 else None
-
-    in_flight = await poll_until(
-        polls_in_flight, timeout=15, what="10 polls in flight", alive=procs.check_alive
+    first, _, api, registered, code, exited_in = await sigterm_with_polls_in_flight(
+        procs, http, env, plan, seed=8, grace=0.5
     )
-    signalled = time.monotonic()
-    first.send(signal.SIGTERM)
-    code = await first.wait_exit(0.5 + 3)
-    exited_in = time.monotonic() - signalled
-    print(f"SIGTERM with {in_flight} polls in flight: exited {code} after {exited_in:.2f}s")
     assert code == 0, first.tail()
     assert exited_in < 0.5 + 1.5
     log = first.log()
