@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -149,6 +150,19 @@ def start_redis(folder: Path) -> tuple[Proc, str]:
         str(folder),
     ]
     return Proc("redis-server", argv, folder / "redis.log"), f"redis://127.0.0.1:{port}/0"
+
+
+def vtwatch(*args: str) -> list[str]:
+    """The argv of the `vtwatch` command installed beside this Python."""
+    return [str(Path(sys.executable).with_name("vtwatch")), *args]
+
+
+def start_simulator(folder: Path) -> tuple[Proc, str]:
+    """The upstream simulator (`vtwatch simulate`) on a free loopback port, and its base URL."""
+    port = free_port()
+    argv = vtwatch("simulate", "--host", "127.0.0.1", "--port", str(port))
+    proc = Proc("simulator", argv, folder / "simulator.log", child_env({}))
+    return proc, f"http://127.0.0.1:{port}"
 
 
 def child_env(extra: Mapping[str, str]) -> dict[str, str]:
