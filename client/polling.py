@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -153,21 +154,23 @@ class VideoTranslationClient:
 
     async def check(self) -> Observation:
         """One request, no waiting: what the upstream says right now."""
-        session = self._session or self._owned_session
-        if session is not None:
+        async with self._session_for_call() as session:
             return await fetch_status(session, self.status_url, self.request_timeout, self.headers)
-        async with aiohttp.ClientSession() as temporary:
-            return await fetch_status(
-                temporary, self.status_url, self.request_timeout, self.headers
-            )
 
     async def poll(self, on_update: OnUpdate | None = None) -> PollResult:
         """Like `get_status`, returning the attempts, elapsed time, last error and updates."""
+        async with self._session_for_call() as session:
+            return await self._poll(session, on_update)
+
+    @contextlib.asynccontextmanager
+    async def _session_for_call(self) -> AsyncIterator[aiohttp.ClientSession]:
+        """The injected or `async with` session, else one opened and closed for this call."""
         session = self._session or self._owned_session
         if session is not None:
-            return await self._poll(session, on_update)
+            yield session
+            return
         async with aiohttp.ClientSession() as temporary:
-            return await self._poll(temporary, on_update)
+            yield temporary
 
     async def _poll(self, session: aiohttp.ClientSession, on_update: OnUpdate | None) -> PollResult:
         start = self._clock()

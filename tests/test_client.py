@@ -208,3 +208,15 @@ async def test_an_injected_session_is_used_and_left_open(upstream: Start, clock:
 def test_bad_parameters_are_refused_at_construction(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         VideoTranslationClient("http://127.0.0.1:5000", **kwargs)
+
+
+async def test_check_makes_one_request_and_does_not_wait(
+    upstream: Start, clock: VirtualClock
+) -> None:
+    def answer(now: float) -> Reply:
+        return 200, {"result": "pending", "progress": 40, "eta_seconds": 12}, {}
+
+    client, scripted = await upstream(answer)
+    seen = await client.check()
+    assert (seen.status, seen.progress, seen.eta_seconds) == ("pending", 40.0, 12.0)
+    assert len(scripted.request_times) == 1 and clock.sleeps == []
