@@ -62,5 +62,12 @@ async def test_api_refuses_a_public_bind_without_api_keys() -> None:
 async def test_invalid_settings_are_reported_plainly() -> None:
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": ".", "VTW_LEASE_SECONDS": "-3"}
     code, output = await run("worker", env=env)
-    assert code == 1 and "invalid configuration" in output and "lease_seconds" in output
+    assert code == 1 and "invalid configuration" in output and "VTW_LEASE_SECONDS" in output
     assert "Traceback" not in output
+
+
+async def test_invalid_secrets_are_not_echoed() -> None:
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": ".", "VTW_API_KEYS": "a:supersecret,broken"}
+    code, output = await run("worker", env=env)
+    assert code == 1 and "VTW_API_KEYS" in output and "tenant:key" in output
+    assert "supersecret" not in output

@@ -142,5 +142,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.func(args)
     except KeyboardInterrupt:
         sys.exit(130)
-    except (ValidationError, ClientError) as exc:
+    except ValidationError as exc:
+        sys.exit(f"vtwatch: invalid configuration: {describe_invalid(exc)}")
+    except ClientError as exc:
         sys.exit(f"vtwatch: invalid configuration: {exc}")
+
+
+def describe_invalid(exc: ValidationError) -> str:
+    """The settings that failed and why, without their values (they may be secrets)."""
+    return "; ".join(
+        f"VTW_{'_'.join(map(str, error['loc'])).upper()}: {error['msg']}"
+        for error in exc.errors(include_input=False, include_url=False)
+    )
