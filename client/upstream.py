@@ -5,7 +5,8 @@ with a `Retry-After` header and body hints `progress` (0-100) and `eta_seconds`.
 
 * transient (retry with backoff): connection errors, timeouts, 408, 425, 429, 5xx, a body that
   is not the expected JSON, a body over 64 KiB;
-* terminal `error`: 404, 410 and any other 4xx (with a reason);
+* terminal `error`: 404, 410 and any other 4xx (with a reason), and a destination the
+  caller's connector refuses (`DestinationRefused`, the service's SSRF guard);
 * otherwise the reported status.
 
 Both `VideoTranslationClient` and the service's workers poll through `fetch_status`.
@@ -40,6 +41,11 @@ class Status(StrEnum):
 
 UPSTREAM_STATUSES = frozenset({Status.PENDING, Status.COMPLETED, Status.ERROR})
 TERMINAL = frozenset({Status.COMPLETED, Status.ERROR, Status.TIMEOUT})
+
+
+class DestinationRefused(OSError):
+    """Raised by a connector that must not connect to an address (an SSRF guard): retrying
+    cannot help, so `fetch_status` reports a terminal error instead of a transient one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +152,10 @@ async def fetch_status(
         async with session.get(url, headers=headers, timeout=_timeout(timeout)) as response:
             body = await _read_capped(response)
             return classify_response(response.status, body, response.headers.get("Retry-After"))
+    except aiohttp.ClientConnectorError as exc:
+        if isinstance(exc.os_error, DestinationRefused):
+            return Observation(Status.ERROR, None, exc.os_error.strerror)
+        return Observation(None, None, describe_exception(exc))
     except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
         return Observation(None, None, describe_exception(exc))
 

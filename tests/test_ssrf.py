@@ -208,7 +208,7 @@ async def test_registration_accepts_allowlisted_loopback_but_not_other_private_n
 class StaticResolver(AbstractResolver):
     """Resolves the names it was given to fixed addresses; anything else does not exist."""
 
-    def __init__(self, names: dict[str, str]) -> None:
+    def __init__(self, names: dict[str, str | list[str]]) -> None:
         self.names = names
 
     async def resolve(
@@ -216,7 +216,7 @@ class StaticResolver(AbstractResolver):
     ) -> list[ResolveResult]:
         if host not in self.names:
             raise OSError(socket.EAI_NONAME, f"unknown host {host}")
-        address = self.names[host]
+        addresses = self.names[host]
         return [
             ResolveResult(
                 hostname=host,
@@ -226,6 +226,7 @@ class StaticResolver(AbstractResolver):
                 proto=0,
                 flags=socket.AI_NUMERICHOST,
             )
+            for address in ([addresses] if isinstance(addresses, str) else addresses)
         ]
 
     async def close(self) -> None:
@@ -308,8 +309,9 @@ async def test_a_host_name_resolving_to_loopback_is_refused_at_connect_time(
     blocked = guard_error(caught.value)
     assert blocked is not None, repr(caught.value)
     assert "127.0.0.1" in str(blocked)
-    assert seen.transient and seen.status is None and seen.http_status is None
-    assert seen.error is not None and "blocked by the SSRF guard" in seen.error
+    # A refused destination is final: the poll ends with "error", it is not retried.
+    assert seen.status == "error" and seen.terminal and seen.http_status is None
+    assert seen.error is not None and seen.error.startswith("blocked by the SSRF guard")
     assert server.requests == []
 
 
@@ -327,6 +329,23 @@ async def test_the_same_host_name_connects_when_its_network_is_allowlisted(
 
     assert seen.status == "completed" and seen.error is None
     assert server.requests == ["/status"]
+
+
+async def test_a_name_with_blocked_and_allowed_addresses_only_reaches_the_allowed_one(
+    servers: Callable[..., Awaitable[Server]],
+) -> None:
+    blocked = await servers(host="127.0.0.2")
+    allowed_server = await servers(host="127.0.0.1")
+    url = f"http://mixed.test:{allowed_server.port}/status"
+    # The blocked address comes first: without the resolver's filter it would be tried first.
+    resolver = StaticResolver({"mixed.test": ["127.0.0.2", "127.0.0.1"]})
+
+    connector = guarded_connector([net("127.0.0.1/32")], resolver=resolver)
+    async with aiohttp.ClientSession(connector=connector) as s:
+        seen = await fetch_status(s, url, timeout=5)
+
+    assert seen.status == "completed"
+    assert allowed_server.requests == ["/status"] and blocked.requests == []
 
 
 async def test_a_redirect_from_an_allowed_host_to_a_blocked_address_is_not_followed(
@@ -351,7 +370,7 @@ async def test_a_redirect_from_an_allowed_host_to_a_blocked_address_is_not_follo
     blocked = guard_error(caught.value)
     assert blocked is not None, repr(caught.value)
     assert "127.0.0.2" in str(blocked)
-    assert seen.transient and seen.error is not None and "SSRF guard" in seen.error
+    assert seen.terminal and seen.error is not None and "SSRF guard" in seen.error
     assert origin.requests == ["/status", "/status"]  # the first hop was made, twice
     assert target.requests == []  # the second never was
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import aiohttp
 import fakeredis
 import httpx
 import pytest
@@ -37,8 +38,10 @@ from client.webhooks import WebhookVerificationError, sign, signature_header, ve
 from service.app import create_app
 from service.keys import Keys
 from service.models import Watch, WatchCreate
+from service.outbox import Outbox
 from service.settings import Settings
-from worker.dispatcher import SCHEDULE_JITTER, decide, event_body
+from service.ssrf import guarded_connector
+from worker.dispatcher import SCHEDULE_JITTER, Dispatcher, decide, event_body
 from worker.process import Worker
 
 T = TypeVar("T")
@@ -192,6 +195,21 @@ def test_decide_2xx_is_delivered(code: int, cycle_attempt: int) -> None:
 @pytest.mark.parametrize("cycle_attempt", [1, 2, 3])
 def test_decide_410_fails_at_once(cycle_attempt: int) -> None:
     assert decide(410, 60.0, cycle_attempt, SCHEDULE, random.Random(1)) == ("failed", 0.0)
+
+
+def test_decide_a_receiver_the_ssrf_guard_refuses_fails_at_once() -> None:
+    assert decide(None, None, 1, (5.0, 300.0), random.Random(0), refused=True) == ("failed", 0.0)
+
+
+async def test_a_blocked_receiver_is_reported_as_refused_not_retried() -> None:
+    settings = Settings()
+    async with aiohttp.ClientSession(connector=guarded_connector([])) as session:
+        dispatcher = Dispatcher(
+            Outbox(fakeredis.FakeAsyncRedis(decode_responses=True)), session, settings
+        )
+        sent = await dispatcher._post("http://127.0.0.2:9/hook", b"{}", {})
+    assert sent.refused and sent.status_code is None
+    assert sent.error is not None and sent.error.startswith("blocked by the SSRF guard")
 
 
 @pytest.mark.parametrize("code", [None, 500, 503, 429, 404, 302, 400])

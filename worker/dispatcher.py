@@ -1,6 +1,7 @@
 """The webhook dispatcher: delivers each terminal event from the outbox, signed, at least once.
 
-2xx is success; redirects are not followed (a 3xx is a failure); 410 stops delivery; 429 and 503
+2xx is success; redirects are not followed (a 3xx is a failure); 410 and a receiver the SSRF
+guard refuses stop delivery; 429 and 503
 honour `Retry-After` within [d, 2d] of the scheduled delay d; other failures retry on the
 configured schedule with ±20 % jitter, then the delivery is `failed` until a manual retry.
 """
@@ -11,12 +12,13 @@ import json
 import logging
 import random
 import time
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 
-from client.upstream import describe_exception, parse_retry_after
+from client.upstream import DestinationRefused, describe_exception, parse_retry_after
 from client.webhooks import signature_header
 from service.domain import WebhookState
 from service.models import render_watch, timestamp
@@ -29,6 +31,17 @@ from .loop import ClaimLoop, HostLimits
 logger = logging.getLogger(__name__)
 MAX_RESPONSE_BYTES = 64 * 1024
 SCHEDULE_JITTER = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """How one delivery attempt went."""
+
+    status_code: int | None
+    retry_after: float | None
+    error: str | None
+    latency_ms: int
+    refused: bool = False  # the SSRF guard refused the receiver's address
 
 
 def event_body(doc: dict[str, Any]) -> bytes:
@@ -55,11 +68,13 @@ def decide(
     cycle_attempt: int,
     schedule: tuple[float, ...],
     rng: random.Random,
+    *,
+    refused: bool = False,
 ) -> tuple[Outcome, float]:
     """What follows attempt number `cycle_attempt` (1-based) of this delivery cycle."""
     if status_code is not None and 200 <= status_code < 300:
         return "delivered", 0.0
-    if status_code == 410 or cycle_attempt > len(schedule):
+    if status_code == 410 or refused or cycle_attempt > len(schedule):
         return "failed", 0.0
     scheduled = schedule[cycle_attempt - 1]
     delay = scheduled * rng.uniform(1 - SCHEDULE_JITTER, 1 + SCHEDULE_JITTER)
@@ -110,29 +125,37 @@ class Dispatcher(ClaimLoop):
             "webhook-signature": signature_header(live, msg_id, sent_at, body),
         }
         host = urlsplit(url).netloc
-        status_code, retry_after, error, latency_ms = await self.host_limits.run(
-            host, lambda: self._post(url, body, headers)
-        )
-        cycle_attempt = doc["webhook"].get("cycle_attempts", 0) + 1
+        sent = await self.host_limits.run(host, lambda: self._post(url, body, headers))
         outcome, delay = decide(
-            status_code, retry_after, cycle_attempt, self.settings.webhook_retry_schedule, self.rng
+            sent.status_code,
+            sent.retry_after,
+            doc["webhook"].get("cycle_attempts", 0) + 1,
+            self.settings.webhook_retry_schedule,
+            self.rng,
+            refused=sent.refused,
         )
-        attempt = {"status_code": status_code, "error": error, "latency_ms": latency_ms}
+        attempt = {
+            "status_code": sent.status_code,
+            "error": sent.error,
+            "latency_ms": sent.latency_ms,
+        }
         saved = await self.outbox.record_attempt(claimed, attempt, outcome, delay)
         logger.info(
             "webhook %s to %s: %s (%s, %d ms)%s",
             msg_id,
             host,
             outcome,
-            status_code if status_code is not None else error,
-            latency_ms,
+            sent.status_code if sent.status_code is not None else sent.error,
+            sent.latency_ms,
             "" if saved else " - lease lost, not recorded",
         )
 
-    async def _post(
-        self, url: str, body: bytes, headers: dict[str, str]
-    ) -> tuple[int | None, float | None, str | None, int]:
+    async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> Sent:
         started = time.monotonic()
+
+        def elapsed_ms() -> int:
+            return int((time.monotonic() - started) * 1000)
+
         try:
             async with self.session.post(
                 url,
@@ -145,6 +168,10 @@ class Dispatcher(ClaimLoop):
                 code = response.status
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
                 error = None if 200 <= code < 300 else f"HTTP {code}"
-                return code, retry_after, error, int((time.monotonic() - started) * 1000)
+                return Sent(code, retry_after, error, elapsed_ms())
+        except aiohttp.ClientConnectorError as exc:
+            refused = isinstance(exc.os_error, DestinationRefused)
+            error = exc.os_error.strerror if refused else describe_exception(exc)
+            return Sent(None, None, error, elapsed_ms(), refused=refused)
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
-            return None, None, describe_exception(exc), int((time.monotonic() - started) * 1000)
+            return Sent(None, None, describe_exception(exc), elapsed_ms())
