@@ -15,7 +15,7 @@ from client.webhooks import new_secret
 
 from .errors import WatchConflict, WatchNotFound
 from .keys import Keys
-from .store import Claim, Claimed, load_scripts, parse_claim
+from .store import Claim, Claimed, load_scripts, parse_claim, server_time_ms
 
 SCRIPTS = ("claim", "deliver", "redeliver", "rotate")
 ROTATION_GRACE_SECONDS = 24 * 3600
@@ -83,11 +83,9 @@ class Outbox:
         await self.redis.hsetnx(key, "current", new_secret())
         stored = cast(dict[str, str], await self.redis.hgetall(key))
         previous = stored.get("previous")
-        if previous is not None:
-            seconds, micros = await self.redis.time()
-            now_ms = int(seconds) * 1000 + int(micros) // 1000
-            if int(stored.get("previous_until", 0)) <= now_ms:
-                previous = None
+        until = int(stored.get("previous_until", 0))
+        if previous is not None and until <= await server_time_ms(self.redis):
+            previous = None  # its 24 h of grace are over
         return stored["current"], previous
 
     async def rotate_secret(self, tenant: str) -> tuple[str, str | None]:

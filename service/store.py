@@ -48,9 +48,20 @@ class Page:
 
 
 def load_scripts(redis: aioredis.Redis, names: tuple[str, ...]) -> dict[str, AsyncScript]:
-    """Register the named scripts of `lua/` once; calls use EVALSHA (reloading if flushed)."""
+    """Register the named scripts of `lua/` once, each after `_prelude.lua` (shared helpers);
+    calls use EVALSHA (reloading if flushed)."""
     folder = resources.files("service") / "lua"
-    return {name: redis.register_script((folder / f"{name}.lua").read_text()) for name in names}
+    prelude = (folder / "_prelude.lua").read_text()
+    return {
+        name: redis.register_script(prelude + (folder / f"{name}.lua").read_text())
+        for name in names
+    }
+
+
+async def server_time_ms(redis: aioredis.Redis) -> int:
+    """Redis server time in milliseconds (what the scripts' `now_ms()` reads)."""
+    seconds, micros = await redis.time()
+    return int(seconds) * 1000 + int(micros) // 1000
 
 
 def parse_claim(reply: list[Any]) -> Claim:
@@ -306,5 +317,4 @@ class Store:
         return forgotten
 
     async def server_time_ms(self) -> int:
-        seconds, micros = await self.redis.time()
-        return int(seconds) * 1000 + int(micros) // 1000
+        return await server_time_ms(self.redis)

@@ -40,20 +40,24 @@ def down_redis() -> aioredis.Redis:
     )
 
 
+async def real_redis_or_skip(**options: Any) -> aioredis.Redis:
+    """A client of the test Redis ($VTW_TEST_REDIS_URL); the test is skipped if none answers."""
+    client = aioredis.Redis.from_url(REAL_REDIS_URL, socket_connect_timeout=1, **options)
+    try:
+        await client.ping()
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        await client.aclose()
+        pytest.skip(f"no Redis at {REAL_REDIS_URL} (set VTW_TEST_REDIS_URL): {exc}")
+    return client
+
+
 @pytest.fixture(params=["fakeredis", "redis"])
 async def redis_client(request: pytest.FixtureRequest) -> AsyncIterator[aioredis.Redis]:
     """The contract suite runs against fakeredis and against the real Redis."""
     if request.param == "fakeredis":
         client = fake_redis()
     else:
-        client = aioredis.Redis.from_url(
-            REAL_REDIS_URL, decode_responses=True, socket_connect_timeout=1
-        )
-        try:
-            await client.ping()
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            await client.aclose()
-            pytest.skip(f"no Redis at {REAL_REDIS_URL} (set VTW_TEST_REDIS_URL): {exc}")
+        client = await real_redis_or_skip(decode_responses=True)
     try:
         yield client
     finally:

@@ -27,6 +27,7 @@ from service.settings import Settings
 from service.store import Claimed
 
 from .loop import ClaimLoop, HostLimits
+from .spec import parse_spec
 
 logger = logging.getLogger(__name__)
 MAX_RESPONSE_BYTES = 64 * 1024
@@ -111,7 +112,9 @@ class Dispatcher(ClaimLoop):
 
     async def handle(self, claimed: Claimed) -> None:
         doc = claimed.doc
-        url = json.loads(doc["spec"])["webhook_url"]
+        url = parse_spec(doc["spec"]).webhook_url
+        if url is None:  # finish.lua queues only watches with a webhook_url
+            raise ValueError(f"watch {claimed.id} is in the outbox without a webhook_url")
         current, previous = await self.outbox.secrets(doc["tenant"])
         body = event_body(doc)
         msg_id = f"msg_{claimed.id}"

@@ -8,17 +8,13 @@ lease it was claimed with. Concurrency is bounded per process and per upstream h
 from __future__ import annotations
 
 import asyncio
-import functools
-import json
 import logging
 import random
 from collections import deque
-from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import aiohttp
 
-from client.backoff import BackoffPolicy, next_poll_delay
+from client.backoff import next_poll_delay
 from client.upstream import Observation, Status, fetch_status
 from service.domain import WatchState, WebhookState
 from service.settings import Settings
@@ -26,35 +22,9 @@ from service.store import Claim, Claimed, Doc, Store
 
 from .loop import ClaimLoop, HostLimits, LeaseLost, WriteBatch
 from .retry import STORE_ERRORS
+from .spec import parse_spec
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class WatchSpec:
-    """What a poll needs of a watch's immutable spec, parsed once per distinct spec."""
-
-    status_url: str
-    host: str
-    webhook_url: str | None
-    backoff: BackoffPolicy
-    max_attempts: int | None
-
-
-@functools.lru_cache(maxsize=65536)
-def parse_spec(spec_json: str) -> WatchSpec:
-    spec = json.loads(spec_json)
-    policy = spec["policy"]
-    backoff = BackoffPolicy(
-        initial_wait_time=policy["initial_wait_time"],
-        backoff_factor=policy["backoff_factor"],
-        jitter=policy["jitter"],
-        max_interval=policy["max_interval"],
-    )
-    url = spec["status_url"]
-    return WatchSpec(
-        url, urlsplit(url).netloc, spec.get("webhook_url"), backoff, policy["max_attempts"]
-    )
 
 
 def apply_poll(doc: Doc, seen: Observation, now_ms: int) -> None:

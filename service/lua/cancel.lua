@@ -13,8 +13,7 @@ end
 if doc.state ~= 'pending' then
   return {'conflict', raw}
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 doc.state = 'cancelled'
 doc.updated_at = now
 doc.finished_at = now

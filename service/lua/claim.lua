@@ -2,8 +2,7 @@
 -- The lease expiry is the new schedule score and the fencing token: it only grows.
 -- KEYS: schedule   ARGV: watch key prefix, limit, lease_ms
 -- Returns {now, next_due or -1, token, id1, doc1, id2, doc2, ...}
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local token = now + tonumber(ARGV[3])
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
 local out = {now, -1, token}

@@ -12,8 +12,7 @@ if not raw then
   redis.call('ZREM', KEYS[1], ARGV[1])
   return 0
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local doc = cjson.decode(raw)
 local attempt = cjson.decode(ARGV[3])
 local webhook = doc.webhook

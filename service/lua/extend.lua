@@ -4,8 +4,7 @@ local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not score or tonumber(score) ~= tonumber(ARGV[2]) then
   return 0
 end
-local t = redis.call('TIME')
-local token = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[3])
+local token = now_ms() + tonumber(ARGV[3])
 if token <= tonumber(score) then
   token = tonumber(score) + 1
 end

@@ -2,8 +2,7 @@
 -- KEYS: expiry, doc, deliveries, index, index:<state>, counts
 -- ARGV: id, state
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 if not score or tonumber(score) > now then
   return 0
 end

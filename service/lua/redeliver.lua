@@ -22,6 +22,5 @@ if doc.webhook.state ~= 'pending' then
 end
 doc.webhook.cycle_attempts = 0
 redis.call('SET', KEYS[1], cjson.encode(doc))
-local t = redis.call('TIME')
-redis.call('ZADD', KEYS[2], 'NX', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), ARGV[1])
+redis.call('ZADD', KEYS[2], 'NX', now_ms(), ARGV[1])
 return 'queued'

@@ -7,8 +7,7 @@ local again = redis.call('GET', KEYS[1])
 if again then
   return {'created', again}
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 if KEYS[6] then
   local earlier = redis.call('GET', KEYS[6])
   if earlier then

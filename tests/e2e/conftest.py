@@ -11,11 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from tests.service_fixtures import real_redis_or_skip
 
 from .helpers import http_client
-from .procs import SHARED_REDIS_URL, Processes
+from .procs import Processes
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -57,12 +57,7 @@ async def procs(
 
 @pytest.fixture
 async def shared_redis() -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(SHARED_REDIS_URL, socket_connect_timeout=1)
-    try:
-        await client.ping()
-    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-        await client.aclose()
-        pytest.skip(f"no Redis at {SHARED_REDIS_URL} (set VTW_TEST_REDIS_URL): {exc}")
+    client = await real_redis_or_skip()
     try:
         yield client
     finally:
