@@ -35,6 +35,11 @@ BLOCKED_URLS = [
     "http://[::ffff:127.0.0.1]/status",
     "http://2130706433/status",  # 127.0.0.1 as one number; the URL parser normalizes it
     "http://100.64.0.1/status",
+    # Issue 8, item 11: literals Python's is_global calls public.
+    "http://[64:ff9b:1::7f00:1]/status",  # local-use NAT64 (RFC 8215) of 127.0.0.1
+    "http://[64:ff9b:1::a9fe:a9fe]/latest/meta-data",  # ... of the metadata service
+    "http://[::ffff:0:7f00:1]/status",  # SIIT IPv4-translated 127.0.0.1
+    "http://192.0.0.8/status",  # IPv4 dummy address (RFC 7600)
 ]
 
 
@@ -394,3 +399,34 @@ async def test_a_literal_blocked_address_is_refused_at_connect_time_too(
     assert seen.error is not None and "SSRF guard" in seen.error
     assert mapped.error is not None and "SSRF guard" in mapped.error
     assert server.requests == []
+
+
+@pytest.mark.parametrize("via", ["literal", "host name"])
+@pytest.mark.parametrize(
+    "address", ["64:ff9b:1::7f00:1", "64:ff9b:1::a9fe:a9fe", "::ffff:0:7f00:1", "192.0.0.8"]
+)
+async def test_translated_and_reserved_addresses_are_refused_at_connect_time(
+    address: str, via: str
+) -> None:
+    """Issue 8, item 11: these were connected to (through a local NAT64 or SIIT translator,
+    127.0.0.1 and the metadata service). The guard's own error names the address: no socket
+    was opened, so the outcome does not depend on this machine's routes."""
+    literal = f"[{address}]" if ":" in address else address
+    host = literal if via == "literal" else "translated.test"
+    url = f"http://{host}:8080/latest/meta-data"
+    resolver = StaticResolver({"translated.test": address})
+    timeout = aiohttp.ClientTimeout(total=5)  # the unguarded connect must not hang the test
+
+    async with aiohttp.ClientSession(
+        connector=guarded_connector([], resolver=resolver), timeout=timeout
+    ) as s:
+        with pytest.raises(aiohttp.ClientConnectorError) as caught:
+            async with s.get(url):
+                pass
+        seen = await fetch_status(s, url, timeout=5)
+
+    blocked = guard_error(caught.value)
+    assert blocked is not None, repr(caught.value)
+    assert address in str(blocked)
+    assert seen.status == "error" and seen.terminal and seen.http_status is None
+    assert seen.error is not None and seen.error.startswith("blocked by the SSRF guard")
