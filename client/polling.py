@@ -8,6 +8,7 @@ import inspect
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -21,6 +22,9 @@ from .upstream import Observation, Status, fetch_status
 
 logger = logging.getLogger(__name__)
 
+# `PollResult.updates` keeps this many of the latest updates: a poll of days stays small.
+KEPT_UPDATES = 100
+
 
 class StatusUpdate(str):
     """What `on_update` receives after every poll: the status string, with details attached.
@@ -28,6 +32,10 @@ class StatusUpdate(str):
     It *is* the status (`update == "pending"`), so callbacks written for plain strings keep
     working; `attempt`, `elapsed`, `progress`, `eta_seconds`, `error` (a transient failure,
     in which case the status is the last one known) and `next_poll_in` tell more.
+
+    `next_poll_in` is when the next request is due, counted from this observation (None: this
+    was the last). Time spent in `on_update` counts against it: a callback that outlasts it
+    delays the next request until it returns, and one that outlasts the deadline ends the poll.
     """
 
     attempt: int
@@ -67,13 +75,17 @@ OnUpdate = Callable[[StatusUpdate], Awaitable[Any] | Any]
 
 @dataclass(slots=True)
 class PollResult:
-    """The whole story of one `poll()`: final status, attempts, elapsed seconds, updates."""
+    """The story of one `poll()`: final status, attempts, elapsed seconds, the latest updates.
+
+    `elapsed` runs until `poll()` returns (the last `on_update` included). `updates` holds only
+    the last `KEPT_UPDATES` (100) so a long poll stays small; `on_update` sees every one.
+    """
 
     status: Status
     attempts: int
     elapsed: float
     last_error: str | None = None
-    updates: list[StatusUpdate] = field(default_factory=list)
+    updates: deque[StatusUpdate] = field(default_factory=lambda: deque(maxlen=KEPT_UPDATES))
 
 
 class VideoTranslationClient:
@@ -81,7 +93,8 @@ class VideoTranslationClient:
 
     `get_status()` returns `'completed'`, `'error'` or `'timeout'` (a `Status`, equal to those
     strings). Elapsed time is measured on a monotonic clock including request time; the last
-    poll happens at the deadline; the total never exceeds `max_wait_time` + `request_timeout`.
+    poll happens at the deadline; no request starts after it, and the total never exceeds
+    `max_wait_time` + `request_timeout` (+ the last `on_update`'s own time).
     Use it with or without `async with`; an injected `session` is never closed by the client.
     """
 
@@ -180,8 +193,7 @@ class VideoTranslationClient:
         while True:
             result.attempts += 1
             seen = await fetch_status(session, self.status_url, self.request_timeout, self.headers)
-            now = self._clock()
-            result.elapsed = now - start
+            seen_at = self._clock()
             if seen.error:
                 result.last_error = seen.error
                 logger.debug(
@@ -189,12 +201,12 @@ class VideoTranslationClient:
                 )
             known = seen.status or known
             next_poll_in = next_poll_delay(
-                self.policy, seen, result.attempts, deadline - now, self.max_attempts, self._rng
+                self.policy, seen, result.attempts, deadline - seen_at, self.max_attempts, self._rng
             )
             update = StatusUpdate(
                 known,
                 attempt=result.attempts,
-                elapsed=result.elapsed,
+                elapsed=seen_at - start,
                 progress=seen.progress,
                 eta_seconds=seen.eta_seconds,
                 error=seen.error,
@@ -205,7 +217,12 @@ class VideoTranslationClient:
                 outcome = on_update(update)
                 if inspect.isawaitable(outcome):
                     await outcome
-            if next_poll_in is None:
+            now = self._clock()
+            result.elapsed = now - start
+            # A callback that ran past the deadline ends the poll: no request after the deadline.
+            if next_poll_in is None or now > deadline:
                 result.status = seen.status if seen.terminal and seen.status else Status.TIMEOUT
                 return result
-            await self._sleep(next_poll_in)
+            # The next poll is due at seen_at + next_poll_in (by the deadline at the latest);
+            # the callback's time counts against that wait.
+            await self._sleep(max(0.0, seen_at + next_poll_in - now))

@@ -7,7 +7,11 @@ with a `Retry-After` header and body hints `progress` (0-100) and `eta_seconds`.
   is not the expected JSON, a body over 64 KiB;
 * terminal `error`: 404, 410 and any other 4xx (with a reason), and a destination the
   caller's connector refuses (`DestinationRefused`, the service's SSRF guard);
-* otherwise the reported status.
+* otherwise the reported status; hints that are out of range or unusable are ignored.
+
+Whatever an upstream sends, a poll ends as an `Observation`: `classify_response` never raises,
+and `fetch_status` records any exception it did not foresee as a transient failure, so the
+caller's deadline still applies.
 
 Both `VideoTranslationClient` and the service's workers poll through `fetch_status`.
 """
@@ -18,6 +22,7 @@ import asyncio
 import email.utils
 import functools
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -26,7 +31,11 @@ from typing import Any
 
 import aiohttp
 
+logger = logging.getLogger(__name__)
+
 MAX_BODY_BYTES = 64 * 1024
+# How much of an unexpected value an error text may quote: never echo a hostile body.
+EXCERPT_CHARS = 64
 TRANSIENT_HTTP = frozenset({408, 425, 429})
 
 
@@ -82,7 +91,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     except ValueError:
         try:
             when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
+        except (TypeError, ValueError, IndexError, OverflowError):
             return None
         if when.tzinfo is None:
             return None
@@ -96,7 +105,10 @@ def _number(body: dict[str, Any], key: str, low: float, high: float) -> float | 
     value = body.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float
+        return None
     if not math.isfinite(number):
         return None
     return min(high, max(low, number))
@@ -118,11 +130,11 @@ def classify_response(
         return Observation(None, http_status, "response body over 64 KiB")
     try:
         parsed = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # not UTF-8 or not JSON (a ValueError), or too deep
         return Observation(None, http_status, "response body is not JSON")
     result = parsed.get("result") if isinstance(parsed, dict) else None
-    if result not in UPSTREAM_STATUSES:
-        return Observation(None, http_status, f"unexpected result: {str(result)[:64]!r}")
+    if not isinstance(result, str) or result not in UPSTREAM_STATUSES:
+        return Observation(None, http_status, f"unexpected result: {_excerpt(result)}")
     return Observation(
         Status(result),
         http_status,
@@ -130,6 +142,23 @@ def classify_response(
         eta_seconds=_number(parsed, "eta_seconds", 0.0, math.inf),
         retry_after=retry_after,
     )
+
+
+_JSON_TYPES = {
+    dict: "an object",
+    list: "an array",
+    bool: "a boolean",
+    int: "a number",
+    float: "a number",
+    type(None): "null or missing",
+}
+
+
+def _excerpt(value: object) -> str:
+    """A short, printable hint of an unexpected JSON value (repr escapes lone surrogates)."""
+    if isinstance(value, str):
+        return repr(value[:EXCERPT_CHARS])
+    return _JSON_TYPES.get(type(value), type(value).__name__)
 
 
 def describe_exception(exc: BaseException) -> str:
@@ -147,7 +176,7 @@ async def fetch_status(
     timeout: float,
     headers: dict[str, str] | None = None,
 ) -> Observation:
-    """One `GET url` with a total timeout and a capped body read; never raises for I/O."""
+    """One `GET url` with a total timeout and a capped body read; never raises (but cancels)."""
     try:
         async with session.get(url, headers=headers, timeout=_timeout(timeout)) as response:
             body = await _read_capped(response)
@@ -158,6 +187,12 @@ async def fetch_status(
         return Observation(None, None, describe_exception(exc))
     except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
         return Observation(None, None, describe_exception(exc))
+    except Exception as exc:  # a reply or a bug nobody foresaw: still an observation
+        name = type(exc).__name__
+        logger.warning(
+            "unexpected %s while polling; counted as a transient failure", name, exc_info=True
+        )
+        return Observation(None, None, f"unexpected {name}")
 
 
 @functools.lru_cache(maxsize=64)

@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from client import Status, StatusUpdate, VideoTranslationClient
+from client import Observation, Status, StatusUpdate, VideoTranslationClient
 from tests.fakes import Reply, VirtualClock, job_ending_at
 
 Start = Any
@@ -220,3 +220,96 @@ async def test_check_makes_one_request_and_does_not_wait(
     seen = await client.check()
     assert (seen.status, seen.progress, seen.eta_seconds) == ("pending", 40.0, 12.0)
     assert len(scripted.request_times) == 1 and clock.sleeps == []
+
+
+# Time in on_update (issue 8, item 8): it counts against the schedule and the deadline.
+
+
+def slow_callback(clock: VirtualClock, seconds: float) -> Any:
+    def on_update(update: StatusUpdate) -> None:
+        clock.now += seconds
+
+    return on_update
+
+
+async def test_a_slow_callback_never_pushes_a_request_past_the_deadline(
+    upstream: Start, clock: VirtualClock
+) -> None:
+    client, scripted = await upstream(job_ending_at(1e9), max_wait_time=3, jitter=0.0)
+    result = await client.poll(on_update=slow_callback(clock, 1.0))
+    assert result.status == "timeout"
+    assert scripted.request_times == [0.0, 1.0, 3.0]
+    assert result.elapsed == 4.0  # the last callback's second included
+
+
+@pytest.mark.parametrize("seed", range(20))
+async def test_with_jitter_a_slow_callback_keeps_every_request_within_the_deadline(
+    upstream: Start, clock: VirtualClock, seed: int
+) -> None:
+    client, scripted = await upstream(
+        job_ending_at(1e9), request_time=0.05, max_wait_time=3, rng=random.Random(seed)
+    )
+    assert await client.get_status(on_update=slow_callback(clock, 1.0)) == "timeout"
+    starts = [t - 0.05 for t in scripted.request_times]
+    assert all(0.0 <= t <= 3.0 + 1e-9 for t in starts), starts
+
+
+async def test_next_poll_in_is_when_the_next_request_goes_out_despite_the_callback(
+    upstream: Start, clock: VirtualClock
+) -> None:
+    client, scripted = await upstream(job_ending_at(6.5), jitter=0.0)
+    updates: list[StatusUpdate] = []
+
+    def on_update(update: StatusUpdate) -> None:
+        updates.append(update)
+        clock.now += 0.3
+
+    assert await client.get_status(on_update=on_update) == "completed"
+    assert scripted.request_times == pytest.approx([0.0, 1.0, 3.0, 7.0])
+    due = [u.elapsed + u.next_poll_in for u in updates if u.next_poll_in is not None]
+    assert due == pytest.approx(scripted.request_times[1:])
+
+
+async def test_a_callback_past_the_deadline_ends_with_timeout_and_no_more_requests(
+    upstream: Start, clock: VirtualClock
+) -> None:
+    client, scripted = await upstream(job_ending_at(1e9), max_wait_time=3)
+    assert await client.get_status(on_update=slow_callback(clock, 5.0)) == "timeout"
+    assert scripted.request_times == [0.0]
+
+
+async def test_a_terminal_status_stands_however_long_the_callback(
+    upstream: Start, clock: VirtualClock
+) -> None:
+    client, scripted = await upstream(job_ending_at(0.0), max_wait_time=3)
+    assert await client.get_status(on_update=slow_callback(clock, 5.0)) == "completed"
+    assert scripted.request_times == [0.0]
+
+
+async def test_updates_keep_only_the_latest_in_a_long_poll(
+    clock: VirtualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def pending(*args: object) -> Observation:
+        return Observation(Status.PENDING, 200)
+
+    monkeypatch.setattr("client.polling.fetch_status", pending)
+    seen = 0
+
+    def count(update: StatusUpdate) -> None:
+        nonlocal seen
+        seen += 1
+
+    poller = VideoTranslationClient(
+        "http://127.0.0.1:9",
+        max_attempts=10_000,
+        max_wait_time=1e6,
+        initial_wait_time=0.05,
+        max_interval=0.05,
+        jitter=0.0,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    result = await poller.poll(on_update=count)
+    assert result.status == "timeout" and result.attempts == seen == 10_000
+    assert len(result.updates) == 100
+    assert [u.attempt for u in result.updates] == list(range(9_901, 10_001))
