@@ -35,6 +35,9 @@ class BackoffPolicy:
     eta_margin: float = 0.12
     # ... and aim right at it once that error is below this many seconds.
     eta_tolerance: float = 0.5
+    # The floor of every delay, the last one to the deadline included (the watch service's
+    # VTW_MIN_POLL_INTERVAL, so no caller can make it poll a host faster); 0: none.
+    min_delay: float = 0.0
 
     def __post_init__(self) -> None:
         checks = {
@@ -47,6 +50,7 @@ class BackoffPolicy:
             "max_hint_interval": self.max_hint_interval > 0,
             "eta_margin": 0 <= self.eta_margin < 1,
             "eta_tolerance": self.eta_tolerance >= 0,
+            "min_delay": self.min_delay >= 0,
         }
         for name, ok in checks.items():
             value = getattr(self, name)
@@ -56,7 +60,7 @@ class BackoffPolicy:
     @property
     def floor(self) -> float:
         """The shortest sleep this policy ever returns (except to land on the deadline)."""
-        return min(self.min_interval, self.initial_wait_time)
+        return max(self.min_delay, min(self.min_interval, self.initial_wait_time))
 
     def base_delay(self, attempt: int) -> float:
         """The un-jittered delay after poll number `attempt` (1-based), capped."""
@@ -100,12 +104,12 @@ class BackoffPolicy:
         a job that ends in time is never reported as a timeout.
         """
         if remaining <= 0:
-            return 0.0
+            return self.min_delay
         if last_attempt:
-            return remaining
+            return max(self.min_delay, remaining)
         hinted = self.hinted_delay(retry_after, eta_seconds)
         delay = self.delay(attempt, rng) if hinted is None else hinted
-        return self.clamp_to_deadline(delay, remaining)
+        return max(self.min_delay, self.clamp_to_deadline(delay, remaining))
 
     def clamp_to_deadline(self, delay: float, remaining: float) -> float:
         """Sleep to the deadline when the delay would pass it or leave a uselessly short gap."""

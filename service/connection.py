@@ -1,21 +1,35 @@
-"""Connecting to Redis, or to the embedded in-memory store when no URL is configured."""
+"""Connecting to Redis, or to the embedded in-memory store when no URL is configured, and
+retrying what is safe to repeat.
+
+redis-py's own retry is off: it would send again a command that timed out or lost its reply,
+which may have run (a second claim, rotation or cancel). Commands that are safe to repeat (by
+id or request id) go through `retry_idempotent`; the rest surface their error, and the caller
+decides (the API answers 503, a worker loop backs off and tries again).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 EMBEDDED_WARNING = (
     "VTW_REDIS_URL is not set: using the EMBEDDED IN-MEMORY store. Nothing is durable and "
     "nothing is shared with other processes; set VTW_REDIS_URL for real use."
 )
+IDEMPOTENT_RETRIES = 2
+IDEMPOTENT_RETRY_DELAY = 0.05
 
 
 def connect(settings: Settings) -> aioredis.Redis:
@@ -30,10 +44,7 @@ def connect(settings: Settings) -> aioredis.Redis:
         socket_connect_timeout=2,
         socket_timeout=5,
         health_check_interval=15,
-        # Retry only failures to connect or send: a command that timed out may have run, and
-        # running a script twice is not always harmless (register.lua is made safe anyway).
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
-        retry_on_error=[RedisConnectionError],
+        retry=Retry(NoBackoff(), retries=0),
     )
     return aioredis.Redis(connection_pool=pool)
 
@@ -43,3 +54,16 @@ def embedded() -> aioredis.Redis:
 
     logger.warning(EMBEDDED_WARNING)
     return fakeredis.FakeAsyncRedis(decode_responses=True)
+
+
+async def retry_idempotent(call: Callable[[], Awaitable[T]]) -> T:
+    """Run `call`, again after a connection error or timeout: only for commands that give the
+    same result when they ran twice (keyed by an id drawn before the first try)."""
+    for attempt in range(IDEMPOTENT_RETRIES + 1):
+        try:
+            return await call()
+        except (RedisConnectionError, RedisTimeoutError):
+            if attempt == IDEMPOTENT_RETRIES:
+                raise
+            await asyncio.sleep(IDEMPOTENT_RETRY_DELAY * (attempt + 1))
+    raise AssertionError("unreachable")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import secrets
-import time
 from enum import StrEnum
+from typing import NotRequired, TypedDict
 
 
 class WatchState(StrEnum):
@@ -27,6 +27,43 @@ class WebhookState(StrEnum):
     FAILED = "failed"
 
 
-def new_watch_id() -> str:
-    """`w_` + 12 hex digits of milliseconds + 16 random hex digits: ids sort by creation time."""
-    return f"w_{time.time_ns() // 1_000_000:012x}{secrets.token_hex(8)}"
+def new_watch_id(now_ms: int) -> str:
+    """`w_` + 12 hex digits of milliseconds (Redis time) + 16 random hex digits: ids sort by
+    creation time, whichever API host made them."""
+    return f"w_{now_ms:012x}{secrets.token_hex(8)}"
+
+
+class WebhookDoc(TypedDict):
+    """A watch's webhook delivery, as stored."""
+
+    state: str  # a WebhookState
+    attempts: int
+    last_status_code: int | None
+    cycle_attempts: NotRequired[int]  # attempts since the (re)start of the retry schedule
+    redeliver: NotRequired[bool]  # a manual retry asked for while an attempt was in flight
+
+
+class WatchDoc(TypedDict):
+    """A watch as stored in Redis (JSON): what the API renders and the workers update.
+
+    Times are Redis server milliseconds; `spec` is the registration (status_url, webhook_url,
+    policy, metadata) as JSON text, immutable.
+    """
+
+    id: str
+    tenant: str
+    spec: str
+    state: str  # a WatchState
+    reason: str | None
+    attempts: int
+    last_result: str | None
+    last_error: str | None
+    progress: float | None
+    created_at: int
+    updated_at: int
+    last_polled_at: int | None
+    next_poll_at: int | None
+    deadline: int
+    finished_at: int | None
+    webhook: WebhookDoc
+    cancel_request: NotRequired[str]  # the request id of the cancel that ended it

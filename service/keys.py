@@ -2,16 +2,20 @@
 
 All keys share the hash tag `{namespace}`, so every script's keys live in one Redis Cluster slot.
 
-    vtw:{ns}:schedule              ZSET  watch id -> due time (ms), or lease expiry while claimed;
-                                         the lease expiry doubles as the fencing token
+    vtw:{ns}:schedule              ZSET  watch id -> due time (ms), or lease expiry while claimed
+    vtw:{ns}:leases                HASH  claimed watch id -> fencing token (fixed at claim; the
+                                         lease expiry in `schedule` is extended, the token never)
     vtw:{ns}:expiry                ZSET  terminal watch id -> when retention ends (ms)
-    vtw:{ns}:outbox                ZSET  watch id -> when its webhook is due (ms)
+    vtw:{ns}:outbox                ZSET  watch id -> when its webhook is due (ms), or lease expiry
+    vtw:{ns}:outbox:leases         HASH  webhook being delivered -> fencing token
     vtw:{ns}:w:<id>                STRING the watch document (JSON)
     vtw:{ns}:d:<id>                LIST  webhook delivery attempts (JSON), newest last
     vtw:{ns}:t:<tenant>:idx        ZSET  the tenant's watch ids (lexicographic, ids sort by time)
     vtw:{ns}:t:<tenant>:idx:<st>   ZSET  the same, per state
     vtw:{ns}:t:<tenant>:counts     HASH  state -> count, and wh:<state> -> count
-    vtw:{ns}:t:<tenant>:secret     HASH  webhook signing secrets
+    vtw:{ns}:t:<tenant>:secret     HASH  webhook signing secrets: `current`, `old:<secret>` ->
+                                         until when (ms) a rotated-out one still signs, `rotation`
+                                         -> the request id of the last rotation
     vtw:{ns}:idem:<tenant>:<hash>  STRING idempotency key -> "<id> <body fingerprint>"
 """
 
@@ -37,6 +41,14 @@ class Keys:
     @property
     def schedule(self) -> str:
         return self.prefix + "schedule"
+
+    @property
+    def leases(self) -> str:
+        return self.prefix + "leases"
+
+    @property
+    def outbox_leases(self) -> str:
+        return self.prefix + "outbox:leases"
 
     @property
     def expiry(self) -> str:

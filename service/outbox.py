@@ -1,26 +1,43 @@
 """The webhook side of the store: the outbox of terminal events, delivery attempts, secrets.
 
-The outbox is a ZSET (watch id -> when its webhook is due) filled by `finish.lua` in the same
-step as the terminal state. Dispatchers lease entries with the same `claim.lua` as the poller.
+The outbox is a leased schedule (watch id -> when its webhook is due) filled by `finish.lua` in
+the same step as the terminal state. Dispatchers lease entries like the poller leases watches.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
+from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 import redis.asyncio as aioredis
 
 from client.webhooks import new_secret
 
+from .connection import retry_idempotent
 from .errors import WatchConflict, WatchNotFound
 from .keys import Keys
-from .store import Claim, Claimed, load_scripts, parse_claim, server_time_ms
+from .leases import Claimed, LeasedQueue, load_scripts, server_time_ms
 
-SCRIPTS = ("claim", "deliver", "redeliver", "rotate")
+SCRIPTS = ("deliver", "redeliver", "rotate")
 ROTATION_GRACE_SECONDS = 24 * 3600
 DELIVERY_LOG_LENGTH = 100
+OLD_SECRET = "old:"
 Outcome = Literal["delivered", "failed", "retry"]
+
+
+@dataclass(frozen=True, slots=True)
+class Secrets:
+    """A tenant's signing secrets: the current one, and those rotated out that still sign
+    (newest first)."""
+
+    current: str
+    previous: list[str]
+
+    @property
+    def live(self) -> list[str]:
+        return [self.current, *self.previous]
 
 
 class Outbox:
@@ -28,13 +45,9 @@ class Outbox:
         self.redis = redis
         self.keys = Keys(namespace)
         self._scripts = load_scripts(redis, SCRIPTS)
-
-    async def claim(self, limit: int, lease_seconds: float) -> Claim:
-        reply = await self._scripts["claim"](
-            keys=[self.keys.outbox],
-            args=[self.keys.watch_prefix, limit, int(lease_seconds * 1000)],
+        self.queue = LeasedQueue(
+            redis, self.keys.outbox, self.keys.outbox_leases, self.keys.watch_prefix
         )
-        return parse_claim(reply)
 
     async def record_attempt(
         self,
@@ -43,11 +56,18 @@ class Outbox:
         outcome: Outcome,
         delay_seconds: float = 0.0,
     ) -> bool:
-        """Log an attempt and move the delivery on (delivered, failed, or retry after a delay)."""
+        """Log an attempt and move the delivery on (delivered, failed, or retry after a delay);
+        False when the lease was lost (nothing recorded)."""
         k, tenant = self.keys, claimed.doc["tenant"]
         code = attempt.get("status_code")
         done = await self._scripts["deliver"](
-            keys=[k.outbox, k.watch(claimed.id), k.deliveries(claimed.id), k.counts(tenant)],
+            keys=[
+                k.outbox,
+                k.outbox_leases,
+                k.watch(claimed.id),
+                k.deliveries(claimed.id),
+                k.counts(tenant),
+            ],
             args=[
                 claimed.id,
                 claimed.token,
@@ -65,10 +85,14 @@ class Outbox:
         return [json.loads(raw) for raw in raws]
 
     async def redeliver(self, tenant: str, watch_id: str) -> None:
-        """Queue the watch's terminal webhook again."""
+        """Queue the watch's terminal webhook again, due now (after the attempt in flight, if
+        one is)."""
         k = self.keys
-        outcome = await self._scripts["redeliver"](
-            keys=[k.watch(watch_id), k.outbox, k.counts(tenant)], args=[watch_id, tenant]
+        outcome = await retry_idempotent(
+            lambda: self._scripts["redeliver"](
+                keys=[k.watch(watch_id), k.outbox, k.outbox_leases, k.counts(tenant)],
+                args=[watch_id, tenant],
+            )
         )
         if outcome == "missing":
             raise WatchNotFound(watch_id)
@@ -77,19 +101,25 @@ class Outbox:
         if outcome == "no_webhook":
             raise WatchConflict(watch_id, "has no webhook_url")
 
-    async def secrets(self, tenant: str) -> tuple[str, str | None]:
-        """The tenant's (current, previous-if-still-live) signing secrets; created on first use."""
+    async def secrets(self, tenant: str) -> Secrets:
+        """The tenant's live signing secrets; the current one is created on first use."""
         key = self.keys.secret(tenant)
         await self.redis.hsetnx(key, "current", new_secret())
         stored = cast(dict[str, str], await self.redis.hgetall(key))
-        previous = stored.get("previous")
-        until = int(stored.get("previous_until", 0))
-        if previous is not None and until <= await server_time_ms(self.redis):
-            previous = None  # its 24 h of grace are over
-        return stored["current"], previous
-
-    async def rotate_secret(self, tenant: str) -> tuple[str, str | None]:
-        await self._scripts["rotate"](
-            keys=[self.keys.secret(tenant)], args=[new_secret(), ROTATION_GRACE_SECONDS * 1000]
+        now = await server_time_ms(self.redis)
+        retiring = sorted(
+            (
+                (int(until), name.removeprefix(OLD_SECRET))
+                for name, until in stored.items()
+                if name.startswith(OLD_SECRET) and int(until) > now
+            ),
+            reverse=True,
         )
+        return Secrets(stored["current"], [secret for _, secret in retiring])
+
+    async def rotate_secret(self, tenant: str) -> Secrets:
+        """A new current secret; every secret rotated out signs on for 24 h (safe to repeat)."""
+        args: list[str | int] = [new_secret(), ROTATION_GRACE_SECONDS * 1000, secrets.token_hex(8)]
+        keys = [self.keys.secret(tenant)]
+        await retry_idempotent(lambda: self._scripts["rotate"](keys=keys, args=args))
         return await self.secrets(tenant)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .keys import NAMESPACE_PATTERN
@@ -39,6 +40,12 @@ class Settings(BaseSettings):
     idempotency_ttl_seconds: int = Field(86400, ge=60)
     webhook_retry_schedule: Annotated[tuple[float, ...], NoDecode] = DEFAULT_WEBHOOK_SCHEDULE
     webhook_timeout: float = Field(15.0, gt=0, le=300)
+    min_poll_interval: float = Field(
+        1.0, ge=0.01, le=3600, description="the floor of every poll delay, hints included"
+    )
+    max_active_watches: int = Field(
+        100_000, ge=1, description="pending watches per tenant; beyond, registration is 429"
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -50,6 +57,11 @@ class Settings(BaseSettings):
             tenant, sep, key = pair.partition(":")
             if not sep or not tenant or not key:
                 raise ValueError("VTW_API_KEYS takes `tenant:key` pairs separated by commas")
+            if keys.get(key, tenant) != tenant:  # the message names tenants, never the key
+                raise ValueError(
+                    f"VTW_API_KEYS lists one key for two tenants ({keys[key]!r} and {tenant!r}); "
+                    "a key belongs to one tenant"
+                )
             keys[key] = tenant
         return keys
 
@@ -71,6 +83,18 @@ class Settings(BaseSettings):
     @field_validator("webhook_retry_schedule")
     @classmethod
     def _check_schedule(cls, value: tuple[float, ...]) -> tuple[float, ...]:
-        if any(delay < 0 for delay in value):
-            raise ValueError("retry delays must not be negative")
+        if any(not 0 <= delay < math.inf for delay in value):
+            raise ValueError("retry delays must be finite and not negative")
         return value
+
+    @model_validator(mode="after")
+    def _check_retention(self) -> Settings:
+        # A finished watch is kept while its webhook is retried; a retention shorter than the
+        # whole schedule (with its +20 % jitter) would be a promise the sweep keeps breaking.
+        needed = sum(self.webhook_retry_schedule) * 1.2
+        if self.retention_seconds < needed:
+            raise ValueError(
+                f"VTW_RETENTION_SECONDS ({self.retention_seconds:g}) must be at least the webhook "
+                f"retry schedule's length with jitter ({needed:g} s)"
+            )
+        return self

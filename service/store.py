@@ -1,16 +1,16 @@
 """The Redis store: every read and atomic write of watches, through the Lua scripts in `lua/`.
 
-Watches are JSON documents; their scheduling state lives in one ZSET (see `keys.py`). Times are
-Redis server milliseconds. A worker's claim returns a fencing token (its lease expiry); `record`,
-`finish` and `extend` change nothing for a worker whose lease has passed to another.
+Watches are JSON documents (`WatchDoc`); their scheduling state lives in a leased schedule
+(`leases.LeasedQueue`, see `keys.py`). Times are Redis server milliseconds. A worker's writes
+(`save`) carry the fencing token of its claim and change nothing once its lease passed to another.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, cast
 
 import orjson
@@ -18,66 +18,34 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
-from .domain import WatchState, WebhookState, new_watch_id
-from .errors import IdempotencyConflict, WatchConflict, WatchNotFound
+from .connection import retry_idempotent
+from .domain import WatchDoc, WatchState, WebhookState, new_watch_id
+from .errors import (
+    IdempotencyConflict,
+    IdempotencyKeyExpired,
+    TooManyWatches,
+    WatchConflict,
+    WatchNotFound,
+)
 from .keys import Keys
+from .leases import Claimed, LeasedQueue, decode, load_scripts, server_time_ms
 
-Doc = dict[str, Any]
 ScriptCall = tuple[AsyncScript, list[str], list[Any]]
-SCRIPTS = ("register", "claim", "record", "extend", "finish", "cancel", "forget")
-
-
-@dataclass(frozen=True, slots=True)
-class Claimed:
-    id: str
-    token: int
-    doc: Doc
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    now_ms: int
-    next_due_ms: int | None
-    watches: list[Claimed]
+SCRIPTS = ("register", "record", "finish", "cancel", "forget")
+# A finished watch whose webhook is still being delivered outlives its retention: checked again
+# this long after (its delivery settles first).
+RETENTION_RECHECK_MS = 3_600_000
 
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    docs: list[Doc]
+    docs: list[WatchDoc]
     next_cursor: str | None
-
-
-def load_scripts(redis: aioredis.Redis, names: tuple[str, ...]) -> dict[str, AsyncScript]:
-    """Register the named scripts of `lua/` once, each after `_prelude.lua` (shared helpers);
-    calls use EVALSHA (reloading if flushed)."""
-    folder = resources.files("service") / "lua"
-    prelude = (folder / "_prelude.lua").read_text()
-    return {
-        name: redis.register_script(prelude + (folder / f"{name}.lua").read_text())
-        for name in names
-    }
-
-
-async def server_time_ms(redis: aioredis.Redis) -> int:
-    """Redis server time in milliseconds (what the scripts' `now_ms()` reads)."""
-    seconds, micros = await redis.time()
-    return int(seconds) * 1000 + int(micros) // 1000
-
-
-def parse_claim(reply: list[Any]) -> Claim:
-    """The reply of `claim.lua`: {now, next_due or -1, token, id1, doc1, ...}."""
-    now, next_due, token = int(reply[0]), int(reply[1]), int(reply[2])
-    watches = [Claimed(reply[i], token, decode(reply[i + 1])) for i in range(3, len(reply), 2)]
-    return Claim(now, next_due if next_due >= 0 else None, watches)
 
 
 def encode(value: Any) -> str:
     """Compact JSON of a document we built (orjson: the poll loop's hottest path)."""
     return orjson.dumps(value).decode()
-
-
-def decode(raw: str | bytes) -> Any:
-    return orjson.loads(raw)
 
 
 class Store:
@@ -88,12 +56,17 @@ class Store:
         namespace: str = "vtw",
         retention_seconds: float = 7 * 86400,
         idempotency_ttl_seconds: int = 86400,
+        max_active_watches: int = 100_000,
     ) -> None:
         self.redis = redis
         self.keys = Keys(namespace)
         self.retention_ms = int(retention_seconds * 1000)
         self.idempotency_ttl = idempotency_ttl_seconds
+        self.max_active_watches = max_active_watches
         self._scripts = load_scripts(redis, SCRIPTS)
+        self.schedule = LeasedQueue(
+            redis, self.keys.schedule, self.keys.leases, self.keys.watch_prefix
+        )
 
     async def ping(self) -> None:
         await self.redis.ping()
@@ -103,15 +76,15 @@ class Store:
     async def register(
         self,
         tenant: str,
-        spec: Doc,
+        spec: dict[str, Any],
         max_wait_seconds: float,
         *,
         idempotency_key: str | None = None,
         fingerprint: str = "",
-    ) -> tuple[Doc, bool]:
+    ) -> tuple[WatchDoc, bool]:
         """Create a watch; returns (doc, created). A repeated idempotent request returns the
         earlier watch with created=False; a reused key with another body raises."""
-        watch_id = new_watch_id()
+        watch_id = new_watch_id(await self.server_time_ms())
         doc = {
             "id": watch_id,
             "tenant": tenant,
@@ -125,7 +98,7 @@ class Store:
             "progress": None,
             "last_polled_at": None,
             "finished_at": None,
-            # A webhook becomes "pending" when the watch ends (see `finish`).
+            # A webhook becomes "pending" when the watch ends (see `save`).
             "webhook": {"state": WebhookState.NONE.value, "attempts": 0, "last_status_code": None},
         }
         k = self.keys
@@ -145,15 +118,22 @@ class Store:
             fingerprint,
             self.idempotency_ttl,
             k.watch_prefix,
+            self.max_active_watches,
         ]
-        outcome, payload = await self._scripts["register"](keys=keys, args=args)
+        outcome, payload = await retry_idempotent(
+            lambda: self._scripts["register"](keys=keys, args=args)
+        )
         if outcome == "conflict":
             raise IdempotencyConflict(payload)
-        return decode(payload), outcome == "created"
+        if outcome == "gone":
+            raise IdempotencyKeyExpired(payload)
+        if outcome == "over_limit":
+            raise TooManyWatches(int(payload), self.max_active_watches)
+        return cast(WatchDoc, decode(payload)), outcome == "created"
 
-    async def get(self, tenant: str, watch_id: str) -> Doc:
+    async def get(self, tenant: str, watch_id: str) -> WatchDoc:
         raw = await self.redis.get(self.keys.watch(watch_id))
-        doc: Doc | None = decode(raw) if raw else None
+        doc: WatchDoc | None = decode(raw) if raw else None
         if doc is None or doc["tenant"] != tenant:
             raise WatchNotFound(watch_id)
         return doc
@@ -174,22 +154,14 @@ class Store:
         docs = [decode(raw) for raw in raws if raw]
         return Page(docs, page_ids[-1] if len(ids) > limit else None)
 
-    async def cancel(self, tenant: str, watch_id: str) -> Doc:
-        k = self.keys
-        result = await self._scripts["cancel"](
-            keys=[
-                k.watch(watch_id),
-                k.schedule,
-                k.index(tenant, WatchState.PENDING),
-                k.index(tenant, WatchState.CANCELLED),
-                k.counts(tenant),
-                k.expiry,
-            ],
-            args=[watch_id, tenant, self.retention_ms],
-        )
+    async def cancel(self, tenant: str, watch_id: str) -> WatchDoc:
+        """End a pending watch as cancelled (safe to repeat: one request id for every try)."""
+        keys = self._end_keys(watch_id, tenant, WatchState.CANCELLED)
+        args: list[str | int] = [watch_id, tenant, self.retention_ms, secrets.token_hex(8)]
+        result = await retry_idempotent(lambda: self._scripts["cancel"](keys=keys, args=args))
         if result[0] == "missing":
             raise WatchNotFound(watch_id)
-        doc: Doc = decode(result[1])
+        doc: WatchDoc = decode(result[1])
         if result[0] == "conflict":
             raise WatchConflict(watch_id, f"has already ended: it is {doc['state']}")
         return doc
@@ -200,24 +172,10 @@ class Store:
 
     # -- the worker's side ------------------------------------------------------------------
 
-    async def claim(self, limit: int, lease_seconds: float) -> Claim:
-        reply = await self._scripts["claim"](
-            keys=[self.keys.schedule],
-            args=[self.keys.watch_prefix, limit, int(lease_seconds * 1000)],
-        )
-        return parse_claim(reply)
-
-    async def record(self, claimed: Claimed, doc: Doc) -> bool:
-        """Save a poll of a still-pending watch; it is due again at `doc["next_poll_at"]`."""
-        return (await self.save([(claimed, doc)]))[0]
-
-    async def finish(self, claimed: Claimed, doc: Doc) -> bool:
-        """Save the terminal state and queue its webhook, atomically."""
-        return (await self.save([(claimed, doc)]))[0]
-
-    async def save(self, polls: Sequence[tuple[Claimed, Doc]]) -> list[bool]:
+    async def save(self, polls: Sequence[tuple[Claimed, WatchDoc]]) -> list[bool]:
         """Save many polls in one round trip: pending docs in one `record` call (the due time is
-        their `next_poll_at`), terminal ones with a `finish` each.
+        their `next_poll_at`), terminal ones with a `finish` each (state and webhook outbox
+        entry in one atomic step).
 
         Each is fenced on its own: False for a watch whose lease passed to another worker.
         """
@@ -232,7 +190,7 @@ class Store:
             calls.append(
                 (
                     self._scripts["record"],
-                    [self.keys.schedule],
+                    [self.keys.schedule, self.keys.leases],
                     [self.keys.watch_prefix, encode(items)],
                 )
             )
@@ -263,37 +221,39 @@ class Store:
                 raise result
         return results
 
-    def _finish(self, claimed: Claimed, doc: Doc) -> ScriptCall:
-        k, tenant, state = self.keys, doc["tenant"], doc["state"]
-        has_webhook = doc["webhook"]["state"] == WebhookState.PENDING
-        keys = [
+    def _end_keys(self, watch_id: str, tenant: str, state: str) -> list[str]:
+        """The keys of `end_watch` in the Lua prelude (finish.lua, cancel.lua)."""
+        k = self.keys
+        return [
             k.schedule,
-            k.watch(claimed.id),
+            k.leases,
+            k.watch(watch_id),
             k.index(tenant, WatchState.PENDING),
             k.index(tenant, state),
             k.counts(tenant),
             k.expiry,
             k.outbox,
         ]
+
+    def _finish(self, claimed: Claimed, doc: WatchDoc) -> ScriptCall:
+        has_webhook = doc["webhook"]["state"] == WebhookState.PENDING
         args = [
             claimed.id,
             claimed.token,
             encode(doc),
-            state,
+            doc["state"],
             self.retention_ms,
             "1" if has_webhook else "0",
         ]
-        return self._scripts["finish"], keys, args
-
-    async def extend(self, claimed: Claimed, lease_seconds: float) -> Claimed | None:
-        """Extend the lease; returns the claim with its new token, or None if it was lost."""
-        token = await self._scripts["extend"](
-            keys=[self.keys.schedule], args=[claimed.id, claimed.token, int(lease_seconds * 1000)]
+        return (
+            self._scripts["finish"],
+            self._end_keys(claimed.id, doc["tenant"], doc["state"]),
+            args,
         )
-        return Claimed(claimed.id, int(token), claimed.doc) if token else None
 
     async def forget_expired(self, limit: int = 500) -> int:
-        """Delete terminal watches past their retention; returns how many."""
+        """Delete terminal watches past their retention whose webhooks have settled; returns
+        how many."""
         k = self.keys
         now = await self.server_time_ms()
         ids = cast(
@@ -312,7 +272,7 @@ class Store:
                     k.index(doc["tenant"], doc["state"]),
                     k.counts(doc["tenant"]),
                 ],
-                args=[watch_id, doc["state"]],
+                args=[watch_id, doc["state"], RETENTION_RECHECK_MS],
             )
         return forgotten
 

@@ -6,9 +6,11 @@ from fastapi import APIRouter, status
 
 from .deps import OutboxDep, StoreDep, TenantDep
 from .models import Deliveries, WebhookSecret, render_attempt
+from .outbox import Secrets
+from .openapi import errors
 from .routes import NOT_FOUND, WatchId
 
-router = APIRouter(prefix="/v1", tags=["webhooks"])
+router = APIRouter(prefix="/v1", tags=["webhooks"], responses=errors(401, 413, 422, 503))
 
 
 @router.get("/watches/{watch_id}/deliveries", responses=NOT_FOUND)
@@ -25,7 +27,7 @@ async def list_deliveries(
     status_code=status.HTTP_202_ACCEPTED,
     responses={
         **NOT_FOUND,
-        409: {"description": "the watch has not ended, or has no webhook_url"},
+        **errors(409, why={409: "the watch has not ended, or has no webhook_url"}),
     },
 )
 async def retry_delivery(watch_id: WatchId, outbox: OutboxDep, tenant: TenantDep) -> None:
@@ -36,12 +38,15 @@ async def retry_delivery(watch_id: WatchId, outbox: OutboxDep, tenant: TenantDep
 @router.get("/webhook-secret")
 async def get_webhook_secret(outbox: OutboxDep, tenant: TenantDep) -> WebhookSecret:
     """The tenant's signing secret (created on first use)."""
-    current, previous = await outbox.secrets(tenant)
-    return WebhookSecret(secret=current, previous=previous)
+    return render_secrets(await outbox.secrets(tenant))
 
 
 @router.post("/webhook-secret/rotate")
 async def rotate_webhook_secret(outbox: OutboxDep, tenant: TenantDep) -> WebhookSecret:
-    """A new signing secret; the previous one keeps signing for 24 hours."""
-    current, previous = await outbox.rotate_secret(tenant)
-    return WebhookSecret(secret=current, previous=previous)
+    """A new signing secret; every secret rotated out keeps signing for 24 hours."""
+    return render_secrets(await outbox.rotate_secret(tenant))
+
+
+def render_secrets(secrets: Secrets) -> WebhookSecret:
+    previous = secrets.previous[0] if secrets.previous else None
+    return WebhookSecret(secret=secrets.current, previous=previous)

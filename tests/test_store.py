@@ -9,22 +9,39 @@ import asyncio
 import copy
 import dataclasses
 import json
+import secrets
 import time
 from typing import Any
 
 import pytest
 
 from service.domain import WatchState
-from service.errors import IdempotencyConflict, WatchConflict, WatchNotFound
-from service.store import Claim, Claimed, Doc, Store
+from service.errors import (
+    IdempotencyConflict,
+    IdempotencyKeyExpired,
+    TooManyWatches,
+    WatchConflict,
+    WatchNotFound,
+)
+from service.leases import Claim, Claimed
+from service.store import Store
 
 TENANT = "acme"
+Doc = Any  # documents the tests build and alter freely
+
+
+async def save(store: Store, claimed: Claimed, doc: Doc) -> bool:
+    return (await store.save([(claimed, doc)]))[0]
 
 
 async def record_in(store: Store, claimed: Claimed, doc: Doc, seconds: float) -> bool:
-    """`store.record` with the next poll due `seconds` from now (Redis time)."""
+    """Save a poll of a pending watch, due again `seconds` from now (Redis time)."""
     doc["next_poll_at"] = await store.server_time_ms() + int(seconds * 1000)
-    return await store.record(claimed, doc)
+    return await save(store, claimed, doc)
+
+
+async def claim(store: Store, limit: int = 10, lease_seconds: float = 30.0) -> Claim:
+    return await store.schedule.claim(limit, lease_seconds, secrets.token_hex(4))
 
 
 SPEC = {
@@ -43,9 +60,9 @@ async def register(store: Store, tenant: str = TENANT, **kwargs: Any) -> Doc:
 
 
 async def claim_one(store: Store, lease_seconds: float = LONG_LEASE) -> Claimed:
-    claim = await store.claim(10, lease_seconds)
-    assert len(claim.watches) == 1, claim
-    return claim.watches[0]
+    claimed = await claim(store, 10, lease_seconds)
+    assert len(claimed.watches) == 1, claimed
+    return claimed.watches[0]
 
 
 async def claim_within(
@@ -54,9 +71,9 @@ async def claim_within(
     """Claim until something is returned or `seconds` have passed (then the empty claim)."""
     deadline = time.monotonic() + seconds
     while True:
-        claim = await store.claim(limit, lease_seconds)
-        if claim.watches or time.monotonic() > deadline:
-            return claim
+        claimed = await claim(store, limit, lease_seconds)
+        if claimed.watches or time.monotonic() > deadline:
+            return claimed
         await asyncio.sleep(0.01)
 
 
@@ -188,66 +205,102 @@ async def test_list_filters_by_state(store: Store) -> None:
 async def test_a_new_watch_is_due_at_once_and_a_claim_leases_it(store: Store) -> None:
     doc = await register(store)
 
-    claim = await store.claim(10, LONG_LEASE)
+    leased = await store.schedule.claim(10, LONG_LEASE, "tok-1")
 
-    assert [(c.id, c.doc) for c in claim.watches] == [(doc["id"], doc)]
-    token = claim.watches[0].token
-    assert token == claim.now_ms + LONG_LEASE * 1000
-    assert claim.next_due_ms == token
-    assert await store.redis.zscore(store.keys.schedule, doc["id"]) == token
-    assert (await store.claim(10, LONG_LEASE)).watches == []
+    assert [(c.id, c.doc, c.token) for c in leased.watches] == [(doc["id"], doc, "tok-1")]
+    expires = leased.now_ms + LONG_LEASE * 1000
+    assert leased.next_due_ms == expires
+    assert await store.redis.zscore(store.keys.schedule, doc["id"]) == expires
+    assert await store.redis.hget(store.keys.leases, doc["id"]) == "tok-1"
+    assert (await claim(store)).watches == []
 
 
 async def test_claim_returns_only_due_watches(store: Store) -> None:
     later = await register(store)
     claimed = await claim_one(store)
     assert await record_in(store, claimed, claimed.doc, 60)  # next poll in a minute
+    assert not await store.redis.hexists(store.keys.leases, claimed.id)  # lease given back
     due = await register(store)
 
-    claim = await store.claim(10, LONG_LEASE)
+    leased = await claim(store)
 
-    assert [c.id for c in claim.watches] == [due["id"]]
+    assert [c.id for c in leased.watches] == [due["id"]]
     # the earliest thing in the schedule is now that new lease (30 s), not `later` (60 s)
-    assert claim.next_due_ms == claim.watches[0].token
-    assert await store.redis.zscore(store.keys.schedule, later["id"]) > claim.next_due_ms
-    assert (await store.claim(10, LONG_LEASE)).watches == []
+    assert leased.next_due_ms == leased.now_ms + LONG_LEASE * 1000
+    assert await store.redis.zscore(store.keys.schedule, later["id"]) > leased.next_due_ms
+    assert (await claim(store)).watches == []
 
 
 async def test_claim_respects_its_limit(store: Store) -> None:
     for _ in range(3):
         await register(store)
 
-    first = await store.claim(2, LONG_LEASE)
-    second = await store.claim(2, LONG_LEASE)
+    first = await claim(store, 2)
+    second = await claim(store, 2)
 
     assert len(first.watches) == 2
     assert len(second.watches) == 1
     assert {c.id for c in first.watches}.isdisjoint({c.id for c in second.watches})
 
 
-async def test_an_expired_lease_is_reclaimed_with_a_larger_token(store: Store) -> None:
+async def test_an_expired_lease_is_reclaimed_with_another_token(store: Store) -> None:
     doc = await register(store)
     first = await claim_one(store, lease_seconds=0.05)
 
     second = await claim_within(store, seconds=2.0)
 
     assert [c.id for c in second.watches] == [doc["id"]]
-    assert second.watches[0].token > first.token
+    assert second.watches[0].token != first.token
+    assert await record_in(store, first, first.doc, 1) is False
 
 
-async def test_extend_renews_the_lease_with_a_larger_token(store: Store) -> None:
+async def test_extend_moves_the_expiry_and_keeps_the_token(store: Store) -> None:
     await register(store)
     claimed = await claim_one(store, lease_seconds=0.05)
 
-    extended = await store.extend(claimed, LONG_LEASE)
+    assert await store.schedule.extend([claimed], LONG_LEASE) == [True]
 
-    assert extended is not None
-    assert extended.token > claimed.token
-    assert await store.redis.zscore(store.keys.schedule, claimed.id) == extended.token
+    assert await store.redis.hget(store.keys.leases, claimed.id) == claimed.token
     await asyncio.sleep(0.1)  # the first lease would have expired by now
-    assert (await store.claim(10, LONG_LEASE)).watches == []
+    assert (await claim(store)).watches == []
+    # The token held since the claim still writes: an extension never voids a write in flight.
+    assert await record_in(store, claimed, claimed.doc, 1) is True
+
+
+async def test_an_extension_after_the_write_changes_nothing(store: Store) -> None:
+    """The lease keeper may extend a lease whose poll has just been saved (item 2 of #8)."""
+    await register(store)
+    claimed = await claim_one(store)
+    assert await record_in(store, claimed, claimed.doc, 60) is True
+    due = await store.redis.zscore(store.keys.schedule, claimed.id)
+
+    assert await store.schedule.extend([claimed], LONG_LEASE) == [False]
+
+    assert await store.redis.zscore(store.keys.schedule, claimed.id) == due
+
+
+async def test_release_makes_a_leased_watch_due_at_once(store: Store) -> None:
+    await register(store)
+    claimed = await claim_one(store)
+
+    await store.schedule.release([claimed])
+
+    again = await claim(store)
+    assert [c.id for c in again.watches] == [claimed.id]
     assert await record_in(store, claimed, claimed.doc, 1) is False
-    assert await record_in(store, extended, extended.doc, 1) is True
+
+
+async def test_a_claim_whose_reply_was_lost_is_handed_back_by_the_next(store: Store) -> None:
+    """A claim that timed out may have run: the next claim, given its token, frees its batch."""
+    ids = {(await register(store))["id"] for _ in range(3)}
+    lost = await store.schedule.claim(10, LONG_LEASE, "lost-token")  # the reply never arrived
+    assert {c.id for c in lost.watches} == ids
+
+    recovered = await store.schedule.claim(10, LONG_LEASE, "next-token", "lost-token")
+
+    assert {c.id for c in recovered.watches} == ids
+    assert {c.token for c in recovered.watches} == {"next-token"}
+    assert await store.redis.hvals(store.keys.leases) == ["next-token"] * 3
 
 
 async def test_record_with_the_current_token_saves_and_reschedules(store: Store) -> None:
@@ -258,7 +311,7 @@ async def test_record_with_the_current_token_saves_and_reschedules(store: Store)
     assert await record_in(store, claimed, polled, 0.2) is True
 
     assert await store.get(TENANT, claimed.id) == polled
-    assert (await store.claim(10, LONG_LEASE)).watches == []  # not due before its delay
+    assert (await claim(store)).watches == []  # not due before its delay
     again = await claim_within(store, seconds=2.0)
     assert [c.doc for c in again.watches] == [polled]
     assert await counts(store) == {"pending": 1}
@@ -267,12 +320,12 @@ async def test_record_with_the_current_token_saves_and_reschedules(store: Store)
 async def test_save_mixes_records_and_finishes_and_survives_a_script_flush(store: Store) -> None:
     for _ in range(3):
         await register(store)
-    first, second, third = (await store.claim(10, LONG_LEASE)).watches
+    first, second, third = (await claim(store)).watches
     await store.redis.script_flush()  # as after a Redis restart: the scripts must be reloaded
     now = await store.server_time_ms()
     polled = {**first.doc, "attempts": 1, "next_poll_at": now + 60_000}
     done = terminal(second, "completed", "none")
-    stale = dataclasses.replace(third, token=third.token - 1)
+    stale = dataclasses.replace(third, token="not-the-token")
 
     saved = await store.save([(first, polled), (second, done), (stale, third.doc)])
 
@@ -292,14 +345,14 @@ async def test_a_stale_token_changes_nothing(store: Store) -> None:
     changed = {**stale.doc, "attempts": 99}
 
     assert await record_in(store, stale, changed, 0) is False
-    assert await store.finish(stale, terminal(stale, "completed", "pending")) is False
-    assert await store.extend(stale, LONG_LEASE) is None
-    wrong = dataclasses.replace(current, token=current.token - 1)
+    assert await save(store, stale, terminal(stale, "completed", "pending")) is False
+    assert await store.schedule.extend([stale], LONG_LEASE) == [False]
+    wrong = dataclasses.replace(current, token="not-the-token")
     assert await record_in(store, wrong, changed, 0) is False
 
     assert await raw_doc(store, stale.id) == before
     assert await store.redis.zscore(store.keys.schedule, stale.id) == schedule_before
-    assert schedule_before == current.token
+    assert await store.redis.hget(store.keys.leases, stale.id) == current.token
     assert not await in_zset(store, store.keys.outbox, stale.id)
     assert await counts(store) == {"pending": 1}
 
@@ -318,7 +371,7 @@ async def test_finish_moves_the_watch_to_its_terminal_state(
     claimed = await claim_one(store)
     done = terminal(claimed, state, webhook_state)
 
-    assert await store.finish(claimed, done) is True
+    assert await save(store, claimed, done) is True
 
     k = store.keys
     assert await store.get(TENANT, claimed.id) == done
@@ -331,8 +384,8 @@ async def test_finish_moves_the_watch_to_its_terminal_state(
     assert queued is (webhook_state == "pending")
     expected = {state: 1, "wh:pending": 1} if queued else {state: 1}
     assert await counts(store) == expected
-    assert (await store.claim(10, LONG_LEASE)).watches == []
-    assert await store.finish(claimed, done) is False  # once only
+    assert (await claim(store)).watches == []
+    assert await save(store, claimed, done) is False  # once only
     assert await counts(store) == expected
 
 
@@ -353,8 +406,8 @@ async def test_cancel_ends_a_pending_watch_and_fences_its_worker(store: Store) -
     assert await in_zset(store, k.index(TENANT, "cancelled"), doc["id"])
     assert await in_zset(store, k.expiry, doc["id"])
     assert not await in_zset(store, k.outbox, doc["id"])
-    assert (await store.claim(10, LONG_LEASE)).watches == []
-    assert await store.finish(holder, terminal(holder, "completed", "pending")) is False
+    assert (await claim(store)).watches == []
+    assert await save(store, holder, terminal(holder, "completed", "pending")) is False
     assert await record_in(store, holder, holder.doc, 0) is False
     assert (await store.get(TENANT, doc["id"]))["state"] == "cancelled"
     assert await counts(store) == {"cancelled": 1}
@@ -363,7 +416,7 @@ async def test_cancel_ends_a_pending_watch_and_fences_its_worker(store: Store) -
 async def test_cancel_of_an_ended_watch_conflicts(store: Store) -> None:
     await register(store)
     claimed = await claim_one(store)
-    await store.finish(claimed, terminal(claimed, "completed", "none"))
+    await save(store, claimed, terminal(claimed, "completed", "none"))
 
     with pytest.raises(WatchConflict) as raised:
         await store.cancel(TENANT, claimed.id)
@@ -401,7 +454,8 @@ async def test_forget_expired_deletes_ended_watches_and_their_traces(store: Stor
     short = Store(store.redis, namespace=store.keys.namespace, retention_seconds=0.001)
     finished = await register(short)
     claimed = await claim_one(short)
-    assert await short.finish(claimed, terminal(claimed, "completed", "pending"))
+    assert await save(short, claimed, terminal(claimed, "completed", "delivered"))
+    await short.redis.hset(short.keys.counts(TENANT), "wh:delivered", 1)
     cancelled = await register(short)
     await short.cancel(TENANT, cancelled["id"])
     kept = await register(short)
@@ -411,7 +465,7 @@ async def test_forget_expired_deletes_ended_watches_and_their_traces(store: Stor
         "pending": 1,
         "cancelled": 1,
         "completed": 1,
-        "wh:pending": 1,
+        "wh:delivered": 1,
     }
 
     forgotten = 0
@@ -444,4 +498,83 @@ async def test_forget_expired_keeps_watches_within_retention(store: Store) -> No
     assert await store.forget_expired() == 0
 
     assert (await store.get(TENANT, doc["id"]))["state"] == "cancelled"
+    assert await counts(store) == {"cancelled": 1}
+
+
+async def test_retention_keeps_a_watch_until_its_webhook_settles(store: Store) -> None:
+    """A finished watch whose webhook is still retried is not swept (item 18b of #8)."""
+    short = Store(store.redis, namespace=store.keys.namespace, retention_seconds=0.001)
+    await register(short)
+    claimed = await claim_one(short)
+    assert await save(short, claimed, terminal(claimed, "completed", "pending"))
+    await asyncio.sleep(0.01)
+
+    assert await short.forget_expired() == 0
+
+    assert (await short.get(TENANT, claimed.id))["webhook"]["state"] == "pending"
+    assert await counts(short) == {"completed": 1, "wh:pending": 1}
+    recheck = await short.redis.zscore(short.keys.expiry, claimed.id)
+    assert recheck > await short.server_time_ms() + 3_000_000  # looked at again in an hour
+
+
+async def test_an_idempotency_key_whose_watch_was_swept_never_creates_another(
+    store: Store,
+) -> None:
+    """Same key and body after retention must not give a second watch with 201 (item 18c)."""
+    short = Store(store.redis, namespace=store.keys.namespace, retention_seconds=0.001)
+    first = await register(short, idempotency_key="k1", fingerprint="f1")
+    await short.cancel(TENANT, first["id"])
+    await asyncio.sleep(0.01)
+    assert await short.forget_expired() == 1
+
+    with pytest.raises(IdempotencyKeyExpired) as raised:
+        await short.register(TENANT, SPEC, 3600, idempotency_key="k1", fingerprint="f1")
+
+    assert raised.value.watch_id == first["id"]
+    assert await counts(short) == {}
+
+
+async def test_registration_beyond_the_tenants_cap_is_refused(store: Store) -> None:
+    capped = Store(store.redis, namespace=store.keys.namespace, max_active_watches=2)
+    first = await register(capped, idempotency_key="k1", fingerprint="f1")
+    await register(capped)
+
+    with pytest.raises(TooManyWatches):
+        await capped.register(TENANT, SPEC, 3600)
+    again, created = await capped.register(
+        TENANT, SPEC, 3600, idempotency_key="k1", fingerprint="f1"
+    )
+    assert (again["id"], created) == (first["id"], False)  # a replay is not a new watch
+    await register(capped, tenant="other")  # the cap is per tenant
+    await capped.cancel(TENANT, first["id"])
+    await register(capped)  # room again
+    assert await counts(capped) == {"pending": 2, "cancelled": 1}
+
+
+async def test_watch_ids_take_their_time_from_redis(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An API host whose clock is 10 minutes ahead still makes ids in Redis time (item 18d)."""
+    monkeypatch.setattr(time, "time", lambda: 1e10)
+    monkeypatch.setattr(time, "time_ns", lambda: 10**19)
+
+    doc = await register(store)
+
+    id_ms = int(doc["id"][2:14], 16)
+    assert abs(id_ms - doc["created_at"]) < 1000
+
+
+async def test_a_repeated_cancel_with_its_request_id_answers_the_same(store: Store) -> None:
+    """A cancel sent again after a lost reply must not answer 409 (item 3 of #8)."""
+    doc = await register(store)
+    keys = store._end_keys(doc["id"], TENANT, WatchState.CANCELLED)
+    args = [doc["id"], TENANT, store.retention_ms, "request-1"]
+    cancel = store._scripts["cancel"]
+
+    first = await cancel(keys=keys, args=args)
+    again = await cancel(keys=keys, args=args)
+    other = await cancel(keys=keys, args=[*args[:3], "request-2"])
+
+    assert first == again and first[0] == "cancelled"
+    assert other[0] == "conflict"
     assert await counts(store) == {"cancelled": 1}

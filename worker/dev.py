@@ -59,17 +59,25 @@ async def run_dev(settings: Settings, host: str, port: int, *, demo: bool = Fals
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop)
-    tasks = [asyncio.create_task(server.serve()), asyncio.create_task(worker.run())]
+    serving = asyncio.create_task(server.serve())
+    working = asyncio.create_task(worker.run())
+    tasks = [serving, working]
     simulator = None
     if demo:
         simulator, status_url = await _start_simulator()
         api = f"http://{host}:{port}"
         tasks.append(asyncio.create_task(_follow_first_watch(server, api, status_url)))
     try:
-        await tasks[0]
+        await asyncio.wait([serving, working], return_when=asyncio.FIRST_COMPLETED)
+        if working.done() and not worker.stopping.is_set():
+            # An API whose watches nothing polls would only pretend to work: stop, loudly.
+            error = working.exception() if not working.cancelled() else None
+            logger.error("the worker stopped unexpectedly (%r): stopping the API", error)
+            server.should_exit = True
+            raise SystemExit(1)
     finally:
-        worker.stop()
-        await asyncio.gather(*tasks[1:], return_exceptions=True)
+        stop()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if simulator is not None:
             await simulator.cleanup()
         await redis.aclose()

@@ -13,21 +13,20 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 
 from client.upstream import DestinationRefused, describe_exception, parse_retry_after
 from client.webhooks import signature_header
-from service.domain import WebhookState
+from service.connection import retry_idempotent
+from service.domain import WatchDoc, WebhookState
+from service.leases import Claimed
 from service.models import render_watch, timestamp
 from service.outbox import Outbox, Outcome
 from service.settings import Settings
-from service.store import Claimed
 
-from .loop import ClaimLoop, HostLimits
-from .spec import parse_spec
+from .loop import ClaimLoop, LeaseLost
+from .spec import SpecCache
 
 logger = logging.getLogger(__name__)
 MAX_RESPONSE_BYTES = 64 * 1024
@@ -45,7 +44,7 @@ class Sent:
     refused: bool = False  # the SSRF guard refused the receiver's address
 
 
-def event_body(doc: dict[str, Any]) -> bytes:
+def event_body(doc: WatchDoc) -> bytes:
     """The webhook payload: `{"type": "watch.<state>", "timestamp": ..., "data": <Watch>}`.
 
     The data is the watch as it ended, so every attempt sends the same bytes (one event, one
@@ -96,39 +95,27 @@ class Dispatcher(ClaimLoop):
         *,
         rng: random.Random | None = None,
     ) -> None:
-        # A lease outlives the longest attempt, so a live dispatcher never loses one mid-request.
         super().__init__(
+            outbox.queue,
             settings.worker_concurrency,
-            max(settings.lease_seconds, 2 * settings.webhook_timeout + 5),
+            settings.lease_seconds,
+            settings.per_host_concurrency,
         )
         self.outbox = outbox
         self.session = session
         self.settings = settings
         self.rng = rng or random.Random()
-        self.host_limits = HostLimits(settings.per_host_concurrency)
-
-    async def claim(self, limit: int) -> Any:
-        return await self.outbox.claim(limit, self.lease_seconds)
+        self.specs = SpecCache(settings.min_poll_interval)
 
     async def handle(self, claimed: Claimed) -> None:
         doc = claimed.doc
-        url = parse_spec(doc["spec"]).webhook_url
-        if url is None:  # finish.lua queues only watches with a webhook_url
-            raise ValueError(f"watch {claimed.id} is in the outbox without a webhook_url")
-        current, previous = await self.outbox.secrets(doc["tenant"])
-        body = event_body(doc)
-        msg_id = f"msg_{claimed.id}"
-        sent_at = int(time.time())
-        live = [current] if previous is None else [current, previous]
-        headers = {
-            "content-type": "application/json",
-            "user-agent": "vtwatch-webhooks/1",
-            "webhook-id": msg_id,
-            "webhook-timestamp": str(sent_at),
-            "webhook-signature": signature_header(live, msg_id, sent_at, body),
-        }
-        host = urlsplit(url).netloc
-        sent = await self.host_limits.run(host, lambda: self._post(url, body, headers))
+        spec = self.specs.get(doc["spec"])
+        if spec.webhook_url is None or spec.webhook_host is None:
+            # finish.lua queues only watches with a webhook_url: fail a stray entry for good.
+            await self._record(claimed, Sent(None, None, "no webhook_url", 0), "failed", 0.0)
+            return
+        url, body = spec.webhook_url, event_body(doc)
+        sent = await self.limited(spec.webhook_host, lambda: self._send(claimed, url, body))
         outcome, delay = decide(
             sent.status_code,
             sent.retry_after,
@@ -137,16 +124,38 @@ class Dispatcher(ClaimLoop):
             self.rng,
             refused=sent.refused,
         )
+        await self._record(claimed, sent, outcome, delay)
+
+    async def _send(self, claimed: Claimed, url: str, body: bytes) -> Sent:
+        """Sign and POST, once a host slot is ours: the lease is checked and the timestamp (Redis
+        time) taken right before the request, not before the wait for the slot."""
+        if not self.keeper.holds(claimed):
+            raise LeaseLost(claimed.id)
+        secrets = await self.outbox.secrets(claimed.doc["tenant"])
+        msg_id = f"msg_{claimed.id}"
+        sent_at = self.server_now_ms() // 1000
+        headers = {
+            "content-type": "application/json",
+            "user-agent": "vtwatch-webhooks/1",
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(sent_at),
+            "webhook-signature": signature_header(secrets.live, msg_id, sent_at, body),
+        }
+        return await self._post(url, body, headers)
+
+    async def _record(self, claimed: Claimed, sent: Sent, outcome: Outcome, delay: float) -> None:
         attempt = {
             "status_code": sent.status_code,
             "error": sent.error,
             "latency_ms": sent.latency_ms,
         }
-        saved = await self.outbox.record_attempt(claimed, attempt, outcome, delay)
+        # deliver.lua is fenced and drops the lease: running it twice records the attempt once.
+        saved = await retry_idempotent(
+            lambda: self.outbox.record_attempt(claimed, attempt, outcome, delay)
+        )
         logger.info(
-            "webhook %s to %s: %s (%s, %d ms)%s",
-            msg_id,
-            host,
+            "webhook of %s: %s (%s, %d ms)%s",
+            claimed.id,
             outcome,
             sent.status_code if sent.status_code is not None else sent.error,
             sent.latency_ms,

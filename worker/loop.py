@@ -1,8 +1,9 @@
 """The claim loop shared by the poller and the webhook dispatcher.
 
-Claim up to the free slots from a Redis schedule, run each claimed item in its own task, nap
-until the next item is due (at most IDLE_SLEEP, which bounds lateness), ride out Redis outages
-with backoff, and on stop drain in-flight work within a grace period.
+Claim up to the free slots from a leased schedule, run each claimed item in its own task (its
+lease kept alive by the loop's `LeaseKeeper` until its result is written), nap until the next
+item is due (at most `idle_sleep`, which bounds lateness), ride out any store error with backoff,
+and on stop drain in-flight work within a grace period, then give back what is left.
 """
 
 from __future__ import annotations
@@ -10,14 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
-from service.store import Claim, Claimed
+from service.leases import Claimed, LeasedQueue
 
-from .retry import STORE_ERRORS, outage_backoff
+from .leases import LeaseKeeper
+from .retry import FailureStreak
 
 logger = logging.getLogger(__name__)
 IDLE_SLEEP = 0.05
@@ -35,6 +38,7 @@ class WriteBatch(Generic[T, R]):
         self._send = send
         self._items: list[T] = []
         self._futures: list[asyncio.Future[R]] = []
+        self._tasks: set[asyncio.Task[list[R]]] = set()
 
     async def add(self, item: T) -> R:
         loop = asyncio.get_running_loop()
@@ -49,6 +53,8 @@ class WriteBatch(Generic[T, R]):
         items, futures = self._items, self._futures
         self._items, self._futures = [], []
         task = asyncio.ensure_future(self._send(items))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
         task.add_done_callback(lambda done: self._settle(done, futures))
 
     @staticmethod
@@ -65,6 +71,10 @@ class WriteBatch(Generic[T, R]):
 
 class LeaseLost(Exception):
     """Another worker holds the item now; this worker's result must be dropped."""
+
+
+class Abandoned(Exception):
+    """The loop is stopping: the item was not started; its lease is given back."""
 
 
 class HostLimits:
@@ -91,18 +101,31 @@ class ClaimLoop(ABC):
     name = "loop"
     idle_sleep = IDLE_SLEEP
 
-    def __init__(self, concurrency: int, lease_seconds: float) -> None:
+    def __init__(
+        self,
+        queue: LeasedQueue,
+        concurrency: int,
+        lease_seconds: float,
+        host_limit: int | None = None,
+    ) -> None:
+        self.queue = queue
         self.concurrency = concurrency
         self.lease_seconds = lease_seconds
+        self.keeper = LeaseKeeper(queue, lease_seconds, self.name)
+        # A per-host limit at or above the process's concurrency could never bind: skip its cost.
+        self.host_limits = (
+            HostLimits(host_limit) if host_limit is not None and host_limit < concurrency else None
+        )
         self.stopping = asyncio.Event()
         self.in_flight: set[asyncio.Task[None]] = set()
         self._slot_free = asyncio.Event()
         # While busy, claim in batches of at least this many: one claim serves many polls.
         self.claim_batch = max(1, concurrency // 16)
         self._clock_offset_ms = 0.0  # Redis time minus this process's monotonic time
-
-    @abstractmethod
-    async def claim(self, limit: int) -> Claim: ...
+        self._token_prefix = secrets.token_hex(6)
+        self._claims = 0
+        self._claim_failures = FailureStreak(f"{self.name}: claiming", logger)
+        self._item_failures = FailureStreak(f"{self.name}: handling claimed items", logger)
 
     @abstractmethod
     async def handle(self, claimed: Claimed) -> None: ...
@@ -111,9 +134,25 @@ class ClaimLoop(ABC):
         """Redis time, estimated from the last claim plus this process's monotonic clock."""
         return int(asyncio.get_running_loop().time() * 1000 + self._clock_offset_ms)
 
-    async def run(self) -> None:
-        """Claim and handle until `stopping` is set."""
-        failures = 0
+    def stop(self) -> None:
+        """Stop claiming (idempotent); wakes the loop wherever it waits."""
+        self.stopping.set()
+        self._slot_free.set()
+
+    async def run(self, grace_seconds: float) -> None:
+        """Claim and handle until stopped, then drain; the lease keeper runs throughout."""
+        keeper_stop = asyncio.Event()
+        keeper = asyncio.create_task(self.keeper.run(keeper_stop))
+        try:
+            await self._claim_until_stopped()
+            await self.drain(grace_seconds)
+        finally:
+            keeper_stop.set()
+            await keeper
+            await self.keeper.release_all()
+
+    async def _claim_until_stopped(self) -> None:
+        token, lost_token = self._next_token(), None
         while not self.stopping.is_set():
             free = self.concurrency - len(self.in_flight)
             if free < self.claim_batch and self.in_flight:
@@ -121,18 +160,18 @@ class ClaimLoop(ABC):
                 await self._slot_free.wait()
                 continue
             try:
-                claim = await self.claim(free)
-            except STORE_ERRORS as exc:
-                failures += 1
-                delay = outage_backoff(failures)
-                logger.warning("%s: claim failed (%s); retrying in %.1fs", self.name, exc, delay)
-                await self._nap(delay)
+                claim = await self.queue.claim(free, self.lease_seconds, token, lost_token)
+            except Exception as exc:
+                # The claim may have run with its reply lost: the next one, with the same token,
+                # first hands back whatever this token leased.
+                lost_token = token
+                await self._nap(self._claim_failures.failed(exc))
                 continue
-            if failures:
-                logger.info("%s: store reachable again after %d failures", self.name, failures)
-                failures = 0
+            self._claim_failures.succeeded()
+            token, lost_token = self._next_token(), None
             self._clock_offset_ms = claim.now_ms - asyncio.get_running_loop().time() * 1000
             for claimed in claim.watches:
+                self.keeper.hold(claimed)
                 task = asyncio.create_task(self._handle(claimed))
                 self.in_flight.add(task)
                 task.add_done_callback(self._done)
@@ -143,6 +182,10 @@ class ClaimLoop(ABC):
                 if wait_ms > 0:
                     await self._nap(wait_ms / 1000)
 
+    def _next_token(self) -> str:
+        self._claims += 1
+        return f"{self._token_prefix}:{self._claims:x}"
+
     def _done(self, task: asyncio.Task[None]) -> None:
         self.in_flight.discard(task)
         self._slot_free.set()
@@ -151,17 +194,30 @@ class ClaimLoop(ABC):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stopping.wait(), seconds)
 
+    async def limited(self, host: str, work: Callable[[], Awaitable[T]]) -> T:
+        """Run `work` within the host's limit, unless the loop began stopping meanwhile."""
+
+        async def started() -> T:
+            if self.stopping.is_set():
+                raise Abandoned
+            return await work()
+
+        if self.host_limits is None:
+            return await started()
+        return await self.host_limits.run(host, started)
+
     async def _handle(self, claimed: Claimed) -> None:
         try:
             await self.handle(claimed)
+        except Abandoned:
+            return  # still held: given back when the loop ends
         except LeaseLost:
             logger.info("%s: lease on %s was lost; its new holder decides", self.name, claimed.id)
-        except STORE_ERRORS as exc:
-            logger.warning(
-                "%s: could not save %s (%s); the lease will lapse", self.name, claimed.id, exc
-            )
-        except Exception:
-            logger.exception("%s: handling %s failed", self.name, claimed.id)
+        except Exception as exc:  # the lease lapses and the item is tried again
+            self._item_failures.failed(exc)
+        else:
+            self._item_failures.succeeded()
+        self.keeper.drop(claimed)
 
     async def drain(self, grace_seconds: float) -> None:
         """Wait for work in flight up to the grace period, then cancel the rest."""

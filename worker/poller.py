@@ -2,43 +2,55 @@
 
 Each poll uses `client/`'s upstream protocol (`fetch_status`) and its next-poll rule
 (`next_poll_delay`), then records the result, or the terminal state with its webhook, under the
-lease it was claimed with. Concurrency is bounded per process and per upstream host.
+lease it was claimed with. Concurrency is bounded per process and per upstream host. Whatever
+an upstream sends, and whatever fails inside a poll, the poll ends as an observation, so every
+watch meets its deadline.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 from collections import deque
+from typing import cast
 
 import aiohttp
 
 from client.backoff import next_poll_delay
 from client.upstream import Observation, Status, fetch_status
-from service.domain import WatchState, WebhookState
+from service.domain import WatchDoc, WatchState, WebhookState
+from service.leases import Claimed
 from service.settings import Settings
-from service.store import Claim, Claimed, Doc, Store
+from service.store import Store
 
-from .loop import ClaimLoop, HostLimits, LeaseLost, WriteBatch
-from .retry import STORE_ERRORS
-from .spec import parse_spec
+from .loop import ClaimLoop, LeaseLost, WriteBatch
+from .spec import SpecCache, WatchSpec
 
 logger = logging.getLogger(__name__)
 
 
-def apply_poll(doc: Doc, seen: Observation, now_ms: int) -> None:
-    """Write what one poll saw onto the watch document."""
-    doc["attempts"] += 1
-    doc["last_polled_at"] = doc["updated_at"] = now_ms
-    doc["last_error"] = seen.error
+def advance(
+    doc: WatchDoc, spec: WatchSpec, seen: Observation, now_ms: int, rng: random.Random
+) -> WatchDoc:
+    """The watch after one poll saw `seen`: a new document, due again or ended."""
+    new = cast(WatchDoc, {**doc, "webhook": {**doc["webhook"]}})
+    new["attempts"] += 1
+    new["last_polled_at"] = new["updated_at"] = now_ms
+    new["last_error"] = seen.error
     if seen.status is not None:
-        doc["last_result"] = seen.status.value
+        new["last_result"] = seen.status.value
     if seen.progress is not None:
-        doc["progress"] = round(seen.progress, 2)
+        new["progress"] = round(seen.progress, 2)
+    remaining = (new["deadline"] - now_ms) / 1000
+    delay = next_poll_delay(spec.backoff, seen, new["attempts"], remaining, spec.max_attempts, rng)
+    if delay is None:
+        end(new, seen, spec.webhook_url, now_ms)
+    else:
+        new["next_poll_at"] = now_ms + int(delay * 1000)
+    return new
 
 
-def apply_end(doc: Doc, seen: Observation, webhook_url: str | None, now_ms: int) -> None:
+def end(doc: WatchDoc, seen: Observation, webhook_url: str | None, now_ms: int) -> None:
     """Write the terminal state onto the watch document."""
     if seen.terminal and seen.status is not None:
         doc["state"] = seen.status.value
@@ -66,77 +78,47 @@ class Poller(ClaimLoop):
         *,
         rng: random.Random | None = None,
     ) -> None:
-        super().__init__(settings.worker_concurrency, settings.lease_seconds)
+        super().__init__(
+            store.schedule,
+            settings.worker_concurrency,
+            settings.lease_seconds,
+            settings.per_host_concurrency,
+        )
         self.store = store
         self.session = session
         self.settings = settings
         self.rng = rng or random.Random()
-        # A per-host limit at or above the process's concurrency could never bind: skip its cost.
-        self.host_limits = (
-            HostLimits(settings.per_host_concurrency)
-            if settings.per_host_concurrency < settings.worker_concurrency
-            else None
-        )
-        self.writes: WriteBatch[tuple[Claimed, Doc], bool] = WriteBatch(store.save)
-        self.leases: dict[str, Claimed | None] = {}  # polls in flight; None: lease lost
+        self.specs = SpecCache(settings.min_poll_interval)
+        self.writes: WriteBatch[tuple[Claimed, WatchDoc], bool] = WriteBatch(store.save)
         self.polls = 0
         self.lateness_ms: deque[int] = deque(maxlen=100_000)
 
-    async def claim(self, limit: int) -> Claim:
-        return await self.store.claim(limit, self.lease_seconds)
-
-    async def run(self) -> None:
-        keeper = asyncio.create_task(self._keep_leases())
-        try:
-            await super().run()
-        finally:
-            keeper.cancel()
-
     async def handle(self, claimed: Claimed) -> None:
         doc = claimed.doc
-        spec = parse_spec(doc["spec"])
+        spec = self.specs.get(doc["spec"])
         if doc["next_poll_at"] is not None:
             self.lateness_ms.append(self.server_now_ms() - doc["next_poll_at"])
-        self.leases[claimed.id] = claimed
-        try:
-            if self.host_limits is None:
-                seen = await self._fetch(spec.status_url)
-            else:
-                seen = await self.host_limits.run(spec.host, lambda: self._fetch(spec.status_url))
-        finally:
-            current = self.leases.pop(claimed.id)
-        if current is None:
+        seen = await self.limited(spec.host, lambda: self._fetch(claimed, spec))
+        if not self.keeper.holds(claimed):
             raise LeaseLost(claimed.id)
         now_ms = self.server_now_ms()
-        apply_poll(doc, seen, now_ms)
+        try:
+            updated = advance(doc, spec, seen, now_ms, self.rng)
+        except Exception:
+            logger.exception("poller: applying a poll of %s failed", claimed.id)
+            updated = advance(doc, spec, unexpected("applying the poll"), now_ms, self.rng)
         self.polls += 1
-        remaining = (doc["deadline"] - now_ms) / 1000
-        delay = next_poll_delay(
-            spec.backoff, seen, doc["attempts"], remaining, spec.max_attempts, self.rng
-        )
-        if delay is None:
-            apply_end(doc, seen, spec.webhook_url, now_ms)
-        else:
-            doc["next_poll_at"] = now_ms + int(delay * 1000)
-        if not await self.writes.add((current, doc)):
+        if not await self.writes.add((claimed, updated)):
             raise LeaseLost(claimed.id)
 
-    async def _fetch(self, url: str) -> Observation:
-        return await fetch_status(self.session, url, self.settings.request_timeout)
+    async def _fetch(self, claimed: Claimed, spec: WatchSpec) -> Observation:
+        """One request; anything unexpected is a transient failure (the deadline still holds)."""
+        try:
+            return await fetch_status(self.session, spec.status_url, self.settings.request_timeout)
+        except Exception:
+            logger.exception("poller: polling the upstream of %s failed", claimed.id)
+            return unexpected("polling the upstream")
 
-    async def _keep_leases(self) -> None:
-        """Extend the leases of polls that run (or queue for their host) for long."""
-        lease_ms = self.lease_seconds * 1000
-        while True:
-            await asyncio.sleep(self.lease_seconds / 4)
-            now_ms = self.server_now_ms()
-            for watch_id, claimed in list(self.leases.items()):
-                if claimed is None or claimed.token - now_ms > lease_ms / 2:
-                    continue
-                try:
-                    extended = await self.store.extend(claimed, self.lease_seconds)
-                except STORE_ERRORS as exc:
-                    logger.warning("could not extend the lease on %s: %s", watch_id, exc)
-                    continue
-                if watch_id in self.leases:
-                    self.leases[watch_id] = extended
+
+def unexpected(during: str) -> Observation:
+    return Observation(None, error=f"internal error while {during}")

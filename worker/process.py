@@ -27,7 +27,7 @@ from service.store import Store
 from .dispatcher import Dispatcher
 from .loop import ClaimLoop
 from .poller import Poller
-from .retry import STORE_ERRORS
+from .retry import FailureStreak
 
 logger = logging.getLogger(__name__)
 SWEEP_INTERVAL = 60.0
@@ -60,7 +60,7 @@ class Worker:
             )
         self.stopping.set()
         for loop in self.loops:
-            loop.stopping.set()
+            loop.stop()
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -102,9 +102,12 @@ class Worker:
                 if self.stopping.is_set():
                     self.stop()
                 sweeper = asyncio.create_task(self._sweep(store))
+                loops = [asyncio.create_task(self._run_loop(loop)) for loop in self.loops]
                 try:
-                    await asyncio.gather(*(self._run_loop(loop) for loop in self.loops))
+                    await asyncio.gather(*loops)
                 finally:
+                    self.stop()  # should one loop have failed, the others end too
+                    await asyncio.wait(loops)
                     sweeper.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await sweeper
@@ -114,17 +117,20 @@ class Worker:
         logger.info("worker stopped")
 
     async def _run_loop(self, loop: ClaimLoop) -> None:
-        await loop.run()
-        await loop.drain(self.settings.shutdown_grace_seconds)
+        await loop.run(self.settings.shutdown_grace_seconds)
 
     async def _sweep(self, store: Store) -> None:
-        """Forget terminal watches past their retention, once a minute."""
+        """Forget terminal watches past their retention, once a minute; any error is retried
+        with backoff."""
+        failures = FailureStreak("retention sweep", logger)
         while True:
             try:
                 while await store.forget_expired():
                     pass
-            except STORE_ERRORS as exc:
-                logger.warning("retention sweep failed: %s", exc)
+            except Exception as exc:
+                await asyncio.sleep(failures.failed(exc))
+                continue
+            failures.succeeded()
             await asyncio.sleep(SWEEP_INTERVAL)
 
 

@@ -2,36 +2,85 @@
 
 from __future__ import annotations
 
-import functools
+import ipaddress
 import json
+from collections import OrderedDict
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from client.backoff import BackoffPolicy
 
+# The cache is bounded by the size of the spec texts it keys on (metadata may take 4 KiB each).
+CACHE_BUDGET_BYTES = 16 * 1024 * 1024
+
 
 @dataclass(frozen=True, slots=True)
 class WatchSpec:
-    """What a poll needs of a watch's immutable spec, parsed once per distinct spec."""
+    """What a poll or a delivery needs of a watch's spec."""
 
     status_url: str
-    host: str
+    host: str  # the status URL's normalised host: what per-host limits count
     webhook_url: str | None
+    webhook_host: str | None
     backoff: BackoffPolicy
     max_attempts: int | None
 
 
-@functools.lru_cache(maxsize=65536)
-def parse_spec(spec_json: str) -> WatchSpec:
-    spec = json.loads(spec_json)
-    policy = spec["policy"]
-    backoff = BackoffPolicy(
-        initial_wait_time=policy["initial_wait_time"],
-        backoff_factor=policy["backoff_factor"],
-        jitter=policy["jitter"],
-        max_interval=policy["max_interval"],
-    )
-    url = spec["status_url"]
-    return WatchSpec(
-        url, urlsplit(url).netloc, spec.get("webhook_url"), backoff, policy["max_attempts"]
-    )
+def normalized_host(url: str) -> str:
+    """The host a URL reaches, as per-host limits count it: lower case, without userinfo, port
+    or trailing dot, IP literals in one canonical form (so none of these dodge a limit)."""
+    host = (urlsplit(url).hostname or "").rstrip(".")
+    try:
+        return ipaddress.ip_address(host).compressed
+    except ValueError:
+        pass
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return host
+
+
+class SpecCache:
+    """Parses specs, keeping the most recently used ones within a byte budget."""
+
+    def __init__(self, min_poll_interval: float, budget_bytes: int = CACHE_BUDGET_BYTES) -> None:
+        self.min_poll_interval = min_poll_interval
+        self.budget_bytes = budget_bytes
+        self.size_bytes = 0
+        self._specs: OrderedDict[str, WatchSpec] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def get(self, spec_json: str) -> WatchSpec:
+        spec = self._specs.get(spec_json)
+        if spec is not None:
+            self._specs.move_to_end(spec_json)
+            return spec
+        spec = self.parse(spec_json)
+        self._specs[spec_json] = spec
+        self.size_bytes += len(spec_json)
+        while self.size_bytes > self.budget_bytes and len(self._specs) > 1:
+            evicted, _ = self._specs.popitem(last=False)
+            self.size_bytes -= len(evicted)
+        return spec
+
+    def parse(self, spec_json: str) -> WatchSpec:
+        spec = json.loads(spec_json)
+        policy = spec["policy"]
+        backoff = BackoffPolicy(
+            initial_wait_time=policy["initial_wait_time"],
+            backoff_factor=policy["backoff_factor"],
+            jitter=policy["jitter"],
+            max_interval=policy["max_interval"],
+            min_delay=self.min_poll_interval,
+        )
+        webhook_url = spec.get("webhook_url")
+        return WatchSpec(
+            status_url=spec["status_url"],
+            host=normalized_host(spec["status_url"]),
+            webhook_url=webhook_url,
+            webhook_host=normalized_host(webhook_url) if webhook_url else None,
+            backoff=backoff,
+            max_attempts=policy["max_attempts"],
+        )

@@ -1,6 +1,32 @@
--- Prepended to every script by `service.store.load_scripts`.
+-- Prepended to every script by `service.store.load_scripts`: the helpers scripts share.
+
 -- Redis server time in milliseconds: the one clock that decides what is due.
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- The lease check (fencing): does `token`, given at claim, still hold item `id`?
+-- A token is fixed for the life of a claim; extending a lease moves only its expiry.
+local function holds_lease(leases, id, token)
+  return redis.call('HGET', leases, id) == token
+end
+
+-- End a watch: save its terminal document, take it off the schedule (dropping any lease), move
+-- it from the pending index to its state's, count it, start its retention clock and, if it has
+-- a webhook, queue that in the outbox - all in the caller's one atomic step.
+-- k: {schedule, leases, doc, index:pending, index:<state>, counts, expiry, outbox}
+local function end_watch(k, id, encoded, state, now, retention_ms, queue_webhook)
+  redis.call('SET', k[3], encoded)
+  redis.call('ZREM', k[1], id)
+  redis.call('HDEL', k[2], id)
+  redis.call('ZREM', k[4], id)
+  redis.call('ZADD', k[5], 0, id)
+  redis.call('HINCRBY', k[6], 'pending', -1)
+  redis.call('HINCRBY', k[6], state, 1)
+  redis.call('ZADD', k[7], now + retention_ms, id)
+  if queue_webhook then
+    redis.call('ZADD', k[8], now, id)
+    redis.call('HINCRBY', k[6], 'wh:pending', 1)
+  end
 end

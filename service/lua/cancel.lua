@@ -1,8 +1,9 @@
 -- Cancel a pending watch of the tenant. A worker holding its lease loses it (fencing).
--- KEYS: doc, schedule, index:pending, index:cancelled, counts, expiry
--- ARGV: id, tenant, retention_ms
+-- Safe to repeat: a cancel that already ran with this request id answers 'cancelled' again.
+-- KEYS: schedule, leases, doc, index:pending, index:cancelled, counts, expiry, outbox
+-- ARGV: id, tenant, retention_ms, request id
 -- Returns {'cancelled', doc} | {'conflict', doc} | {'missing'}
-local raw = redis.call('GET', KEYS[1])
+local raw = redis.call('GET', KEYS[3])
 if not raw then
   return {'missing'}
 end
@@ -11,6 +12,9 @@ if doc.tenant ~= ARGV[2] then
   return {'missing'}
 end
 if doc.state ~= 'pending' then
+  if doc.state == 'cancelled' and doc.cancel_request == ARGV[4] then
+    return {'cancelled', raw}
+  end
   return {'conflict', raw}
 end
 local now = now_ms()
@@ -18,12 +22,7 @@ doc.state = 'cancelled'
 doc.updated_at = now
 doc.finished_at = now
 doc.next_poll_at = cjson.null
+doc.cancel_request = ARGV[4]
 local encoded = cjson.encode(doc)
-redis.call('SET', KEYS[1], encoded)
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('ZADD', KEYS[4], 0, ARGV[1])
-redis.call('HINCRBY', KEYS[5], 'pending', -1)
-redis.call('HINCRBY', KEYS[5], 'cancelled', 1)
-redis.call('ZADD', KEYS[6], now + tonumber(ARGV[3]), ARGV[1])
+end_watch(KEYS, ARGV[1], encoded, 'cancelled', now, tonumber(ARGV[3]), false)
 return {'cancelled', encoded}

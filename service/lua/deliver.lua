@@ -1,13 +1,15 @@
 -- Record one webhook delivery attempt, if the caller still holds the delivery's lease.
--- KEYS: outbox, doc, deliveries, counts
+-- A manual retry asked for while the attempt was in flight (webhook.redeliver) is honoured
+-- now, whatever the attempt's outcome: the webhook is due again at once, on a fresh schedule.
+-- KEYS: outbox, outbox leases, doc, deliveries, counts
 -- ARGV: id, token, attempt JSON, outcome ('delivered' | 'failed' | 'retry'), delay_ms,
 --       status code (or ''), log length
 -- Returns 1, or 0 when the lease was lost (nothing is changed).
-local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not score or tonumber(score) ~= tonumber(ARGV[2]) then
+if not holds_lease(KEYS[2], ARGV[1], ARGV[2]) then
   return 0
 end
-local raw = redis.call('GET', KEYS[2])
+redis.call('HDEL', KEYS[2], ARGV[1])
+local raw = redis.call('GET', KEYS[3])
 if not raw then
   redis.call('ZREM', KEYS[1], ARGV[1])
   return 0
@@ -20,17 +22,26 @@ webhook.attempts = webhook.attempts + 1
 webhook.cycle_attempts = (webhook.cycle_attempts or 0) + 1
 webhook.last_status_code = tonumber(ARGV[6]) or cjson.null
 attempt.at = now
-if ARGV[4] == 'retry' then
-  attempt.next_attempt_at = now + tonumber(ARGV[5])
-  redis.call('ZADD', KEYS[1], attempt.next_attempt_at, ARGV[1])
+local outcome = ARGV[4]
+local due = nil
+if webhook.redeliver then
+  webhook.redeliver = nil
+  webhook.cycle_attempts = 0
+  due = now
+elseif outcome == 'retry' then
+  due = now + tonumber(ARGV[5])
+end
+if due then
+  attempt.next_attempt_at = due
+  redis.call('ZADD', KEYS[1], due, ARGV[1])
 else
   attempt.next_attempt_at = cjson.null
-  webhook.state = ARGV[4]
+  webhook.state = outcome
   redis.call('ZREM', KEYS[1], ARGV[1])
-  redis.call('HINCRBY', KEYS[4], 'wh:pending', -1)
-  redis.call('HINCRBY', KEYS[4], 'wh:' .. ARGV[4], 1)
+  redis.call('HINCRBY', KEYS[5], 'wh:pending', -1)
+  redis.call('HINCRBY', KEYS[5], 'wh:' .. outcome, 1)
 end
-redis.call('SET', KEYS[2], cjson.encode(doc))
-redis.call('RPUSH', KEYS[3], cjson.encode(attempt))
-redis.call('LTRIM', KEYS[3], -tonumber(ARGV[7]), -1)
+redis.call('SET', KEYS[3], cjson.encode(doc))
+redis.call('RPUSH', KEYS[4], cjson.encode(attempt))
+redis.call('LTRIM', KEYS[4], -tonumber(ARGV[7]), -1)
 return 1

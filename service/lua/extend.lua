@@ -1,12 +1,20 @@
--- Extend a lease the caller still holds. KEYS: schedule   ARGV: id, token, lease_ms
--- Returns the new token, or 0 when the lease was lost.
-local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not score or tonumber(score) ~= tonumber(ARGV[2]) then
-  return 0
+-- Extend the leases the caller still holds to lease_ms from now; lease_ms 0 releases them
+-- (due at once, for another worker). The fencing tokens do not change.
+-- KEYS: schedule, leases   ARGV: lease_ms, id1, token1, id2, token2, ...
+-- Returns, in order, 1 per lease kept (or released) and 0 per lease lost.
+local lease_ms = tonumber(ARGV[1])
+local expires = now_ms() + lease_ms
+local out = {}
+for i = 2, #ARGV, 2 do
+  local id = ARGV[i]
+  if holds_lease(KEYS[2], id, ARGV[i + 1]) then
+    redis.call('ZADD', KEYS[1], 'XX', expires, id)
+    if lease_ms == 0 then
+      redis.call('HDEL', KEYS[2], id)
+    end
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
 end
-local token = now_ms() + tonumber(ARGV[3])
-if token <= tonumber(score) then
-  token = tonumber(score) + 1
-end
-redis.call('ZADD', KEYS[1], token, ARGV[1])
-return token
+return out

@@ -1,5 +1,8 @@
--- Queue the terminal webhook of a tenant's watch again (manual retry).
--- KEYS: doc, outbox, counts   ARGV: id, tenant
+-- Queue the terminal webhook of a tenant's watch again, now (manual retry), on a fresh retry
+-- schedule. While an attempt is in flight (leased), the request is kept on the document and
+-- honoured when that attempt is recorded (deliver.lua), so it is neither lost nor sent twice
+-- at once.
+-- KEYS: doc, outbox, outbox leases, counts   ARGV: id, tenant
 -- Returns 'queued' | 'missing' | 'not_ended' | 'no_webhook'
 local raw = redis.call('GET', KEYS[1])
 if not raw then
@@ -15,12 +18,17 @@ end
 if doc.webhook.state == 'none' then
   return 'no_webhook'
 end
+if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then
+  doc.webhook.redeliver = true
+  redis.call('SET', KEYS[1], cjson.encode(doc))
+  return 'queued'
+end
 if doc.webhook.state ~= 'pending' then
-  redis.call('HINCRBY', KEYS[3], 'wh:' .. doc.webhook.state, -1)
-  redis.call('HINCRBY', KEYS[3], 'wh:pending', 1)
+  redis.call('HINCRBY', KEYS[4], 'wh:' .. doc.webhook.state, -1)
+  redis.call('HINCRBY', KEYS[4], 'wh:pending', 1)
   doc.webhook.state = 'pending'
 end
 doc.webhook.cycle_attempts = 0
 redis.call('SET', KEYS[1], cjson.encode(doc))
-redis.call('ZADD', KEYS[2], 'NX', now_ms(), ARGV[1])
+redis.call('ZADD', KEYS[2], now_ms(), ARGV[1])
 return 'queued'

@@ -1,8 +1,11 @@
 -- Register a watch, or answer an earlier registration with the same idempotency key.
 -- KEYS: doc, schedule, index, index:pending, counts[, idempotency]
--- ARGV: id, doc JSON (without times), max_wait_ms, body fingerprint, idempotency TTL s, watch key prefix
+-- ARGV: id, doc JSON (without times), max_wait_ms, body fingerprint, idempotency TTL s,
+--       watch key prefix, most pending watches of the tenant
 -- The id is drawn by the caller: finding it means this very call already ran (a client retry
 -- after a lost reply or a timeout), so answer it again without counting the watch twice.
+-- Returns {'created' | 'existing', doc} | {'conflict', earlier id} | {'gone', earlier id}
+--       | {'over_limit', pending count}
 local again = redis.call('GET', KEYS[1])
 if again then
   return {'created', again}
@@ -20,7 +23,13 @@ if KEYS[6] then
     if earlier_doc then
       return {'existing', earlier_doc}
     end
+    -- Its watch ended and was deleted (retention): never create a second one for this key.
+    return {'gone', earlier_id}
   end
+end
+local pending = tonumber(redis.call('HGET', KEYS[5], 'pending') or '0')
+if pending >= tonumber(ARGV[7]) then
+  return {'over_limit', tostring(pending)}
 end
 local doc = cjson.decode(ARGV[2])
 doc.created_at = now

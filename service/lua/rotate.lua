@@ -1,9 +1,20 @@
--- Rotate a tenant's webhook signing secret; the previous one keeps signing for a grace period.
--- KEYS: secret hash   ARGV: new secret, grace_ms
+-- Rotate a tenant's webhook signing secret. Every secret rotated out keeps signing for the
+-- grace period (a second rotation does not cut the first one short); expired ones are dropped.
+-- Safe to repeat: a rotation that already ran with this request id changes nothing.
+-- KEYS: secret hash   ARGV: new secret, grace_ms, request id
 local now = now_ms()
+if redis.call('HGET', KEYS[1], 'rotation') == ARGV[3] then
+  return now
+end
+local stored = redis.call('HGETALL', KEYS[1])
+for i = 1, #stored, 2 do
+  if string.sub(stored[i], 1, 4) == 'old:' and tonumber(stored[i + 1]) <= now then
+    redis.call('HDEL', KEYS[1], stored[i])
+  end
+end
 local current = redis.call('HGET', KEYS[1], 'current')
 if current then
-  redis.call('HSET', KEYS[1], 'previous', current, 'previous_until', now + tonumber(ARGV[2]))
+  redis.call('HSET', KEYS[1], 'old:' .. current, now + tonumber(ARGV[2]))
 end
-redis.call('HSET', KEYS[1], 'current', ARGV[1])
+redis.call('HSET', KEYS[1], 'current', ARGV[1], 'rotation', ARGV[3])
 return now

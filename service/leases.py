@@ -1,0 +1,100 @@
+"""Leased schedules: a Redis ZSET of due items that workers claim under a lease.
+
+The poller's schedule and the dispatcher's outbox are both one: an item's score is when it is
+due, or its lease expiry while claimed. A claim gives each item the caller's fencing token (kept
+in a hash beside the ZSET); every later write of that item checks the token, so a worker whose
+lease passed to another changes nothing. Extending a lease moves only its expiry, never the
+token, so an extension cannot race a write made with the token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, cast
+
+import orjson
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+
+from .domain import WatchDoc
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    id: str
+    token: str
+    doc: WatchDoc
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    now_ms: int
+    next_due_ms: int | None
+    watches: list[Claimed]
+
+
+def load_scripts(redis: aioredis.Redis, names: tuple[str, ...]) -> dict[str, AsyncScript]:
+    """Register the named scripts of `lua/` once, each after `_prelude.lua` (shared helpers);
+    calls use EVALSHA (reloading if flushed)."""
+    folder = resources.files("service") / "lua"
+    prelude = (folder / "_prelude.lua").read_text()
+    return {
+        name: redis.register_script(prelude + (folder / f"{name}.lua").read_text())
+        for name in names
+    }
+
+
+async def server_time_ms(redis: aioredis.Redis) -> int:
+    """Redis server time in milliseconds (what the scripts' `now_ms()` reads)."""
+    seconds, micros = await redis.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+def decode(raw: str | bytes) -> Any:
+    return orjson.loads(raw)
+
+
+class LeasedQueue:
+    """One leased schedule: `claim`, `extend` and `release` (claim.lua, extend.lua)."""
+
+    def __init__(
+        self, redis: aioredis.Redis, schedule: str, leases: str, watch_prefix: str
+    ) -> None:
+        self.schedule, self.leases, self.watch_prefix = schedule, leases, watch_prefix
+        scripts = load_scripts(redis, ("claim", "extend"))
+        self._claim, self._extend = scripts["claim"], scripts["extend"]
+
+    async def claim(
+        self, limit: int, lease_seconds: float, token: str, lost_token: str | None = None
+    ) -> Claim:
+        """Lease up to `limit` due items with `token`. `lost_token`: a claim whose reply never
+        arrived (its items are made due again first)."""
+        reply = await self._claim(
+            keys=[self.schedule, self.leases],
+            args=[self.watch_prefix, limit, int(lease_seconds * 1000), token, lost_token or ""],
+        )
+        now, next_due = int(reply[0]), int(reply[1])
+        watches = [
+            Claimed(reply[i], token, cast(WatchDoc, decode(reply[i + 1])))
+            for i in range(2, len(reply), 2)
+        ]
+        return Claim(now, next_due if next_due >= 0 else None, watches)
+
+    async def extend(self, items: list[Claimed], lease_seconds: float) -> list[bool]:
+        """Extend the leases still held, in one call; False for each one lost."""
+        if not items:
+            return []
+        args: list[str | int] = [max(1, int(lease_seconds * 1000))]
+        for claimed in items:
+            args += [claimed.id, claimed.token]
+        kept = await self._extend(keys=[self.schedule, self.leases], args=args)
+        return [bool(flag) for flag in kept]
+
+    async def release(self, items: list[Claimed]) -> None:
+        """Give leases back (the items are due at once, for any worker)."""
+        if items:
+            args: list[str | int] = [0]
+            for claimed in items:
+                args += [claimed.id, claimed.token]
+            await self._extend(keys=[self.schedule, self.leases], args=args)
