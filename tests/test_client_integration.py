@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import re
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -17,7 +14,6 @@ from client import PollResult, Status, StatusUpdate, VideoTranslationClient
 from client.simulator import SimulatorConfig, create_app
 from client.upstream import MAX_BODY_BYTES
 
-README = Path(__file__).parent.parent / "README.md"
 StartSimulator = Callable[..., "asyncio.Future[str]"]
 
 
@@ -38,29 +34,6 @@ async def simulator() -> AsyncIterator[Callable[..., object]]:
     yield start
     for runner in runners:
         await runner.cleanup()
-
-
-def readme_examples() -> list[str]:
-    """The README's client examples (python blocks that use VideoTranslationClient)."""
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    return [block for block in blocks if "VideoTranslationClient(" in block]
-
-
-@pytest.mark.parametrize("index", range(len(readme_examples())))
-async def test_readme_examples_run_verbatim(simulator: object, index: int) -> None:
-    base = await simulator(delay=1.0)  # type: ignore[operator]
-    code = readme_examples()[index].replace("http://127.0.0.1:5000", base)
-    if "asyncio.run(" not in code:
-        code = "import asyncio\nfrom client import VideoTranslationClient\n\nasync def _main():\n"
-        code += "".join(f"    {line}\n" for line in readme_examples()[index].splitlines())
-        code = code.replace("http://127.0.0.1:5000", base)
-        code += "    print(final)\n\nasyncio.run(_main())\n"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE, cwd=README.parent
-    )
-    stdout, _ = await asyncio.wait_for(process.communicate(), 30)
-    assert process.returncode == 0
-    assert stdout.decode().strip().splitlines()[-1].endswith("completed")
 
 
 async def test_polls_the_real_simulator_until_completed(simulator: object) -> None:
