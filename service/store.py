@@ -84,7 +84,7 @@ class Store:
     ) -> tuple[WatchDoc, bool]:
         """Create a watch; returns (doc, created). A repeated idempotent request returns the
         earlier watch with created=False; a reused key with another body raises."""
-        watch_id = new_watch_id(await self.server_time_ms())
+        watch_id = new_watch_id(await retry_idempotent(self.server_time_ms))
         doc = {
             "id": watch_id,
             "tenant": tenant,

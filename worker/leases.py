@@ -66,8 +66,12 @@ class LeaseKeeper:
     async def release_all(self) -> None:
         """Give back what is still held (shutdown): due at once for another worker."""
         items = list(self.held.values())
+        if not items:
+            return
         self.held.clear()
         try:
             await self.queue.release(items)
         except Exception as exc:  # the leases then simply lapse
             logger.warning("could not release %d leases (%s); they will lapse", len(items), exc)
+        else:
+            logger.info("released %d leases for other workers", len(items))

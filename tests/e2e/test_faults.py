@@ -37,7 +37,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(120)]
 # A claimed watch's schedule score is its lease expiry (claim time + lease), while its document
 # still says when it was due: a gap this large means "under lease" (the policies here poll at
 # least every 1.1 s, so a scheduled poll is never this far from its document's next_poll_at).
-LEASED_GAP_MS = 1500
 
 
 def plan_jobs(
@@ -56,19 +55,10 @@ def plan_jobs(
     return plan
 
 
-async def leases(redis: aioredis.Redis, namespace: str) -> dict[str, float]:
-    """The watches under lease right now: id -> lease expiry (the fencing token)."""
-    keys = Keys(namespace)
-    entries = await redis.zrange(keys.schedule, 0, -1, withscores=True)
-    if not entries:
-        return {}
-    docs = await redis.mget([keys.watch(member.decode()) for member, _ in entries])
-    leased = {}
-    for (member, score), raw in zip(entries, docs, strict=True):
-        due = json.loads(raw)["next_poll_at"] if raw else None
-        if due is not None and score - due >= LEASED_GAP_MS:
-            leased[member.decode()] = score
-    return leased
+async def leases(redis: aioredis.Redis, namespace: str) -> dict[str, str]:
+    """The watches under lease right now: id -> fencing token."""
+    held = await redis.hgetall(Keys(namespace).leases)
+    return {key.decode(): value.decode() for key, value in held.items()}
 
 
 async def polled_share(api: Api, registered: list[Registered], sample: int = 25) -> float:
@@ -311,7 +301,7 @@ async def test_sigterm_past_the_grace_period_leaves_polls_to_others(
     shared_redis: aioredis.Redis,
 ) -> None:
     """Polls slower than the grace period are cancelled: the worker still exits 0 in time,
-    and another worker reclaims those watches when their leases lapse."""
+    gives their leases back, and another worker takes those watches at once."""
     env = service_env(SHARED_REDIS_URL, namespace, lease_seconds=2, shutdown_grace_seconds=0.5)
     plan = plan_jobs(random.Random(8), 20, 0.5, 1.0, FAST_POLICY, latency=3.0)
     first, _, api, registered, code, exited_in = await sigterm_with_polls_in_flight(
@@ -321,7 +311,10 @@ async def test_sigterm_past_the_grace_period_leaves_polls_to_others(
     assert exited_in < 0.5 + 1.5
     log = first.log()
     assert "cancelled" in log and "Traceback" not in log, log
-    assert await leases(shared_redis, namespace), "the cancelled polls' leases should remain"
+    assert "released" in log
+    assert await leases(shared_redis, namespace) == {}, "the cancelled polls' leases are given back"
+    pending = (await api.status())["by_state"]["pending"]
+    assert pending > 0, "every watch ended before the SIGTERM: nothing was handed back"
 
     procs.start_worker(env, "worker-second")
     await wait_all_done(api, len(plan), timeout=40, alive=procs.check_alive)
