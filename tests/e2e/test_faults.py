@@ -4,7 +4,6 @@ shutdown (within and past the grace period)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import secrets
 import signal
