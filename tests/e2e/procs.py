@@ -48,6 +48,12 @@ def free_port() -> int:
         return port
 
 
+def coverage_env() -> dict[str, str]:
+    """What makes a Python subprocess measure its coverage (set by coverage's `patch =
+    ["subprocess"]` in the test process): merge it into any environment built from scratch."""
+    return {key: value for key, value in os.environ.items() if key.startswith("COVERAGE_")}
+
+
 def service_env(redis_url: str, namespace: str, **settings: object) -> dict[str, str]:
     """The environment of an API or worker process: our `VTW_*` settings only, no stray ones."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("VTW_")}

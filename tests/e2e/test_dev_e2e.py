@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from .procs import free_port, vtwatch
+from .procs import coverage_env, free_port, vtwatch
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
@@ -22,7 +22,7 @@ async def test_make_run_shows_a_first_watch_completing() -> None:
         str(port),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
-        env={"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1"},
+        env={"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1", **coverage_env()},
     )
     assert process.stdout is not None
     lines: list[str] = []
