@@ -134,6 +134,10 @@ class ClaimLoop(ABC):
         """Redis time, estimated from the last claim plus this process's monotonic clock."""
         return int(asyncio.get_running_loop().time() * 1000 + self._clock_offset_ms)
 
+    def sync_clock(self, redis_now_ms: int) -> None:
+        """Take Redis time as read by a claim (what `server_now_ms` estimates from)."""
+        self._clock_offset_ms = redis_now_ms - asyncio.get_running_loop().time() * 1000
+
     def stop(self) -> None:
         """Stop claiming (idempotent); wakes the loop wherever it waits."""
         self.stopping.set()
@@ -169,7 +173,7 @@ class ClaimLoop(ABC):
                 continue
             self._claim_failures.succeeded()
             token, lost_token = self._next_token(), None
-            self._clock_offset_ms = claim.now_ms - asyncio.get_running_loop().time() * 1000
+            self.sync_clock(claim.now_ms)
             for claimed in claim.watches:
                 self.keeper.hold(claimed)
                 task = asyncio.create_task(self._handle(claimed))

@@ -1,0 +1,263 @@
+"""The worker's pieces on their own (fakeredis and the real Redis where a store is needed): the
+lease keeper, the claim loop's stop, polls that go wrong, specs and per-host keys."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+from pydantic import ValidationError
+
+from client.backoff import BackoffPolicy
+from client.upstream import Observation
+from service.leases import Claim, Claimed, LeasedQueue
+from service.models import WatchCreate
+from service.outbox import Outbox
+from service.settings import Settings
+from service.store import Store
+from worker.dispatcher import Dispatcher
+from worker.leases import LeaseKeeper
+from worker.loop import ClaimLoop
+from worker.poller import Poller
+from worker.spec import SpecCache, normalized_host
+
+from .test_store import TENANT, claim, claim_one, register, save, terminal
+
+SPEC = WatchCreate.model_validate({"status_url": "http://translate-1:5000/status"}).spec()
+
+
+def settings(**values: Any) -> Settings:
+    return Settings.model_validate(values)
+
+
+# -- the lease keeper ------------------------------------------------------------------------
+
+
+async def test_the_keeper_holds_a_lease_far_past_its_period(store: Store) -> None:
+    """A claimed watch waiting (say, for a host slot) keeps its lease while the keeper runs."""
+    await register(store)
+    claimed = await claim_one(store, lease_seconds=0.3)
+    keeper = LeaseKeeper(store.schedule, 0.3, "test")
+    keeper.hold(claimed)
+    stop = asyncio.Event()
+    running = asyncio.create_task(keeper.run(stop))
+
+    await asyncio.sleep(1.2)  # four lease periods
+
+    assert (await claim(store)).watches == []
+    assert keeper.holds(claimed)
+    assert await save(store, claimed, terminal(claimed, "completed", "none"))
+    stop.set()
+    await running
+
+
+async def test_the_keeper_notices_a_lease_taken_by_another(store: Store) -> None:
+    await register(store)
+    claimed = await claim_one(store, lease_seconds=0.05)
+    await asyncio.sleep(0.1)
+    taken = await claim_one(store)
+    keeper = LeaseKeeper(store.schedule, 30, "test")
+    keeper.hold(claimed)
+
+    await keeper.extend_all()
+
+    assert not keeper.holds(claimed) and keeper.lost == 1
+    assert await store.redis.hget(store.keys.leases, taken.id) == taken.token
+
+
+# -- the claim loop --------------------------------------------------------------------------
+
+
+class BlockedLoop(ClaimLoop):
+    """Claims one item at a time and never finishes it."""
+
+    name = "blocked"
+
+    async def handle(self, claimed: Claimed) -> None:
+        await asyncio.Event().wait()
+
+
+class OneItemQueue(LeasedQueue):
+    def __init__(self) -> None:
+        self.claims = 0
+
+    async def claim(
+        self, limit: int, lease_seconds: float, token: str, lost_token: str | None = None
+    ) -> Claim:
+        self.claims += 1
+        doc: Any = {"id": f"w{self.claims}"}
+        return Claim(0, None, [Claimed(f"w{self.claims}", token, doc)])
+
+    async def extend(self, items: list[Claimed], lease_seconds: float) -> list[bool]:
+        return [True] * len(items)
+
+    async def release(self, items: list[Claimed]) -> None:
+        return None
+
+
+async def test_stop_wakes_a_loop_waiting_for_a_free_slot() -> None:
+    """Shutdown must not wait for a slot to free up before its grace period starts (item 6)."""
+    loop = BlockedLoop(OneItemQueue(), concurrency=1, lease_seconds=30)
+    claiming = asyncio.create_task(loop._claim_until_stopped())
+    await asyncio.sleep(0.05)
+    assert len(loop.in_flight) == 1  # the loop now waits for that slot
+
+    started = time.monotonic()
+    loop.stop()
+    await asyncio.wait_for(claiming, 1)
+
+    assert time.monotonic() - started < 0.2
+    await loop.drain(0)
+
+
+class FailingQueue(OneItemQueue):
+    """Every claim fails with an error a failover or a full Redis gives."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+        self.tokens: list[tuple[str, str | None]] = []
+
+    async def claim(
+        self, limit: int, lease_seconds: float, token: str, lost_token: str | None = None
+    ) -> Claim:
+        self.tokens.append((token, lost_token))
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        __import__("redis").exceptions.ReadOnlyError("READONLY You can't write against a replica"),
+        __import__("redis").exceptions.OutOfMemoryError("OOM command not allowed"),
+        __import__("redis").exceptions.ResponseError("BUSY Redis is busy running a script"),
+        RuntimeError("a bug"),
+    ],
+)
+async def test_a_loop_survives_any_claim_error_and_hands_the_token_back(error: Exception) -> None:
+    queue = FailingQueue(error)
+    loop = BlockedLoop(queue, concurrency=4, lease_seconds=30)
+    claiming = asyncio.create_task(loop._claim_until_stopped())
+    await asyncio.sleep(0.5)
+
+    assert not claiming.done()
+    assert len(queue.tokens) >= 2
+    first, _ = queue.tokens[0]
+    assert all(token == first and lost in (None, first) for token, lost in queue.tokens)
+    assert queue.tokens[1][1] == first  # a claim that may have run is handed back
+    loop.stop()
+    await asyncio.wait_for(claiming, 5)
+
+
+# -- polls that go wrong ---------------------------------------------------------------------
+
+
+async def test_an_unexpected_error_in_a_poll_is_a_transient_failure_and_the_deadline_holds(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*args: Any, **kwargs: Any) -> Observation:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr("worker.poller.fetch_status", broken)
+    doc, _ = await store.register(TENANT, SPEC, 0.3)
+    async with aiohttp.ClientSession() as session:
+        poller = Poller(store, session, settings(min_poll_interval=0.05))
+        first = await claim_one(store)
+        poller.sync_clock(await store.server_time_ms())  # as the claim loop does
+        poller.keeper.hold(first)
+        await poller.handle(first)
+        polled = await store.get(TENANT, doc["id"])
+        assert polled["state"] == "pending" and polled["attempts"] == 1
+        assert polled["last_error"] == "internal error while polling the upstream"
+
+        deadline = time.monotonic() + 3
+        while polled["state"] == "pending" and time.monotonic() < deadline:
+            leased = await claim(store)
+            for claimed in leased.watches:
+                poller.keeper.hold(claimed)
+                await poller.handle(claimed)
+            polled = await store.get(TENANT, doc["id"])
+            await asyncio.sleep(0.02)
+
+    assert polled["state"] == "timeout" and polled["reason"] == "deadline reached"
+
+
+async def test_an_outbox_entry_without_a_url_is_failed_not_claimed_for_ever(store: Store) -> None:
+    await store.register(TENANT, SPEC, 3600)
+    claimed = await claim_one(store)
+    assert await save(store, claimed, terminal(claimed, "completed", "pending"))
+    outbox = Outbox(store.redis, namespace=store.keys.namespace)
+    async with aiohttp.ClientSession() as session:
+        dispatcher = Dispatcher(outbox, session, settings())
+        delivery = (await outbox.queue.claim(10, 30, "t1")).watches[0]
+        dispatcher.keeper.hold(delivery)
+        await dispatcher.handle(delivery)
+
+    assert (await outbox.queue.claim(10, 30, "t2")).watches == []
+    ended = await store.get(TENANT, claimed.id)
+    assert ended["webhook"]["state"] == "failed"
+    assert [a["error"] for a in await outbox.attempts(claimed.id)] == ["no webhook_url"]
+
+
+# -- specs, hosts, floors --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://translate.example/status",
+        "http://TRANSLATE.example/status",
+        "http://user:pw@translate.example/status",
+        "http://translate.example:8080/status",
+        "https://translate.example./jobs/1",
+    ],
+)
+def test_a_per_host_limit_counts_one_host_however_the_url_spells_it(url: str) -> None:
+    assert normalized_host(url) == "translate.example"
+
+
+def test_ip_literals_have_one_host_key() -> None:
+    assert normalized_host("http://[2001:DB8:0:0::1]:80/x") == normalized_host(
+        "http://[2001:db8::1]/"
+    )
+
+
+def test_the_spec_cache_is_bounded_by_bytes() -> None:
+    cache = SpecCache(min_poll_interval=1.0, budget_bytes=20_000)
+    policy = {
+        "initial_wait_time": 1.0,
+        "backoff_factor": 2.0,
+        "jitter": 0.5,
+        "max_interval": 60,
+        "max_attempts": None,
+    }
+    for i in range(200):
+        spec = {
+            "status_url": f"http://h{i}.example/s",
+            "policy": policy,
+            "metadata": {"x": "y" * 4000},
+        }
+        assert cache.get(json.dumps(spec)).host == f"h{i}.example"
+
+    assert cache.size_bytes <= 20_000 and 1 <= len(cache) <= 5
+
+
+def test_the_minimum_poll_interval_floors_every_delay_hints_and_deadline_included() -> None:
+    policy = BackoffPolicy(initial_wait_time=0.05, jitter=0, min_delay=1.0)
+    rng = random.Random(0)
+    assert policy.next_delay(1, 100, rng) == 1.0
+    assert policy.next_delay(1, 100, rng, retry_after=0.0) == 1.0
+    assert policy.next_delay(1, 100, rng, eta_seconds=0.01) == 1.0
+    assert policy.next_delay(1, 0.3, rng) == 1.0  # not a burst of polls just before the deadline
+    assert policy.next_delay(1, 0.3, rng, last_attempt=True) == 1.0
+
+
+def test_a_retention_shorter_than_the_webhook_schedule_is_refused() -> None:
+    with pytest.raises(ValidationError, match="VTW_RETENTION_SECONDS"):
+        settings(retention_seconds=3600)  # the default schedule runs ~27.6 h
+    assert settings(retention_seconds=3600, webhook_retry_schedule="5,60").retention_seconds == 3600
