@@ -19,14 +19,22 @@ from .upstream import Observation
 # A sleep may end a hair before the deadline; that is the deadline, not a reason to poll again.
 CLOCK_SLACK = 1e-3
 
+# The policy's defaults, in one place (the client's contract in DESIGN.md); the watch service's
+# Policy and the command line take theirs from here.
+INITIAL_WAIT_TIME = 1.0
+BACKOFF_FACTOR = 2.0
+JITTER = 0.5
+MAX_INTERVAL = 10.0  # waiting on one job: notice its end within ten seconds
+SERVICE_MAX_INTERVAL = 60.0  # the service's fleets of long jobs: one poll a minute at most
+
 
 @dataclass(frozen=True, slots=True)
 class BackoffPolicy:
-    initial_wait_time: float = 1.0
-    backoff_factor: float = 2.0
-    jitter: float = 0.5
+    initial_wait_time: float = INITIAL_WAIT_TIME
+    backoff_factor: float = BACKOFF_FACTOR
+    jitter: float = JITTER
     jitter_ratio: float = 0.0
-    max_interval: float = 10.0
+    max_interval: float = MAX_INTERVAL
     # No sleep is shorter than this (nor than initial_wait_time): no hot loop, whatever the hints.
     min_interval: float = 0.25
     # Upper bound for a delay a server asks for (Retry-After, ETA).

@@ -16,7 +16,14 @@ from typing import Any
 
 import aiohttp
 
-from .backoff import BackoffPolicy, next_poll_delay
+from .backoff import (
+    BACKOFF_FACTOR,
+    INITIAL_WAIT_TIME,
+    JITTER,
+    MAX_INTERVAL,
+    BackoffPolicy,
+    next_poll_delay,
+)
 from .errors import ConfigurationError
 from .upstream import Observation, Status, fetch_status
 
@@ -103,11 +110,11 @@ class VideoTranslationClient:
         base_url: str,
         max_attempts: int | None = 10,
         max_wait_time: float = 60,
-        initial_wait_time: float = 1.0,
-        backoff_factor: float = 2.0,
-        jitter: float = 0.5,
+        initial_wait_time: float = INITIAL_WAIT_TIME,
+        backoff_factor: float = BACKOFF_FACTOR,
+        jitter: float = JITTER,
         *,
-        max_interval: float = 10.0,
+        max_interval: float = MAX_INTERVAL,
         jitter_ratio: float = 0.0,
         request_timeout: float = 10.0,
         status_path: str = "/status",

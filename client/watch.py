@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import sys
 
+from .backoff import BACKOFF_FACTOR, INITIAL_WAIT_TIME, JITTER, MAX_INTERVAL
 from .polling import StatusUpdate, VideoTranslationClient
 from .upstream import Status
 
@@ -26,10 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("status_url", help="the job's full status URL")
     parser.add_argument("--max-wait-time", type=float, default=3600.0, help="seconds (3600)")
     parser.add_argument("--max-attempts", type=int, default=None, help="no limit by default")
-    parser.add_argument("--max-interval", type=float, default=30.0, help="delay cap, s (30)")
-    parser.add_argument("--initial-wait-time", type=float, default=1.0)
-    parser.add_argument("--backoff-factor", type=float, default=2.0)
-    parser.add_argument("--jitter", type=float, default=0.5)
+    parser.add_argument(
+        "--max-interval", type=float, default=MAX_INTERVAL, help=f"delay cap, s ({MAX_INTERVAL:g})"
+    )
+    parser.add_argument("--initial-wait-time", type=float, default=INITIAL_WAIT_TIME)
+    parser.add_argument("--backoff-factor", type=float, default=BACKOFF_FACTOR)
+    parser.add_argument("--jitter", type=float, default=JITTER)
 
 
 async def watch(args: argparse.Namespace) -> Status:

@@ -261,3 +261,22 @@ def test_a_retention_shorter_than_the_webhook_schedule_is_refused() -> None:
     with pytest.raises(ValidationError, match="VTW_RETENTION_SECONDS"):
         settings(retention_seconds=3600)  # the default schedule runs ~27.6 h
     assert settings(retention_seconds=3600, webhook_retry_schedule="5,60").retention_seconds == 3600
+
+
+async def test_vtwatch_dev_exits_non_zero_when_its_worker_dies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An API whose watches nothing polls must not go on serving (item 4 of #8)."""
+    from worker import dev
+    from worker.process import Worker
+
+    async def dies(self: Worker) -> None:
+        await asyncio.sleep(0.2)
+        raise RuntimeError("the worker's loops failed")
+
+    monkeypatch.setattr(Worker, "run", dies)
+    port = __import__("tests.e2e.procs", fromlist=["free_port"]).free_port()
+
+    code = await asyncio.wait_for(dev.run_dev(settings(), "127.0.0.1", port), 10)
+
+    assert code == 1

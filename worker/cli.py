@@ -8,22 +8,23 @@ import logging
 import os
 import sys
 from collections.abc import Coroutine, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
 from client import ClientError
 from service.settings import Settings
 
+T = TypeVar("T")
 
-def run_async(main: Coroutine[Any, Any, None]) -> None:
+
+def run_async(main: Coroutine[Any, Any, T]) -> T:
     """Run on uvloop when it is installed (markedly less CPU per request), else on asyncio."""
     try:
         import uvloop
     except ImportError:
-        asyncio.run(main)
-    else:
-        uvloop.run(main)
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 def _configure_logging(level: str) -> None:
@@ -36,10 +37,11 @@ def _api(args: argparse.Namespace) -> None:
     import uvicorn
 
     from service.app import create_app
-    from service.auth import check_open_mode
+    from service.auth import check_key_length, check_open_mode
 
     settings = Settings()
     check_open_mode(settings, args.host)
+    check_key_length(settings, args.host)
     uvicorn.run(
         create_app(settings),
         host=args.host,
@@ -58,7 +60,7 @@ def _worker(args: argparse.Namespace) -> None:
 def _dev(args: argparse.Namespace) -> None:
     from .dev import run_dev
 
-    run_async(run_dev(Settings(), args.host, args.port, demo=args.demo))
+    sys.exit(run_async(run_dev(Settings(), args.host, args.port, demo=args.demo)))
 
 
 def _simulate(args: argparse.Namespace) -> None:

@@ -39,7 +39,8 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def run_dev(settings: Settings, host: str, port: int, *, demo: bool = False) -> None:
+async def run_dev(settings: Settings, host: str, port: int, *, demo: bool = False) -> int:
+    """Serve until stopped; the exit status: 0, or 1 when the worker died (see below)."""
     check_open_mode(settings, host)
     # Local development polls local upstreams: the SSRF guard admits loopback here.
     settings = settings.model_copy(
@@ -73,10 +74,12 @@ async def run_dev(settings: Settings, host: str, port: int, *, demo: bool = Fals
             # An API whose watches nothing polls would only pretend to work: stop, loudly.
             error = working.exception() if not working.cancelled() else None
             logger.error("the worker stopped unexpectedly (%r): stopping the API", error)
-            server.should_exit = True
-            raise SystemExit(1)
+            return 1
+        return 0
     finally:
         stop()
+        for follower in tasks[2:]:
+            follower.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         if simulator is not None:
             await simulator.cleanup()
