@@ -12,6 +12,8 @@ import aiohttp
 
 from bench._config import Config
 from bench._procs import Proc, child_env
+from service.domain import WatchDoc
+from service.leases import Claimed
 from service.models import Policy, WatchCreate
 from service.settings import Settings
 from service.store import Store
@@ -84,12 +86,10 @@ async def delete_namespace(store: Store) -> int:
 
 async def release_leases(store: Store) -> int:
     """Make leased watches due now (a lease left by a stopped worker); returns how many."""
-    now = await store.server_time_ms()
-    schedule = store.keys.schedule
-    leased = cast(list[str], await store.redis.zrangebyscore(schedule, now + 1000, "+inf"))
-    if leased:
-        await store.redis.zadd(schedule, dict.fromkeys(leased, now))
-    return len(leased)
+    held = cast(dict[str, str], await store.redis.hgetall(store.keys.leases))
+    doc = cast(WatchDoc, {})
+    await store.schedule.release([Claimed(i, token, doc) for i, token in held.items()])
+    return len(held)
 
 
 def worker_settings(cfg: Config, redis_url: str, namespace: str) -> dict[str, Any]:
@@ -100,6 +100,7 @@ def worker_settings(cfg: Config, redis_url: str, namespace: str) -> dict[str, An
         "allowed_networks": LOOPBACK,
         "worker_concurrency": cfg.concurrency,
         "per_host_concurrency": cfg.host_limit,
+        "min_poll_interval": 0.01,  # the saturating policy polls every 0.05 s
     }
 
 
