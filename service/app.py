@@ -8,6 +8,8 @@ from contextlib import asynccontextmanager
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Request, Response, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware import Middleware
 from fastapi.responses import JSONResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, ReadOnlyError
@@ -16,11 +18,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from . import routes, webhook_routes
 from .connection import connect
 from .deps import StoreDep
-from .errors import IdempotencyConflict, ServiceError, WatchConflict, WatchNotFound
+from .errors import ServiceError
+from .gate import Authenticate, LimitBody
 from .models import Health
 from .outbox import Outbox
 from .settings import Settings
 from .store import Store
+from .validation import invalid_input
 
 logger = logging.getLogger(__name__)
 UNAVAILABLE = "storage unavailable: Redis cannot be reached or cannot take writes; retry later"
@@ -39,6 +43,7 @@ def create_app(settings: Settings | None = None, redis: aioredis.Redis | None = 
             retention_seconds=settings.retention_seconds,
             idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
             namespace=settings.namespace,
+            max_active_watches=settings.max_active_watches,
         )
         app.state.outbox = Outbox(client, namespace=settings.namespace)
         try:
@@ -52,6 +57,8 @@ def create_app(settings: Settings | None = None, redis: aioredis.Redis | None = 
         version="1",
         summary="Register translation jobs to watch; get told when they end.",
         lifespan=lifespan,
+        # Outermost first: the key is checked before the body is read, then the body is capped.
+        middleware=[Middleware(Authenticate, settings=settings), Middleware(LimitBody)],
     )
     app.include_router(routes.router)
     app.include_router(webhook_routes.router)
@@ -76,11 +83,19 @@ def create_app(settings: Settings | None = None, redis: aioredis.Redis | None = 
 
 
 def _add_error_handlers(app: FastAPI) -> None:
-    codes = {WatchNotFound: 404, WatchConflict: 409, IdempotencyConflict: 409}
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return invalid_input(exc.errors())
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette raises the exception again after this answer, so the server logs it.
+        return JSONResponse({"detail": "internal error"}, status_code=500)
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=codes.get(type(exc), 400))
+        assert isinstance(exc, ServiceError)
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)
 
     @app.exception_handler(RedisConnectionError)
     @app.exception_handler(RedisTimeoutError)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -11,13 +13,14 @@ from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, UrlConstraints, f
 from .domain import WatchState, WebhookState
 
 MAX_METADATA_BYTES = 4096
+MAX_METADATA_DEPTH = 32
 HttpUrl = Annotated[AnyHttpUrl, UrlConstraints(max_length=2048, allowed_schemes=["http", "https"])]
 
 
 class Policy(BaseModel):
     """How the workers poll the upstream: the client library's backoff, with a deadline."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     initial_wait_time: float = Field(1.0, ge=0.05, le=3600, description="first delay, seconds")
     backoff_factor: float = Field(2.0, ge=1, le=10, description="growth of each delay")
@@ -45,7 +48,8 @@ class WatchCreate(BaseModel):
 
     @field_validator("metadata")
     @classmethod
-    def _metadata_size(cls, value: dict[str, Any]) -> dict[str, Any]:
+    def _metadata_is_small_json(cls, value: dict[str, Any]) -> dict[str, Any]:
+        _check_json_document(value, "metadata", MAX_METADATA_DEPTH)
         size = len(json.dumps(value, separators=(",", ":")).encode())
         if size > MAX_METADATA_BYTES:
             raise ValueError(f"metadata is {size} bytes of JSON; at most {MAX_METADATA_BYTES}")
@@ -54,6 +58,34 @@ class WatchCreate(BaseModel):
     def spec(self) -> dict[str, Any]:
         """What the store keeps of the request (the immutable part of a watch)."""
         return self.model_dump(mode="json")
+
+
+def _check_json_document(value: Any, name: str, max_depth: int) -> None:
+    """Refuse what JSON cannot carry: NaN and Infinity, strings that are not Unicode (a lone
+    surrogate, which UTF-8 cannot encode); and nesting deeper than `max_depth`, which the
+    recursive encoders of the store and the worker need not survive."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > max_depth:
+            raise ValueError(f"{name} nests deeper than {max_depth} levels")
+        if isinstance(item, dict):
+            for key, inner in item.items():
+                _check_text(key, name)
+                stack.append((inner, depth + 1))
+        elif isinstance(item, list):
+            stack.extend((inner, depth + 1) for inner in item)
+        elif isinstance(item, str):
+            _check_text(item, name)
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f"{name} holds {item}, which JSON cannot carry")
+
+
+def _check_text(text: str, name: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{name} holds a lone surrogate, which UTF-8 cannot carry") from None
 
 
 class WebhookSummary(BaseModel):
@@ -108,7 +140,7 @@ def timestamp(ms: int | None) -> datetime | None:
     return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
-def render_watch(doc: dict[str, Any]) -> Watch:
+def render_watch(doc: Mapping[str, Any]) -> Watch:
     """The stored document as the API's Watch."""
     spec = json.loads(doc["spec"])
     times = ("created_at", "updated_at", "last_polled_at", "next_poll_at", "deadline")

@@ -19,12 +19,13 @@ from .models import (
     render_summary,
     render_watch,
 )
+from .openapi import errors
 from .settings import Settings
 from .ssrf import blocked_literal
 
-router = APIRouter(prefix="/v1", tags=["watches"])
+router = APIRouter(prefix="/v1", tags=["watches"], responses=errors(401, 413, 422, 503))
 WatchId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="the watch's id")]
-NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such watch for this tenant"}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = errors(404)
 
 
 @router.post(
@@ -32,8 +33,15 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such watc
     status_code=status.HTTP_201_CREATED,
     responses={
         200: {"model": Watch, "description": "an earlier request with this Idempotency-Key"},
-        409: {"description": "the Idempotency-Key was used with another body"},
-        422: {"description": "invalid input; the message names the field"},
+        **errors(
+            409,
+            422,
+            429,
+            why={
+                409: "the Idempotency-Key was used with another body",
+                422: "invalid input, or a URL to a blocked network; `loc` names the field",
+            },
+        ),
     },
 )
 async def register_watch(
@@ -100,7 +108,7 @@ async def list_watches(
 
 @router.delete(
     "/watches/{watch_id}",
-    responses={**NOT_FOUND, 409: {"description": "the watch has already ended"}},
+    responses={**NOT_FOUND, **errors(409, why={409: "the watch has already ended"})},
 )
 async def cancel_watch(watch_id: WatchId, store: StoreDep, tenant: TenantDep) -> Watch:
     """Stop watching; the watch ends as `cancelled` (no webhook is sent)."""

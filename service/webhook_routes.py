@@ -6,8 +6,8 @@ from fastapi import APIRouter, status
 
 from .deps import OutboxDep, StoreDep, TenantDep
 from .models import Deliveries, WebhookSecret, render_attempt
-from .outbox import Secrets
 from .openapi import errors
+from .outbox import Secrets
 from .routes import NOT_FOUND, WatchId
 
 router = APIRouter(prefix="/v1", tags=["webhooks"], responses=errors(401, 413, 422, 503))

@@ -1,0 +1,181 @@
+"""What a request must pass before any route sees it: two pure ASGI middlewares.
+
+`Authenticate` (outer) resolves the caller's tenant from `Authorization` for every `/v1/` path
+and answers 401 before a byte of the body is read. `LimitBody` (inner) refuses a body over the
+cap with 413 — a declared `Content-Length` at once, a streamed body as soon as the count passes
+the cap, so nothing reads more than that — and a JSON body that JSON cannot carry with 422:
+orjson refuses NaN and Infinity, numbers that overflow a double, lone surrogates, invalid
+UTF-8, which Python's `json` (FastAPI's parser) lets through; and nesting deeper than
+`MAX_JSON_DEPTH`, which no request needs and which Python's recursive parser fails on (near
+1000 levels) with a 400 instead of a 422.
+
+A refusal that leaves a body unread closes the connection (`Connection: close`), so the server
+stops reading it too.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+import orjson
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .auth import CHALLENGE, UNAUTHORIZED, tenant_of
+from .settings import Settings
+from .validation import describe
+
+MAX_BODY_BYTES = 64 * 1024
+MAX_JSON_DEPTH = 64
+PROTECTED_PREFIX = "/v1/"
+TENANT_SCOPE_KEY = "vtwatch.tenant"  # where `Authenticate` leaves the tenant for `TenantDep`
+
+
+def may_have_body(headers: Headers) -> bool:
+    return headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
+
+
+async def refuse(
+    send: Send,
+    status: int,
+    detail: object,
+    *,
+    headers: Iterable[tuple[str, str]] = (),
+    close: bool = False,
+) -> None:
+    """Answer `{"detail": ...}` with `status`; `close` ends the connection after it."""
+    body = json.dumps({"detail": detail}, separators=(",", ":")).encode()
+    raw = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *((name.lower().encode(), value.encode()) for name, value in headers),
+    ]
+    if close:
+        raw.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+class Authenticate:
+    """401 for a `/v1/` request without a known key, before its body is read."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(PROTECTED_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        tenant = tenant_of(headers.get("authorization"), self.settings)
+        if tenant is None:
+            challenge = CHALLENGE.items()
+            await refuse(send, 401, UNAUTHORIZED, headers=challenge, close=may_have_body(headers))
+            return
+        scope[TENANT_SCOPE_KEY] = tenant
+        await self.app(scope, receive, send)
+
+
+class LimitBody:
+    """413 beyond `max_bytes` of body; 422 for a JSON body that is not strict JSON."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.too_large = f"request body over {max_bytes} bytes"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = Headers(scope=scope) if scope["type"] == "http" else None
+        if headers is None or not may_have_body(headers):
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(headers)
+        if declared is not None and declared > self.max_bytes:
+            await refuse(send, 413, self.too_large, close=True)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client left before sending its whole body: nobody to answer
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await refuse(send, 413, self.too_large, close=True)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        if body and _is_json(headers):
+            why = _not_strict_json(body)
+            if why is not None:
+                await refuse(send, 422, describe([why]))
+                return
+        await self.app(scope, _replay(body, receive), send)
+
+
+def _content_length(headers: Headers) -> int | None:
+    try:
+        return int(headers["content-length"])
+    except (KeyError, ValueError):
+        return None
+
+
+def _is_json(headers: Headers) -> bool:
+    """FastAPI's rule: `application/json` or `application/*+json` bodies are parsed as JSON."""
+    media_type = headers.get("content-type", "").partition(";")[0].strip().lower()
+    main, _, sub = media_type.partition("/")
+    return main == "application" and (sub == "json" or sub.endswith("+json"))
+
+
+def _not_strict_json(body: bytes) -> dict[str, object] | None:
+    """FastAPI's error for a body that does not parse, if it does not; else None."""
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        loc: tuple[str | int, ...] = ("body", exc.pos)
+        error = exc.msg
+    else:
+        if not _nests_deeper(value, MAX_JSON_DEPTH):
+            return None
+        loc, error = ("body",), f"nesting deeper than {MAX_JSON_DEPTH} levels"
+    return {
+        "type": "json_invalid",
+        "loc": loc,
+        "msg": "JSON decode error",
+        "input": {},
+        "ctx": {"error": error},
+    }
+
+
+def _nests_deeper(value: object, limit: int) -> bool:
+    """Whether arrays and objects in `value` nest more than `limit` levels deep."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            if depth > limit:
+                return True
+            stack.extend((child, depth + 1) for child in item)
+    return False
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that gives the app the body already read, then what the server sends next
+    (`http.disconnect`)."""
+    first: Message | None = {"type": "http.request", "body": body, "more_body": False}
+
+    async def replay() -> Message:
+        nonlocal first
+        if first is None:
+            return await receive()
+        message, first = first, None
+        return message
+
+    return replay

@@ -1,0 +1,91 @@
+"""How invalid input is answered: FastAPI's 422 shape, echoing only short, JSON-safe excerpts.
+
+FastAPI's own handler echoes each invalid input whole (a 60 KiB body comes back as a 60 KiB
+error) and fails with a 500 on what JSON cannot carry (NaN, a lone surrogate, undecodable
+bytes). Here every `input`, `loc` part, `msg` and `ctx` value is made JSON-safe and cut short.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from fastapi.responses import JSONResponse
+
+EXCERPT_CHARS = 100
+MESSAGE_CHARS = 300
+ELLIPSIS = "…"
+
+
+def clip(text: str, limit: int = EXCERPT_CHARS) -> str:
+    """`text` cut to `limit` characters, lone surrogates shown as escapes (UTF-8 cannot hold
+    them)."""
+    text = text[: limit + 1].encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= limit else text[:limit] + ELLIPSIS
+
+
+def _json_text(value: Any) -> str | None:
+    """The compact JSON of `value` if JSON can carry it exactly, else None."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        text.encode("utf-8")
+    except (TypeError, ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
+        return None
+    return text
+
+
+def excerpt(value: Any) -> Any:
+    """The invalid input as it came when it is short and JSON-safe; else the start of its text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    text = _json_text(value)
+    if text is not None and len(text) <= EXCERPT_CHARS:
+        return value
+    if isinstance(value, str):
+        return clip(value)
+    if isinstance(value, bytes | bytearray):
+        return clip(bytes(value[: EXCERPT_CHARS * 4]).decode("utf-8", "replace"))
+    if text is None:
+        try:  # as text, NaN and lone surrogates included: clip makes it safe
+            text = json.dumps(value, ensure_ascii=False, default=repr, separators=(",", ":"))
+        except (TypeError, ValueError, RecursionError):
+            return f"<{type(value).__name__}>"
+    return clip(text)
+
+
+def _loc_part(part: Any) -> str | int:
+    return part if isinstance(part, int) else clip(str(part))
+
+
+def _ctx(ctx: Mapping[str, Any]) -> dict[str, Any]:
+    """The context values JSON can carry (an exception object, say, is dropped)."""
+    kept = {}
+    for name, value in ctx.items():
+        if isinstance(value, str):
+            kept[str(name)] = clip(value, MESSAGE_CHARS)
+        elif _json_text(value) is not None:
+            kept[str(name)] = excerpt(value)
+    return kept
+
+
+def describe(errors: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Validation errors as the `detail` of a 422: type, loc, msg, input and (if any) ctx."""
+    described = []
+    for error in errors:
+        item: dict[str, Any] = {
+            "type": clip(str(error.get("type", "value_error"))),
+            "loc": [_loc_part(part) for part in error.get("loc", ())],
+            "msg": clip(str(error.get("msg", "")), MESSAGE_CHARS),
+            "input": excerpt(error.get("input")),
+        }
+        ctx = _ctx(error.get("ctx") or {})
+        if ctx:
+            item["ctx"] = ctx
+        described.append(item)
+    return described
+
+
+def invalid_input(errors: Iterable[Mapping[str, Any]]) -> JSONResponse:
+    return JSONResponse({"detail": describe(errors)}, status_code=422)
