@@ -11,9 +11,7 @@ from fastapi import FastAPI, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware import Middleware
 from fastapi.responses import JSONResponse
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, ReadOnlyError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
 from . import routes, webhook_routes
 from .connection import connect
@@ -74,7 +72,7 @@ def create_app(settings: Settings | None = None, redis: aioredis.Redis | None = 
         """Readiness: Redis answers."""
         try:
             await store.ping()
-        except (RedisConnectionError, RedisTimeoutError, OSError):
+        except (RedisError, OSError):
             response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
             return Health(status="unavailable")
         return Health(status="ok")
@@ -97,10 +95,9 @@ def _add_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, ServiceError)
         return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)
 
-    @app.exception_handler(RedisConnectionError)
-    @app.exception_handler(RedisTimeoutError)
-    @app.exception_handler(OutOfMemoryError)
-    @app.exception_handler(ReadOnlyError)
+    # Connection loss, timeouts, a failover's READONLY, OOM under noeviction, BUSY, LOADING...:
+    # every Redis error is a passing state of the store for the caller, never a 500.
+    @app.exception_handler(RedisError)
     async def unavailable(request: Request, exc: Exception) -> JSONResponse:
         logger.warning("Redis unavailable during %s %s: %s", request.method, request.url.path, exc)
         return JSONResponse(

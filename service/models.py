@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, UrlConstraints, field_validator
 
+from client.backoff import BACKOFF_FACTOR, INITIAL_WAIT_TIME, JITTER, SERVICE_MAX_INTERVAL
+
 from .domain import WatchState, WebhookState
 
 MAX_METADATA_BYTES = 4096
@@ -22,10 +24,14 @@ class Policy(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    initial_wait_time: float = Field(1.0, ge=0.05, le=3600, description="first delay, seconds")
-    backoff_factor: float = Field(2.0, ge=1, le=10, description="growth of each delay")
-    jitter: float = Field(0.5, ge=0, le=60, description="± seconds of random jitter")
-    max_interval: float = Field(60.0, ge=0.05, le=86400, description="cap of one delay, seconds")
+    initial_wait_time: float = Field(
+        INITIAL_WAIT_TIME, ge=0.05, le=3600, description="first delay, seconds"
+    )
+    backoff_factor: float = Field(BACKOFF_FACTOR, ge=1, le=10, description="growth of each delay")
+    jitter: float = Field(JITTER, ge=0, le=60, description="± seconds of random jitter")
+    max_interval: float = Field(
+        SERVICE_MAX_INTERVAL, ge=0.05, le=86400, description="cap of one delay, seconds"
+    )
     max_wait_time: float = Field(
         3600.0, ge=0.1, le=30 * 86400, description="deadline from registration, seconds"
     )
@@ -154,8 +160,9 @@ def render_watch(doc: Mapping[str, Any]) -> Watch:
 
 
 def render_summary(counts: dict[str, int]) -> StatusSummary:
-    by_state = {state: max(0, counts.get(state.value, 0)) for state in WatchState}
-    webhooks = {state.value: max(0, counts.get(f"wh:{state.value}", 0)) for state in WebhookState}
+    """The tenant's counters as kept by the scripts (exact: never clamped, so drift shows)."""
+    by_state = {state: counts.get(state.value, 0) for state in WatchState}
+    webhooks = {state.value: counts.get(f"wh:{state.value}", 0) for state in WebhookState}
     webhooks.pop(WebhookState.NONE.value)
     return StatusSummary(
         total=sum(by_state.values()), by_state=by_state, webhooks=WebhookCounts(**webhooks)

@@ -20,7 +20,10 @@ def _split(value: str) -> list[str]:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="VTW_", extra="ignore", frozen=True)
+    # Errors never carry the values (VTW_API_KEYS holds secrets).
+    model_config = SettingsConfigDict(
+        env_prefix="VTW_", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     redis_url: str | None = Field(None, description="Redis URL; unset: embedded in-memory store")
     api_keys: Annotated[dict[str, str], NoDecode] = Field(

@@ -20,7 +20,7 @@ from aiohttp import web
 from client.simulator import SimulatorConfig
 from client.simulator import create_app as create_simulator
 from service.app import create_app
-from service.auth import OPEN_TENANT, check_open_mode
+from service.auth import OPEN_TENANT, check_key_length, check_open_mode
 from service.connection import connect
 from service.settings import Settings
 
@@ -42,6 +42,7 @@ class _Server(uvicorn.Server):
 async def run_dev(settings: Settings, host: str, port: int, *, demo: bool = False) -> int:
     """Serve until stopped; the exit status: 0, or 1 when the worker died (see below)."""
     check_open_mode(settings, host)
+    check_key_length(settings, host)
     # Local development polls local upstreams: the SSRF guard admits loopback here.
     settings = settings.model_copy(
         update={"allowed_networks": [*settings.allowed_networks, *LOOPBACK]}

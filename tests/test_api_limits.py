@@ -1,0 +1,57 @@
+"""The API's answers to limits and passing store states (issue 8, items 4 and 12)."""
+
+from __future__ import annotations
+
+import pytest
+from redis.exceptions import BusyLoadingError, OutOfMemoryError, ReadOnlyError, ResponseError
+
+from service.settings import Settings
+from service.store import Store
+from tests.service_fixtures import ApiFactory
+
+BODY = {"status_url": "http://translate-1:5000/status"}
+
+
+async def test_a_tenant_over_its_pending_watches_gets_429(make_api: ApiFactory) -> None:
+    as_a = {"Authorization": "Bearer key-a-0123456789abcd"}
+    as_b = {"Authorization": "Bearer key-b-0123456789abcd"}
+    limited = await make_api(
+        Settings(api_keys="a:key-a-0123456789abcd,b:key-b-0123456789abcd", max_active_watches=2)
+    )
+    first = await limited.post("/v1/watches", json=BODY, headers=as_a)
+    await limited.post("/v1/watches", json=BODY, headers=as_a)
+
+    refused = await limited.post("/v1/watches", json=BODY, headers=as_a)
+
+    assert refused.status_code == 429
+    assert "VTW_MAX_ACTIVE_WATCHES" in refused.json()["detail"]
+    assert (await limited.post("/v1/watches", json=BODY, headers=as_b)).status_code == 201
+    await limited.delete(f"/v1/watches/{first.json()['id']}", headers=as_a)
+    assert (await limited.post("/v1/watches", json=BODY, headers=as_a)).status_code == 201
+    summary = (await limited.get("/v1/status", headers=as_a)).json()
+    assert summary["by_state"]["pending"] == 2 and summary["by_state"]["cancelled"] == 1
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ReadOnlyError("READONLY You can't write against a read only replica."),
+        OutOfMemoryError("OOM command not allowed when used memory > 'maxmemory'."),
+        ResponseError("BUSY Redis is busy running a script."),
+        BusyLoadingError("LOADING Redis is loading the dataset in memory"),
+    ],
+)
+async def test_any_passing_redis_error_is_503_never_500(
+    make_api: ApiFactory, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    api = await make_api()
+
+    async def failing(*args: object, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr(Store, "register", failing)
+    response = await api.post("/v1/watches", json=BODY)
+
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert "storage unavailable" in response.json()["detail"]
