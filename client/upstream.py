@@ -72,6 +72,10 @@ class Observation:
     eta_seconds: float | None = None
     retry_after: float | None = None
 
+    def __post_init__(self) -> None:
+        if self.error is not None:  # it is logged and stored: always valid UTF-8
+            object.__setattr__(self, "error", printable(self.error))
+
     @property
     def transient(self) -> bool:
         return self.status is None
@@ -159,6 +163,15 @@ def _excerpt(value: object) -> str:
     if isinstance(value, str):
         return repr(value[:EXCERPT_CHARS])
     return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def printable(text: str) -> str:
+    """`text` as valid UTF-8: lone surrogates (an undecodable header, say) become escapes."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
 
 
 def describe_exception(exc: BaseException) -> str:

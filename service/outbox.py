@@ -104,8 +104,10 @@ class Outbox:
     async def secrets(self, tenant: str) -> Secrets:
         """The tenant's live signing secrets; the current one is created on first use."""
         key = self.keys.secret(tenant)
-        await self.redis.hsetnx(key, "current", new_secret())
         stored = cast(dict[str, str], await self.redis.hgetall(key))
+        if "current" not in stored:  # a read stays a read (it works on a read-only Redis)
+            await self.redis.hsetnx(key, "current", new_secret())
+            stored = cast(dict[str, str], await self.redis.hgetall(key))
         now = await server_time_ms(self.redis)
         retiring = sorted(
             (

@@ -142,3 +142,22 @@ async def test_expired_old_secrets_stop_signing_and_are_dropped(outbox: Outbox) 
     await outbox.rotate_secret(TENANT)
     stored = await outbox.redis.hkeys(keys[0])
     assert f"old:{first}" not in stored
+
+
+async def test_a_retry_after_a_dead_dispatchers_lapsed_lease_is_sent_once(
+    store: Store, outbox: Outbox
+) -> None:
+    """The lease of a SIGKILLed dispatcher is not an attempt in flight: the retry is queued
+    now, and no flag makes the next holder send it twice."""
+    watch_id = await ended_with_webhook(store)
+    await outbox.queue.claim(10, 0.05, "dead-worker")  # never recorded: its worker died
+    await asyncio.sleep(0.1)
+
+    await outbox.redeliver(TENANT, watch_id)
+
+    delivery = await lease_delivery(outbox)
+    assert "redeliver" not in delivery.doc["webhook"]
+    ok = {"status_code": 204, "error": None, "latency_ms": 3}
+    assert await outbox.record_attempt(delivery, ok, "delivered")
+    assert (await outbox.queue.claim(10, 30, "t9")).watches == []
+    assert await counts(store) == {"completed": 1, "wh:delivered": 1}

@@ -222,3 +222,16 @@ async def test_cancelling_a_poll_still_cancels_it() -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+def test_an_error_text_with_lone_surrogates_is_made_storable() -> None:
+    """An undecodable header (aiohttp's surrogateescape) in an error must not poison the save of
+    a whole batch of polls (orjson refuses lone surrogates)."""
+    import orjson
+
+    from client.upstream import Observation
+
+    seen = Observation(None, error="Cannot redirect to http://a\udcff:x/")
+
+    assert orjson.dumps({"last_error": seen.error})
+    assert seen.error == "Cannot redirect to http://a\\udcff:x/"

@@ -268,13 +268,12 @@ async def test_vtwatch_dev_exits_non_zero_when_its_worker_dies(
 ) -> None:
     """An API whose watches nothing polls must not go on serving (item 4 of #8)."""
     from worker import dev
-    from worker.process import Worker
 
-    async def dies(self: Worker) -> None:
+    async def dies(self: ClaimLoop, grace_seconds: float) -> None:
         await asyncio.sleep(0.2)
-        raise RuntimeError("the worker's loops failed")
+        raise RuntimeError("a claim loop failed")
 
-    monkeypatch.setattr(Worker, "run", dies)
+    monkeypatch.setattr(ClaimLoop, "run", dies)
     port = __import__("tests.e2e.procs", fromlist=["free_port"]).free_port()
 
     code = await asyncio.wait_for(dev.run_dev(settings(), "127.0.0.1", port), 10)

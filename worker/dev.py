@@ -54,13 +54,19 @@ async def run_dev(settings: Settings, host: str, port: int, *, demo: bool = Fals
     server = _Server(config)
     worker = Worker(settings, redis)
 
+    requested: list[bool] = []  # a signal asked to stop
+
     def stop() -> None:
         server.should_exit = True
         worker.stop()
 
+    def on_signal() -> None:
+        requested.append(True)
+        stop()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop)
+        loop.add_signal_handler(sig, on_signal)
     serving = asyncio.create_task(server.serve())
     working = asyncio.create_task(worker.run())
     tasks = [serving, working]
@@ -71,7 +77,7 @@ async def run_dev(settings: Settings, host: str, port: int, *, demo: bool = Fals
         tasks.append(asyncio.create_task(_follow_first_watch(server, api, status_url)))
     try:
         await asyncio.wait([serving, working], return_when=asyncio.FIRST_COMPLETED)
-        if working.done() and not worker.stopping.is_set():
+        if working.done() and not requested:
             # An API whose watches nothing polls would only pretend to work: stop, loudly.
             error = working.exception() if not working.cancelled() else None
             logger.error("the worker stopped unexpectedly (%r): stopping the API", error)

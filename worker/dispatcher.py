@@ -18,7 +18,6 @@ import aiohttp
 
 from client.upstream import DestinationRefused, describe_exception, parse_retry_after
 from client.webhooks import signature_header
-from service.connection import retry_idempotent
 from service.domain import WatchDoc, WebhookState
 from service.leases import Claimed
 from service.models import render_watch, timestamp
@@ -129,7 +128,7 @@ class Dispatcher(ClaimLoop):
     async def _send(self, claimed: Claimed, url: str, body: bytes) -> Sent:
         """Sign and POST, once a host slot is ours: the lease is checked and the timestamp (Redis
         time) taken right before the request, not before the wait for the slot."""
-        if not self.keeper.holds(claimed):
+        if not await self.keeper.confirm(claimed, margin=self.settings.webhook_timeout):
             raise LeaseLost(claimed.id)
         secrets = await self.outbox.secrets(claimed.doc["tenant"])
         msg_id = f"msg_{claimed.id}"
@@ -150,8 +149,8 @@ class Dispatcher(ClaimLoop):
             "latency_ms": sent.latency_ms,
         }
         # deliver.lua is fenced and drops the lease: running it twice records the attempt once.
-        saved = await retry_idempotent(
-            lambda: self.outbox.record_attempt(claimed, attempt, outcome, delay)
+        saved = await self.write_while_held(
+            claimed, lambda: self.outbox.record_attempt(claimed, attempt, outcome, delay)
         )
         logger.info(
             "webhook of %s: %s (%s, %d ms)%s",

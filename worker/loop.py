@@ -17,10 +17,12 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
+from redis.exceptions import RedisError
+
 from service.leases import Claimed, LeasedQueue
 
 from .leases import LeaseKeeper
-from .retry import FailureStreak
+from .retry import FailureStreak, outage_backoff
 
 logger = logging.getLogger(__name__)
 IDLE_SLEEP = 0.05
@@ -157,12 +159,14 @@ class ClaimLoop(ABC):
 
     async def _claim_until_stopped(self) -> None:
         token, lost_token = self._next_token(), None
+        clock = asyncio.get_running_loop().time
         while not self.stopping.is_set():
             free = self.concurrency - len(self.in_flight)
             if free < self.claim_batch and self.in_flight:
                 self._slot_free.clear()
                 await self._slot_free.wait()
                 continue
+            sent_at = clock()
             try:
                 claim = await self.queue.claim(free, self.lease_seconds, token, lost_token)
             except Exception as exc:
@@ -175,7 +179,7 @@ class ClaimLoop(ABC):
             token, lost_token = self._next_token(), None
             self.sync_clock(claim.now_ms)
             for claimed in claim.watches:
-                self.keeper.hold(claimed)
+                self.keeper.hold(claimed, since=sent_at)
                 task = asyncio.create_task(self._handle(claimed))
                 self.in_flight.add(task)
                 task.add_done_callback(self._done)
@@ -210,11 +214,31 @@ class ClaimLoop(ABC):
             return await started()
         return await self.host_limits.run(host, started)
 
+    async def write_while_held(self, claimed: Claimed, write: Callable[[], Awaitable[T]]) -> T:
+        """Run a fenced write (safe to repeat), again after a store error for as long as the
+        lease is ours: a passing READONLY or OOM must not throw away a finished poll or a
+        delivered webhook (whose lease would lapse, and the work be done again)."""
+        failures = 0
+        while True:
+            try:
+                return await write()
+            except (RedisError, OSError):
+                failures += 1
+                delay = outage_backoff(failures)
+                if not self.keeper.holds(claimed, margin=delay):
+                    raise
+                await asyncio.sleep(delay)
+
     async def _handle(self, claimed: Claimed) -> None:
         try:
             await self.handle(claimed)
         except Abandoned:
             return  # still held: given back when the loop ends
+        except asyncio.CancelledError:
+            # Cut off past the grace period, maybe after its request went out: let the lease
+            # lapse rather than hand the item straight to another worker.
+            self.keeper.drop(claimed)
+            raise
         except LeaseLost:
             logger.info("%s: lease on %s was lost; its new holder decides", self.name, claimed.id)
         except Exception as exc:  # the lease lapses and the item is tried again

@@ -99,7 +99,7 @@ class Poller(ClaimLoop):
         if doc["next_poll_at"] is not None:
             self.lateness_ms.append(self.server_now_ms() - doc["next_poll_at"])
         seen = await self.limited(spec.host, lambda: self._fetch(claimed, spec))
-        if not self.keeper.holds(claimed):
+        if self.keeper.taken(claimed):
             raise LeaseLost(claimed.id)
         now_ms = self.server_now_ms()
         try:
@@ -108,7 +108,7 @@ class Poller(ClaimLoop):
             logger.exception("poller: applying a poll of %s failed", claimed.id)
             updated = advance(doc, spec, unexpected("applying the poll"), now_ms, self.rng)
         self.polls += 1
-        if not await self.writes.add((claimed, updated)):
+        if not await self.write_while_held(claimed, lambda: self.writes.add((claimed, updated))):
             raise LeaseLost(claimed.id)
 
     async def _fetch(self, claimed: Claimed, spec: WatchSpec) -> Observation:

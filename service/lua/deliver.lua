@@ -8,15 +8,16 @@
 if not holds_lease(KEYS[2], ARGV[1], ARGV[2]) then
   return 0
 end
-redis.call('HDEL', KEYS[2], ARGV[1])
 local raw = redis.call('GET', KEYS[3])
 if not raw then
   redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[2], ARGV[1])
   return 0
 end
-local now = now_ms()
 local doc = cjson.decode(raw)
 local attempt = cjson.decode(ARGV[3])
+local now = now_ms()
+redis.call('HDEL', KEYS[2], ARGV[1])
 local webhook = doc.webhook
 webhook.attempts = webhook.attempts + 1
 webhook.cycle_attempts = (webhook.cycle_attempts or 0) + 1

@@ -1,5 +1,5 @@
 -- Queue the terminal webhook of a tenant's watch again, now (manual retry), on a fresh retry
--- schedule. While an attempt is in flight (leased), the request is kept on the document and
+-- schedule. While an attempt is in flight (a live lease), the request is kept on the document and
 -- honoured when that attempt is recorded (deliver.lua), so it is neither lost nor sent twice
 -- at once.
 -- KEYS: doc, outbox, outbox leases, counts   ARGV: id, tenant
@@ -18,10 +18,15 @@ end
 if doc.webhook.state == 'none' then
   return 'no_webhook'
 end
+local now = now_ms()
 if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then
-  doc.webhook.redeliver = true
-  redis.call('SET', KEYS[1], cjson.encode(doc))
-  return 'queued'
+  local expires = tonumber(redis.call('ZSCORE', KEYS[2], ARGV[1]) or '0')
+  if expires > now then
+    doc.webhook.redeliver = true
+    redis.call('SET', KEYS[1], cjson.encode(doc))
+    return 'queued'
+  end
+  redis.call('HDEL', KEYS[3], ARGV[1])  -- a lapsed lease (its worker died): nothing in flight
 end
 if doc.webhook.state ~= 'pending' then
   redis.call('HINCRBY', KEYS[4], 'wh:' .. doc.webhook.state, -1)
@@ -30,5 +35,5 @@ if doc.webhook.state ~= 'pending' then
 end
 doc.webhook.cycle_attempts = 0
 redis.call('SET', KEYS[1], cjson.encode(doc))
-redis.call('ZADD', KEYS[2], now_ms(), ARGV[1])
+redis.call('ZADD', KEYS[2], now, ARGV[1])
 return 'queued'

@@ -300,7 +300,8 @@ async def test_sigterm_past_the_grace_period_leaves_polls_to_others(
     shared_redis: aioredis.Redis,
 ) -> None:
     """Polls slower than the grace period are cancelled: the worker still exits 0 in time,
-    gives their leases back, and another worker takes those watches at once."""
+    and another worker reclaims those watches when their leases lapse (not at once: a
+    cancelled request may have reached its server)."""
     env = service_env(SHARED_REDIS_URL, namespace, lease_seconds=2, shutdown_grace_seconds=0.5)
     plan = plan_jobs(random.Random(8), 20, 0.5, 1.0, FAST_POLICY, latency=3.0)
     first, _, api, registered, code, exited_in = await sigterm_with_polls_in_flight(
@@ -310,10 +311,7 @@ async def test_sigterm_past_the_grace_period_leaves_polls_to_others(
     assert exited_in < 0.5 + 1.5
     log = first.log()
     assert "cancelled" in log and "Traceback" not in log, log
-    assert "released" in log
-    assert await leases(shared_redis, namespace) == {}, "the cancelled polls' leases are given back"
-    pending = (await api.status())["by_state"]["pending"]
-    assert pending > 0, "every watch ended before the SIGTERM: nothing was handed back"
+    assert await leases(shared_redis, namespace), "the cancelled polls' leases should remain"
 
     procs.start_worker(env, "worker-second")
     await wait_all_done(api, len(plan), timeout=40, alive=procs.check_alive)
