@@ -94,10 +94,12 @@ class Dispatcher(ClaimLoop):
         *,
         rng: random.Random | None = None,
     ) -> None:
+        # A POST starts only on a lease confirmed for its whole timeout (see `_send`): a lease
+        # of twice the timeout leaves the keeper room to confirm it between its ticks.
         super().__init__(
             outbox.queue,
             settings.worker_concurrency,
-            settings.lease_seconds,
+            max(settings.lease_seconds, 2 * settings.webhook_timeout),
             settings.per_host_concurrency,
         )
         self.outbox = outbox
