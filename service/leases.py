@@ -83,18 +83,17 @@ class LeasedQueue:
 
     async def extend(self, items: list[Claimed], lease_seconds: float) -> list[bool]:
         """Extend the leases still held, in one call; False for each one lost."""
+        return await self._extend_or_release(items, max(1, int(lease_seconds * 1000)))
+
+    async def release(self, items: list[Claimed]) -> None:
+        """Give leases back (the items are due at once, for any worker)."""
+        await self._extend_or_release(items, 0)
+
+    async def _extend_or_release(self, items: list[Claimed], lease_ms: int) -> list[bool]:
         if not items:
             return []
-        args: list[str | int] = [max(1, int(lease_seconds * 1000))]
+        args: list[str | int] = [lease_ms]
         for claimed in items:
             args += [claimed.id, claimed.token]
         kept = await self._extend(keys=[self.schedule, self.leases], args=args)
         return [bool(flag) for flag in kept]
-
-    async def release(self, items: list[Claimed]) -> None:
-        """Give leases back (the items are due at once, for any worker)."""
-        if items:
-            args: list[str | int] = [0]
-            for claimed in items:
-                args += [claimed.id, claimed.token]
-            await self._extend(keys=[self.schedule, self.leases], args=args)

@@ -41,13 +41,13 @@ def settings(**values: Any) -> Settings:
 async def test_the_keeper_holds_a_lease_far_past_its_period(store: Store) -> None:
     """A claimed watch waiting (say, for a host slot) keeps its lease while the keeper runs."""
     await register(store)
-    claimed = await claim_one(store, lease_seconds=0.3)
-    keeper = LeaseKeeper(store.schedule, 0.3, "test")
+    claimed = await claim_one(store, lease_seconds=0.6)
+    keeper = LeaseKeeper(store.schedule, 0.6, "test")
     keeper.hold(claimed)
     stop = asyncio.Event()
     running = asyncio.create_task(keeper.run(stop))
 
-    await asyncio.sleep(1.2)  # four lease periods
+    await asyncio.sleep(2.4)  # four lease periods
 
     assert (await claim(store)).watches == []
     assert keeper.holds(claimed)
@@ -111,7 +111,7 @@ async def test_stop_wakes_a_loop_waiting_for_a_free_slot() -> None:
     loop.stop()
     await asyncio.wait_for(claiming, 1)
 
-    assert time.monotonic() - started < 0.2
+    assert time.monotonic() - started < 0.5
     await loop.drain(0)
 
 
