@@ -83,16 +83,16 @@ class LeasedQueue:
 
     async def extend(self, items: list[Claimed], lease_seconds: float) -> list[bool]:
         """Extend the leases still held, in one call; False for each one lost."""
-        return await self._extend_or_release(items, max(1, int(lease_seconds * 1000)))
+        return await self._call_extend(items, lease_seconds, "extend")
 
-    async def release(self, items: list[Claimed]) -> None:
-        """Give leases back (the items are due at once, for any worker)."""
-        await self._extend_or_release(items, 0)
+    async def release(self, items: list[Claimed], delay_seconds: float = 0.0) -> None:
+        """Give leases back: the items are due again after `delay_seconds`, for any worker."""
+        await self._call_extend(items, delay_seconds, "release")
 
-    async def _extend_or_release(self, items: list[Claimed], lease_ms: int) -> list[bool]:
+    async def _call_extend(self, items: list[Claimed], seconds: float, how: str) -> list[bool]:
         if not items:
             return []
-        args: list[str | int] = [lease_ms]
+        args: list[str | int] = [int(seconds * 1000), how]
         for claimed in items:
             args += [claimed.id, claimed.token]
         kept = await self._extend(keys=[self.schedule, self.leases], args=args)

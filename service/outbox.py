@@ -22,6 +22,7 @@ from .leases import Claimed, LeasedQueue, load_scripts, server_time_ms
 
 SCRIPTS = ("deliver", "redeliver", "rotate")
 ROTATION_GRACE_SECONDS = 24 * 3600
+MAX_OLD_SECRETS = 10  # rotated-out secrets that still sign (each adds a signature to a webhook)
 DELIVERY_LOG_LENGTH = 100
 OLD_SECRET = "old:"
 Outcome = Literal["delivered", "failed", "retry"]
@@ -121,7 +122,12 @@ class Outbox:
 
     async def rotate_secret(self, tenant: str) -> Secrets:
         """A new current secret; every secret rotated out signs on for 24 h (safe to repeat)."""
-        args: list[str | int] = [new_secret(), ROTATION_GRACE_SECONDS * 1000, secrets.token_hex(8)]
+        args: list[str | int] = [
+            new_secret(),
+            ROTATION_GRACE_SECONDS * 1000,
+            secrets.token_hex(8),
+            MAX_OLD_SECRETS,
+        ]
         keys = [self.keys.secret(tenant)]
         await retry_idempotent(lambda: self._scripts["rotate"](keys=keys, args=args))
         return await self.secrets(tenant)

@@ -123,8 +123,8 @@ async def test_a_repeated_rotation_with_its_request_id_changes_nothing(outbox: O
     rotate = outbox._scripts["rotate"]
     keys = [outbox.keys.secret(TENANT)]
 
-    await rotate(keys=keys, args=[new_secret(), 86_400_000, "request-1"])
-    await rotate(keys=keys, args=[new_secret(), 86_400_000, "request-1"])
+    await rotate(keys=keys, args=[new_secret(), 86_400_000, "request-1", 10])
+    await rotate(keys=keys, args=[new_secret(), 86_400_000, "request-1", 10])
 
     after = await outbox.secrets(TENANT)
     assert after.previous == [first]
@@ -135,7 +135,7 @@ async def test_expired_old_secrets_stop_signing_and_are_dropped(outbox: Outbox) 
     first = (await outbox.secrets(TENANT)).current
     rotate = outbox._scripts["rotate"]
     keys = [outbox.keys.secret(TENANT)]
-    await rotate(keys=keys, args=[new_secret(), 1, "r1"])  # a grace of 1 ms
+    await rotate(keys=keys, args=[new_secret(), 1, "r1", 10])  # a grace of 1 ms
     await asyncio.sleep(0.01)
 
     assert (await outbox.secrets(TENANT)).previous == []
@@ -161,3 +161,13 @@ async def test_a_retry_after_a_dead_dispatchers_lapsed_lease_is_sent_once(
     assert await outbox.record_attempt(delivery, ok, "delivered")
     assert (await outbox.queue.claim(10, 30, "t9")).watches == []
     assert await counts(store) == {"completed": 1, "wh:delivered": 1}
+
+
+async def test_rotations_keep_at_most_ten_old_secrets_signing(outbox: Outbox) -> None:
+    for _ in range(15):
+        await outbox.rotate_secret(TENANT)
+
+    live = await outbox.secrets(TENANT)
+
+    assert len(live.previous) == 10
+    assert len(set(live.live)) == 11

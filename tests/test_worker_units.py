@@ -115,6 +115,39 @@ async def test_stop_wakes_a_loop_waiting_for_a_free_slot() -> None:
     await loop.drain(0)
 
 
+class RecordingQueue(OneItemQueue):
+    def __init__(self) -> None:
+        super().__init__()
+        self.released: list[tuple[str, float]] = []
+
+    async def release(self, items: list[Claimed], delay_seconds: float = 0.0) -> None:
+        self.released += [(claimed.id, delay_seconds) for claimed in items]
+
+
+class OneSlowHostLoop(ClaimLoop):
+    name = "one-slow-host"
+
+    async def handle(self, claimed: Claimed) -> None:
+        await self.limited("slow.example", asyncio.Event().wait)
+
+
+async def test_one_slow_host_holds_at_most_half_the_slots() -> None:
+    """Items beyond a host's share go back to the schedule for a moment instead of filling
+    every slot (and starving every other host)."""
+    queue = RecordingQueue()
+    loop = OneSlowHostLoop(queue, concurrency=8, lease_seconds=30, host_limit=1)
+    claiming = asyncio.create_task(loop._claim_until_stopped())
+    await asyncio.sleep(0.3)
+    loop.stop()
+    await asyncio.wait_for(claiming, 1)
+
+    assert loop.host_limits is not None and loop.host_limits.users("slow.example") == 4
+    assert len(loop.in_flight) == 4
+    assert queue.released and all(0.5 <= delay <= 1.5 for _, delay in queue.released)
+    assert not any(loop.keeper.held.get(i) for i, _ in queue.released)
+    await loop.drain(0)
+
+
 class FailingQueue(OneItemQueue):
     """Every claim fails with an error a failover or a full Redis gives."""
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import secrets
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -26,6 +27,7 @@ from .retry import FailureStreak, outage_backoff
 
 logger = logging.getLogger(__name__)
 IDLE_SLEEP = 0.05
+DEFER_SECONDS = 1.0  # how long an item of a host over its share waits (±50 %)
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -79,6 +81,11 @@ class Abandoned(Exception):
     """The loop is stopping: the item was not started; its lease is given back."""
 
 
+class Deferred(Exception):
+    """The item's host already holds its share of this loop's slots: the item goes back to
+    the schedule for a moment, so one slow host cannot starve every other."""
+
+
 class HostLimits:
     """At most `limit` concurrent requests per host; a host's semaphore is dropped when unused."""
 
@@ -86,6 +93,10 @@ class HostLimits:
         self.limit = limit
         self._semaphores: dict[str, asyncio.Semaphore] = {}
         self._users: Counter[str] = Counter()
+
+    def users(self, host: str) -> int:
+        """Requests to `host` running or waiting for a slot."""
+        return self._users[host]
 
     async def run(self, host: str, work: Callable[[], Awaitable[T]]) -> T:
         semaphore = self._semaphores.setdefault(host, asyncio.Semaphore(self.limit))
@@ -118,6 +129,8 @@ class ClaimLoop(ABC):
         self.host_limits = (
             HostLimits(host_limit) if host_limit is not None and host_limit < concurrency else None
         )
+        # The most items one host may hold, running or queued: half the slots.
+        self.host_share = max(1, concurrency // 2)
         self.stopping = asyncio.Event()
         self.in_flight: set[asyncio.Task[None]] = set()
         self._slot_free = asyncio.Event()
@@ -212,6 +225,8 @@ class ClaimLoop(ABC):
 
         if self.host_limits is None:
             return await started()
+        if self.host_limits.users(host) >= self.host_share:
+            raise Deferred
         return await self.host_limits.run(host, started)
 
     async def write_while_held(self, claimed: Claimed, write: Callable[[], Awaitable[T]]) -> T:
@@ -234,6 +249,10 @@ class ClaimLoop(ABC):
             await self.handle(claimed)
         except Abandoned:
             return  # still held: given back when the loop ends
+        except Deferred:
+            self.keeper.drop(claimed)
+            await self._defer(claimed)
+            return
         except asyncio.CancelledError:
             # Cut off past the grace period, maybe after its request went out: let the lease
             # lapse rather than hand the item straight to another worker.
@@ -246,6 +265,13 @@ class ClaimLoop(ABC):
         else:
             self._item_failures.succeeded()
         self.keeper.drop(claimed)
+
+    async def _defer(self, claimed: Claimed) -> None:
+        delay = random.uniform(0.5, 1.5) * DEFER_SECONDS
+        try:
+            await self.queue.release([claimed], delay)
+        except Exception as exc:  # its lease lapses instead
+            self._item_failures.failed(exc)
 
     async def drain(self, grace_seconds: float) -> None:
         """Wait for work in flight up to the grace period, then cancel the rest."""
