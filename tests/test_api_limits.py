@@ -55,3 +55,14 @@ async def test_any_passing_redis_error_is_503_never_500(
     assert response.status_code == 503
     assert response.headers["retry-after"] == "1"
     assert "storage unavailable" in response.json()["detail"]
+
+
+def test_redis_commands_are_never_resent_by_the_client_library() -> None:
+    """redis-py's Retry re-sends a timed-out command by default, which may have run: a second
+    claim, rotation or cancel (item 3 of #8). Ours retries only what is safe, itself."""
+    from service.connection import connect
+
+    client = connect(Settings(redis_url="redis://127.0.0.1:1/0"))
+    connection = client.connection_pool.make_connection()
+
+    assert connection.retry.get_retries() == 0
