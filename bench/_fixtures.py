@@ -18,7 +18,7 @@ from service.models import Policy, WatchCreate
 from service.settings import Settings
 from service.store import Store
 from worker.poller import Poller
-from worker.process import Worker
+from worker.process import Worker, tune_gc
 
 TENANT = "bench"
 LOOPBACK = "127.0.0.0/8,::1/128"
@@ -112,7 +112,9 @@ def worker_env(cfg: Config, redis_url: str, namespace: str) -> dict[str, str]:
 
 @contextlib.asynccontextmanager
 async def in_process_worker(cfg: Config, redis_url: str, namespace: str) -> AsyncIterator[Poller]:
-    """A worker running in this process, for as long as the block; yields its poller."""
+    """A worker running in this process, for as long as the block; yields its poller. The
+    process gets the garbage-collector settings of `vtwatch worker`, as measured elsewhere."""
+    tune_gc()
     worker = Worker(Settings(**worker_settings(cfg, redis_url, namespace)))
     task = asyncio.create_task(worker.run())
     try:

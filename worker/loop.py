@@ -223,8 +223,8 @@ class ClaimLoop(ABC):
                 raise Abandoned
             return await work()
 
-        if self.host_limits is None:
-            return await started()
+        if self.host_limits is None:  # no queue to wait in: nothing to abandon either
+            return await work()
         if self.host_limits.users(host) >= self.host_share:
             raise Deferred
         return await self.host_limits.run(host, started)
