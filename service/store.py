@@ -183,17 +183,10 @@ class Store:
         ended = [i for i, (_, doc) in enumerate(polls) if doc["state"] != WatchState.PENDING]
         calls = [self._finish(*polls[i]) for i in ended]
         if pending:
-            items = [
-                [claimed.id, claimed.token, doc["next_poll_at"], encode(doc)]
-                for claimed, doc in (polls[i] for i in pending)
-            ]
-            calls.append(
-                (
-                    self._scripts["record"],
-                    [self.keys.schedule, self.keys.leases],
-                    [self.keys.watch_prefix, encode(items)],
-                )
-            )
+            args: list[Any] = [self.keys.watch_prefix]
+            for claimed, doc in (polls[i] for i in pending):
+                args += [claimed.id, claimed.token, doc["next_poll_at"], encode(doc)]
+            calls.append((self._scripts["record"], [self.keys.schedule, self.keys.leases], args))
         results = await self._run_scripts(calls)
         saved = [False] * len(polls)
         for i, done in zip(ended, results, strict=False):

@@ -1,18 +1,17 @@
 -- Record polls of pending watches and schedule their next ones, each fenced by its lease.
 -- KEYS: schedule, leases
--- ARGV: watch key prefix, JSON array of [id, token, due (ms, Redis time), doc JSON] items
+-- ARGV: watch key prefix, then per poll: id, token, due (ms, Redis time), doc JSON
 -- Returns, in order, 1 per saved poll and 0 per lost lease (that watch is left unchanged).
-local items = cjson.decode(ARGV[2])
 local saved = {}
-for i, item in ipairs(items) do
-  local id = item[1]
-  if holds_lease(KEYS[2], id, item[2]) then
-    redis.call('SET', ARGV[1] .. id, item[4])
-    redis.call('ZADD', KEYS[1], item[3], id)
+for i = 2, #ARGV, 4 do
+  local id = ARGV[i]
+  if holds_lease(KEYS[2], id, ARGV[i + 1]) then
+    redis.call('SET', ARGV[1] .. id, ARGV[i + 3])
+    redis.call('ZADD', KEYS[1], ARGV[i + 2], id)
     redis.call('HDEL', KEYS[2], id)
-    saved[i] = 1
+    saved[#saved + 1] = 1
   else
-    saved[i] = 0
+    saved[#saved + 1] = 0
   end
 end
 return saved
