@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,14 +11,17 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware import Middleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import routes, webhook_routes
 from .connection import connect
 from .deps import StoreDep
 from .errors import ServiceError
 from .gate import Authenticate, LimitBody
+from .metrics import DUE_BACKLOG, HTTP_DURATION, OLDEST_DUE_AGE
 from .models import Health
 from .outbox import Outbox
 from .settings import Settings
@@ -55,8 +59,13 @@ def create_app(settings: Settings | None = None, redis: aioredis.Redis | None = 
         version="1",
         summary="Register translation jobs to watch; get told when they end.",
         lifespan=lifespan,
-        # Outermost first: the key is checked before the body is read, then the body is capped.
-        middleware=[Middleware(Authenticate, settings=settings), Middleware(LimitBody)],
+        # Outermost first: every request is timed; the key is checked before the body is read,
+        # then the body is capped.
+        middleware=[
+            Middleware(TimeRequests),
+            Middleware(Authenticate, settings=settings),
+            Middleware(LimitBody),
+        ],
     )
     app.include_router(routes.router)
     app.include_router(webhook_routes.router)
@@ -77,7 +86,47 @@ def create_app(settings: Settings | None = None, redis: aioredis.Redis | None = 
             return Health(status="unavailable")
         return Health(status="ok")
 
+    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
+    async def metrics(store: StoreDep) -> PlainTextResponse:
+        """Prometheus metrics of this process, and the schedule's backlog read from Redis."""
+        try:
+            backlog, oldest = await store.due_backlog()
+        except (RedisError, OSError) as exc:
+            logger.warning("metrics: the due backlog could not be read: %s", exc)
+            backlog, oldest = -1, -1.0  # unknown: the gauges say so rather than go stale
+        DUE_BACKLOG.set(backlog)
+        OLDEST_DUE_AGE.set(oldest)
+        return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
     return app
+
+
+class TimeRequests:
+    """Observes every HTTP request's duration by method, route template and status class (no
+    paths, ids or tenants: bounded labels)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status_code = time.perf_counter(), 500
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status_code
+            if message["type"] == "http.response.start":
+                status_code = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            HTTP_DURATION.labels(scope["method"], route, f"{status_code // 100}xx").observe(
+                time.perf_counter() - started
+            )
 
 
 def _add_error_handlers(app: FastAPI) -> None:

@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 
 from .deps import SettingsDep, StoreDep, TenantDep
 from .domain import WatchState
+from .metrics import WATCHES_FINISHED, WATCHES_REGISTERED
 from .models import (
     StatusSummary,
     Watch,
@@ -69,7 +70,9 @@ async def register_watch(
         idempotency_key=idempotency_key,
         fingerprint=fingerprint,
     )
-    if not created:
+    if created:
+        WATCHES_REGISTERED.inc()
+    else:
         response.status_code = status.HTTP_200_OK
     return render_watch(doc)
 
@@ -112,7 +115,9 @@ async def list_watches(
 )
 async def cancel_watch(watch_id: WatchId, store: StoreDep, tenant: TenantDep) -> Watch:
     """Stop watching; the watch ends as `cancelled` (no webhook is sent)."""
-    return render_watch(await store.cancel(tenant, watch_id))
+    doc = await store.cancel(tenant, watch_id)
+    WATCHES_FINISHED.labels(WatchState.CANCELLED.value).inc()
+    return render_watch(doc)
 
 
 @router.get("/status")

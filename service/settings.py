@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     idempotency_ttl_seconds: int = Field(86400, ge=60)
     webhook_retry_schedule: Annotated[tuple[float, ...], NoDecode] = DEFAULT_WEBHOOK_SCHEDULE
     webhook_timeout: float = Field(15.0, gt=0, le=300)
+    metrics_port: int = Field(
+        9464, ge=0, le=65535, description="a worker's /metrics and /healthz port; 0: off"
+    )
+    metrics_host: str = Field("0.0.0.0", description="the address a worker's port listens on")
     min_poll_interval: float = Field(
         1.0, ge=0.01, le=3600, description="the floor of every poll delay, hints included"
     )

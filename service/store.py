@@ -166,6 +166,16 @@ class Store:
             raise WatchConflict(watch_id, f"has already ended: it is {doc['state']}")
         return doc
 
+    async def due_backlog(self) -> tuple[int, float]:
+        """How many watches are due and unclaimed, and how long the oldest has waited (s)."""
+        now = await self.server_time_ms()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcount(self.keys.schedule, "-inf", now)
+            pipe.zrange(self.keys.schedule, 0, 0, withscores=True)
+            count, head = await pipe.execute()
+        oldest = (now - head[0][1]) / 1000 if head and head[0][1] <= now else 0.0
+        return int(count), oldest
+
     async def counts(self, tenant: str) -> dict[str, int]:
         raw = cast(dict[str, str], await self.redis.hgetall(self.keys.counts(tenant)))
         return {field: int(value) for field, value in raw.items()}

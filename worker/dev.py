@@ -52,7 +52,7 @@ async def run_dev(settings: Settings, host: str, port: int, *, demo: bool = Fals
         create_app(settings, redis=redis), host=host, port=port, access_log=False
     )
     server = _Server(config)
-    worker = Worker(settings, redis)
+    worker = Worker(settings, redis, serve_metrics=False)  # the API serves /metrics
 
     requested: list[bool] = []  # a signal asked to stop
 

@@ -20,6 +20,7 @@ from client.upstream import DestinationRefused, describe_exception, parse_retry_
 from client.webhooks import signature_header
 from service.domain import WatchDoc, WebhookState
 from service.leases import Claimed
+from service.metrics import NOTIFY_LATENCY, WEBHOOK_ATTEMPTS, WEBHOOK_DURATION
 from service.models import render_watch, timestamp
 from service.outbox import Outbox, Outcome
 from service.settings import Settings
@@ -126,6 +127,11 @@ class Dispatcher(ClaimLoop):
             refused=sent.refused,
         )
         await self._record(claimed, sent, outcome, delay)
+        WEBHOOK_ATTEMPTS.labels(outcome).inc()
+        WEBHOOK_DURATION.observe(sent.latency_ms / 1000)
+        finished_at = doc["finished_at"]
+        if outcome == "delivered" and finished_at is not None:
+            NOTIFY_LATENCY.observe(max(0, self.server_now_ms() - finished_at) / 1000)
 
     async def _send(self, claimed: Claimed, url: str, body: bytes) -> Sent:
         """Sign and POST, once a host slot is ours: the lease is checked and the timestamp (Redis

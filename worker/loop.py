@@ -21,6 +21,7 @@ from typing import Generic, TypeVar
 from redis.exceptions import RedisError
 
 from service.leases import Claimed, LeasedQueue
+from service.metrics import LEASES_LOST
 
 from .leases import LeaseKeeper
 from .retry import FailureStreak, outage_backoff
@@ -139,6 +140,7 @@ class ClaimLoop(ABC):
         self._clock_offset_ms = 0.0  # Redis time minus this process's monotonic time
         self._token_prefix = secrets.token_hex(6)
         self._claims = 0
+        self.heartbeat = 0.0  # monotonic time the loop last showed progress (see `stuck_for`)
         self._claim_failures = FailureStreak(f"{self.name}: claiming", logger)
         self._item_failures = FailureStreak(f"{self.name}: handling claimed items", logger)
 
@@ -174,6 +176,7 @@ class ClaimLoop(ABC):
         token, lost_token = self._next_token(), None
         clock = asyncio.get_running_loop().time
         while not self.stopping.is_set():
+            self.heartbeat = clock()
             free = self.concurrency - len(self.in_flight)
             if free < self.claim_batch and self.in_flight:
                 self._slot_free.clear()
@@ -210,6 +213,13 @@ class ClaimLoop(ABC):
     def _done(self, task: asyncio.Task[None]) -> None:
         self.in_flight.discard(task)
         self._slot_free.set()
+        self.heartbeat = asyncio.get_running_loop().time()
+
+    def stuck_for(self) -> float:
+        """Seconds since the loop last claimed or finished anything (0 before it starts)."""
+        if not self.heartbeat:
+            return 0.0
+        return asyncio.get_running_loop().time() - self.heartbeat
 
     async def _nap(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -259,6 +269,7 @@ class ClaimLoop(ABC):
             self.keeper.drop(claimed)
             raise
         except LeaseLost:
+            LEASES_LOST.inc()
             logger.info("%s: lease on %s was lost; its new holder decides", self.name, claimed.id)
         except Exception as exc:  # the lease lapses and the item is tried again
             self._item_failures.failed(exc)

@@ -20,6 +20,13 @@ from client.backoff import next_poll_delay
 from client.upstream import Observation, Status, fetch_status
 from service.domain import WatchDoc, WatchState, WebhookState
 from service.leases import Claimed
+from service.metrics import (
+    INFLIGHT_POLLS,
+    POLL_DURATION,
+    POLLS,
+    SCHEDULE_LAG,
+    WATCHES_FINISHED,
+)
 from service.settings import Settings
 from service.store import Store
 
@@ -27,6 +34,9 @@ from .loop import ClaimLoop, LeaseLost, WriteBatch
 from .spec import SpecCache, WatchSpec
 
 logger = logging.getLogger(__name__)
+POLL_OUTCOMES = {
+    name: POLLS.labels(name) for name in ("pending", "completed", "error", "transient")
+}
 
 
 def advance(
@@ -92,13 +102,17 @@ class Poller(ClaimLoop):
         self.writes: WriteBatch[tuple[Claimed, WatchDoc], bool] = WriteBatch(store.save)
         self.polls = 0
         self.lateness_ms: deque[int] = deque(maxlen=100_000)
+        INFLIGHT_POLLS.set_function(lambda: len(self.in_flight))
 
     async def handle(self, claimed: Claimed) -> None:
         doc = claimed.doc
         spec = self.specs.get(doc["spec"])
         if doc["next_poll_at"] is not None:
-            self.lateness_ms.append(self.server_now_ms() - doc["next_poll_at"])
+            lateness_ms = self.server_now_ms() - doc["next_poll_at"]
+            self.lateness_ms.append(lateness_ms)
+            SCHEDULE_LAG.observe(max(0, lateness_ms) / 1000)
         seen = await self.limited(spec.host, lambda: self._fetch(claimed, spec))
+        POLL_OUTCOMES[seen.status.value if seen.status is not None else "transient"].inc()
         if self.keeper.taken(claimed):
             raise LeaseLost(claimed.id)
         now_ms = self.server_now_ms()
@@ -110,11 +124,16 @@ class Poller(ClaimLoop):
         self.polls += 1
         if not await self.write_while_held(claimed, lambda: self.writes.add((claimed, updated))):
             raise LeaseLost(claimed.id)
+        if updated["state"] != WatchState.PENDING:
+            WATCHES_FINISHED.labels(updated["state"]).inc()
 
     async def _fetch(self, claimed: Claimed, spec: WatchSpec) -> Observation:
         """One request; anything unexpected is a transient failure (the deadline still holds)."""
         try:
-            return await fetch_status(self.session, spec.status_url, self.settings.request_timeout)
+            with POLL_DURATION.time():
+                return await fetch_status(
+                    self.session, spec.status_url, self.settings.request_timeout
+                )
         except Exception:
             logger.exception("poller: polling the upstream of %s failed", claimed.id)
             return unexpected("polling the upstream")

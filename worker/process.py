@@ -24,6 +24,7 @@ from service.settings import Settings
 from service.ssrf import guarded_connector
 from service.store import Store
 
+from . import health
 from .dispatcher import Dispatcher
 from .loop import ClaimLoop
 from .poller import Poller
@@ -40,9 +41,13 @@ class Worker:
         settings: Settings,
         redis: aioredis.Redis | None = None,
         roles: Iterable[str] = ROLES,
+        *,
+        serve_metrics: bool = True,
     ) -> None:
         self.settings = settings
         self.roles = frozenset(roles)
+        # `vtwatch dev` serves the metrics on its API instead (one process, one registry).
+        self.serve_metrics = serve_metrics and settings.metrics_port != 0
         self._redis = redis
         self.stopping = asyncio.Event()
         self.poller: Poller | None = None
@@ -103,6 +108,11 @@ class Worker:
                     self.stop()
                 sweeper = asyncio.create_task(self._sweep(store))
                 loops = [asyncio.create_task(self._run_loop(loop)) for loop in self.loops]
+                endpoint = (
+                    await health.start(self.loops, settings.metrics_host, settings.metrics_port)
+                    if self.serve_metrics
+                    else None
+                )
                 try:
                     await asyncio.gather(*loops)
                 finally:
@@ -111,6 +121,8 @@ class Worker:
                     sweeper.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await sweeper
+                    if endpoint is not None:
+                        await endpoint.cleanup()
         finally:
             if self._redis is None:
                 await redis.aclose()

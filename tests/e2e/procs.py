@@ -64,6 +64,8 @@ def service_env(redis_url: str, namespace: str, **settings: object) -> dict[str,
         "VTW_ALLOWED_NETWORKS": ALLOWED_NETWORKS,
         # The tests' fast policies poll every 0.1 s; production's floor is 1 s.
         "VTW_MIN_POLL_INTERVAL": "0.05",
+        # Several workers run at once: each serves metrics only where a test asks for it.
+        "VTW_METRICS_PORT": "0",
     }
     env |= {f"VTW_{name.upper()}": str(value) for name, value in settings.items()}
     return env
