@@ -16,10 +16,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import routes, webhook_routes
+from . import event_routes, routes, webhook_routes
 from .connection import connect
 from .deps import StoreDep
 from .errors import ServiceError
+from .events import EventHub
 from .gate import Authenticate, LimitBody
 from .metrics import DUE_BACKLOG, HTTP_DURATION, OLDEST_DUE_AGE
 from .models import Health
@@ -48,9 +49,11 @@ def create_app(settings: Settings | None = None, redis: aioredis.Redis | None = 
             max_active_watches=settings.max_active_watches,
         )
         app.state.outbox = Outbox(client, namespace=settings.namespace)
+        app.state.events = EventHub(client, app.state.store.keys.events)
         try:
             yield
         finally:
+            await app.state.events.aclose()
             if redis is None:
                 await client.aclose()
 
@@ -69,6 +72,7 @@ def create_app(settings: Settings | None = None, redis: aioredis.Redis | None = 
     )
     app.include_router(routes.router)
     app.include_router(webhook_routes.router)
+    app.include_router(event_routes.router)
     _add_error_handlers(app)
 
     @app.get("/healthz", tags=["health"])

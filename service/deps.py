@@ -8,6 +8,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from .auth import tenant_for
+from .events import EventHub
 from .gate import TENANT_SCOPE_KEY
 from .outbox import Outbox
 from .settings import Settings
@@ -29,7 +30,13 @@ def get_outbox(request: Request) -> Outbox:
     return outbox
 
 
+def get_events(request: Request) -> EventHub:
+    hub: EventHub = request.app.state.events
+    return hub
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+EventsDep = Annotated[EventHub, Depends(get_events)]
 StoreDep = Annotated[Store, Depends(get_store)]
 OutboxDep = Annotated[Outbox, Depends(get_outbox)]
 

@@ -17,6 +17,7 @@ All keys share the hash tag `{namespace}`, so every script's keys live in one Re
                                          until when (ms) a rotated-out one still signs, `rotation`
                                          -> the request id of the last rotation
     vtw:{ns}:idem:<tenant>:<hash>  STRING idempotency key -> "<id> <body fingerprint>"
+    vtw:{ns}:events                PUBSUB channel (not a key): the id of each watch just saved
 """
 
 from __future__ import annotations
@@ -57,6 +58,10 @@ class Keys:
     @property
     def outbox(self) -> str:
         return self.prefix + "outbox"
+
+    @property
+    def events(self) -> str:
+        return self.prefix + "events"
 
     @property
     def watch_prefix(self) -> str:

@@ -157,7 +157,13 @@ class Store:
     async def cancel(self, tenant: str, watch_id: str) -> WatchDoc:
         """End a pending watch as cancelled (safe to repeat: one request id for every try)."""
         keys = self._end_keys(watch_id, tenant, WatchState.CANCELLED)
-        args: list[str | int] = [watch_id, tenant, self.retention_ms, secrets.token_hex(8)]
+        args: list[str | int] = [
+            watch_id,
+            tenant,
+            self.retention_ms,
+            secrets.token_hex(8),
+            self.keys.events,
+        ]
         result = await retry_idempotent(lambda: self._scripts["cancel"](keys=keys, args=args))
         if result[0] == "missing":
             raise WatchNotFound(watch_id)
@@ -193,7 +199,7 @@ class Store:
         ended = [i for i, (_, doc) in enumerate(polls) if doc["state"] != WatchState.PENDING]
         calls = [self._finish(*polls[i]) for i in ended]
         if pending:
-            args: list[Any] = [self.keys.watch_prefix]
+            args: list[Any] = [self.keys.watch_prefix, self.keys.events]
             for claimed, doc in (polls[i] for i in pending):
                 args += [claimed.id, claimed.token, doc["next_poll_at"], encode(doc)]
             calls.append((self._scripts["record"], [self.keys.schedule, self.keys.leases], args))
@@ -247,6 +253,7 @@ class Store:
             doc["state"],
             self.retention_ms,
             "1" if has_webhook else "0",
+            self.keys.events,
         ]
         return (
             self._scripts["finish"],

@@ -1,7 +1,7 @@
 -- Cancel a pending watch of the tenant. A worker holding its lease loses it (fencing).
 -- Safe to repeat: a cancel that already ran with this request id answers 'cancelled' again.
 -- KEYS: schedule, leases, doc, index:pending, index:cancelled, counts, expiry, outbox
--- ARGV: id, tenant, retention_ms, request id
+-- ARGV: id, tenant, retention_ms, request id, events channel
 -- Returns {'cancelled', doc} | {'conflict', doc} | {'missing'}
 local raw = redis.call('GET', KEYS[3])
 if not raw then
@@ -24,5 +24,5 @@ doc.finished_at = now
 doc.next_poll_at = cjson.null
 doc.cancel_request = ARGV[4]
 local encoded = cjson.encode(doc)
-end_watch(KEYS, ARGV[1], encoded, 'cancelled', now, tonumber(ARGV[3]), false)
+end_watch(KEYS, ARGV[1], encoded, 'cancelled', now, tonumber(ARGV[3]), false, ARGV[5])
 return {'cancelled', encoded}

@@ -1,0 +1,155 @@
+"""Server-Sent Events of one watch: `event: poll` per observed poll, `event: state` per state
+change, each with an `id:` and the Watch as JSON `data:`; heartbeat comments; the stream ends
+after the terminal state.
+
+Nothing is kept in Redis for this: the scripts that save a watch PUBLISH its id on one channel
+per namespace, and one subscription per API process (`EventHub`) wakes the streams that follow
+that watch; a woken stream reads the watch once and emits what changed. A stream also re-reads
+on every heartbeat, so a missed notification (a lost subscription) delays an event by one
+heartbeat at most. Event ids are `<ms>-<kind>` (kind 0 a poll, 1 a state), ordered like the
+events: `Last-Event-ID` resumes after one; a resumed stream whose polls it missed gets the
+latest poll (the current snapshot), since older ones are not kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterator
+
+import redis.asyncio as aioredis
+
+from .domain import WatchDoc, WatchState
+from .errors import WatchNotFound
+from .models import render_watch
+from .store import Store
+
+logger = logging.getLogger(__name__)
+HEARTBEAT_SECONDS = 15.0
+EventKey = tuple[int, int]
+POLL, STATE = 0, 1
+
+
+class EventHub:
+    """One Pub/Sub subscription per API process, fanned out to the streams in it. Subscribed
+    only while a stream is open."""
+
+    def __init__(self, redis: aioredis.Redis, channel: str) -> None:
+        self.redis = redis
+        self.channel = channel
+        self._waiting: dict[str, set[asyncio.Event]] = {}
+        self._someone = asyncio.Event()  # set while anyone follows a watch
+        self._listener: asyncio.Task[None] | None = None
+
+    @contextlib.contextmanager
+    def follow(self, watch_id: str) -> Iterator[asyncio.Event]:
+        """An event set whenever `watch_id` is saved, for the life of the block."""
+        changed = asyncio.Event()
+        self._waiting.setdefault(watch_id, set()).add(changed)
+        self._someone.set()
+        if self._listener is None:
+            self._listener = asyncio.create_task(self._listen())
+        try:
+            yield changed
+        finally:
+            waiting = self._waiting[watch_id]
+            waiting.discard(changed)
+            if not waiting:
+                del self._waiting[watch_id]
+
+    async def _listen(self) -> None:
+        """Relay notifications while anyone follows (unsubscribed otherwise); back off and
+        subscribe again after any error."""
+        failures = 0
+        while True:
+            await self._someone.wait()
+            try:
+                async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(self.channel)
+                    self._wake_all()  # anything saved while we were not listening
+                    failures = 0
+                    while self._waiting:
+                        message = await pubsub.get_message(timeout=1.0)
+                        if message is not None:
+                            self._wake(message["data"])
+            except Exception as exc:  # any Redis state: the streams fall back on heartbeats
+                failures += 1
+                if failures == 1:
+                    logger.warning("event subscription failed (%s); retrying", exc)
+                await asyncio.sleep(min(5.0, 0.1 * 2**failures))
+            if not self._waiting:
+                self._someone.clear()
+
+    def _wake(self, watch_id: str | bytes) -> None:
+        key = watch_id.decode() if isinstance(watch_id, bytes) else watch_id
+        for changed in self._waiting.get(key, ()):
+            changed.set()
+
+    def _wake_all(self) -> None:
+        for waiting in self._waiting.values():
+            for changed in waiting:
+                changed.set()
+
+    async def aclose(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+
+
+def parse_event_id(value: str | None) -> EventKey | None:
+    """`<ms>-<kind>` as sent in `id:`; None for anything else (then the stream starts afresh)."""
+    if not value:
+        return None
+    ms, _, kind = value.strip().partition("-")
+    if not (ms.isdigit() and kind in ("0", "1")) or len(ms) > 16:
+        return None
+    return int(ms), int(kind)
+
+
+def current_events(doc: WatchDoc) -> list[tuple[EventKey, str]]:
+    """The events a document stands for now, in order: its last poll, then its state."""
+    events: list[tuple[EventKey, str]] = []
+    if doc["attempts"] and doc["last_polled_at"] is not None:
+        events.append(((doc["last_polled_at"], POLL), "poll"))
+    state_at = doc["finished_at"] if doc["finished_at"] is not None else doc["created_at"]
+    events.append(((state_at, STATE), "state"))
+    return sorted(events)
+
+
+def format_event(key: EventKey, name: str, doc: WatchDoc) -> str:
+    data = render_watch(doc).model_dump_json()
+    return f"id: {key[0]}-{key[1]}\nevent: {name}\ndata: {data}\n\n"
+
+
+async def stream(
+    store: Store, hub: EventHub, tenant: str, doc: WatchDoc, after: EventKey | None
+) -> AsyncIterator[str]:
+    """The event stream of one watch, from `doc` (already read for this tenant) on."""
+    yield f"retry: {int(HEARTBEAT_SECONDS * 1000)}\n\n"
+    with hub.follow(doc["id"]) as changed:
+        sent = after
+        if sent is None:  # a fresh stream starts with the watch as it is now
+            key, _ = current_events(doc)[-1]
+            yield format_event(key, "state", doc)
+            sent = max(key for key, _ in current_events(doc))
+        while True:
+            for key, name in current_events(doc):
+                if key > sent:
+                    yield format_event(key, name, doc)
+                    sent = key
+            if doc["state"] != WatchState.PENDING:
+                return
+            try:
+                await asyncio.wait_for(changed.wait(), HEARTBEAT_SECONDS)
+            except TimeoutError:
+                yield ": heartbeat\n\n"
+            changed.clear()
+            try:
+                doc = await store.get(tenant, doc["id"])
+            except WatchNotFound:
+                return  # deleted (retention): nothing more will happen
+            except Exception as exc:  # Redis unavailable: say so, try at the next heartbeat
+                logger.warning("event stream of %s: reading the watch failed: %s", doc["id"], exc)
+                yield ": storage unavailable, retrying\n\n"

@@ -1,0 +1,130 @@
+"""Server-Sent Events of a watch (issue 9, item 3): the stream generator against the store
+(fakeredis and real Redis) with a simulated worker, and the route's edges in process."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+from typing import Any
+
+import pytest
+
+from service.events import EventHub, parse_event_id, stream
+from service.models import WatchCreate
+from service.store import Store
+from tests.service_fixtures import ApiFactory
+
+from .test_store import TENANT, claim_one, save
+
+SPEC = WatchCreate.model_validate({"status_url": "http://translate-1:5000/status"}).spec()
+
+
+def parse(raw: str) -> list[dict[str, Any]]:
+    """The events of an SSE text (comments and `retry:` skipped)."""
+    events = []
+    for block in raw.strip().split("\n\n"):
+        fields = dict(
+            line.split(": ", 1)
+            for line in block.splitlines()
+            if not line.startswith((":", "retry"))
+        )
+        if fields:
+            events.append({**fields, "data": json.loads(fields["data"])})
+    return events
+
+
+async def collect(agen: Any, into: list[str]) -> None:
+    async for chunk in agen:
+        into.append(chunk)
+
+
+async def wait_for(condition: Any, seconds: float = 5.0) -> None:
+    for _ in range(int(seconds / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("timed out")
+
+
+async def test_a_stream_follows_a_watch_from_pending_to_completed(store: Store) -> None:
+    doc, _ = await store.register(TENANT, SPEC, 3600)
+    hub = EventHub(store.redis, store.keys.events)
+    chunks: list[str] = []
+    following = asyncio.create_task(collect(stream(store, hub, TENANT, doc, None), chunks))
+    try:
+        await wait_for(lambda: len(parse("".join(chunks))) == 1)
+        claimed = await claim_one(store)
+        polled = copy.deepcopy(claimed.doc)
+        now = await store.server_time_ms()
+        polled.update(attempts=1, last_polled_at=now, updated_at=now, next_poll_at=now + 60_000)
+        polled["last_result"] = "pending"
+        assert await save(store, claimed, polled)
+        await wait_for(lambda: len(parse("".join(chunks))) == 2)
+        again = (await store.schedule.claim(10, 30, "t2", None)).watches
+        assert again == []  # not due: finish it through a fresh claim after making it due
+        await store.redis.zadd(store.keys.schedule, {claimed.id: now})
+        second = await claim_one(store)
+        done = copy.deepcopy(second.doc)
+        later = await store.server_time_ms() + 1
+        done.update(attempts=2, last_polled_at=later, updated_at=later, finished_at=later)
+        done.update(state="completed", last_result="completed", next_poll_at=None)
+        assert await save(store, second, done)
+        await asyncio.wait_for(following, 5)
+    finally:
+        following.cancel()
+        await hub.aclose()
+
+    events = parse("".join(chunks))
+    assert [(e["event"], e["data"]["state"], e["data"]["attempts"]) for e in events] == [
+        ("state", "pending", 0),
+        ("poll", "pending", 1),
+        ("poll", "completed", 2),
+        ("state", "completed", 2),
+    ]
+    ids = [parse_event_id(e["id"]) for e in events]
+    assert ids == sorted(ids) and len(set(ids)) == 4
+
+
+async def test_resuming_after_an_event_sends_only_later_ones(store: Store) -> None:
+    doc, _ = await store.register(TENANT, SPEC, 3600)
+    cancelled = await store.cancel(TENANT, doc["id"])
+    hub = EventHub(store.redis, store.keys.events)
+    try:
+        fresh = [c async for c in stream(store, hub, TENANT, cancelled, None)]
+        (last,) = parse("".join(fresh))
+        after = parse_event_id(last["id"])
+        resumed = [c async for c in stream(store, hub, TENANT, cancelled, after)]
+        older = [c async for c in stream(store, hub, TENANT, cancelled, (doc["created_at"], 1))]
+    finally:
+        await hub.aclose()
+
+    assert last["event"] == "state" and last["data"]["state"] == "cancelled"
+    assert parse("".join(resumed)) == []
+    assert [e["event"] for e in parse("".join(older))] == ["state"]
+
+
+@pytest.mark.parametrize("value", [None, "", "x", "12-3", "-1", "1-", "9" * 17 + "-0", "1-0-0"])
+def test_a_malformed_last_event_id_starts_afresh(value: str | None) -> None:
+    assert parse_event_id(value) is None
+
+
+async def test_the_route_streams_a_finished_watch_and_ends(make_api: ApiFactory) -> None:
+    api = await make_api()
+    created = (await api.post("/v1/watches", json={"status_url": SPEC["status_url"]})).json()
+    await api.delete(f"/v1/watches/{created['id']}")
+
+    whole = await api.get(f"/v1/watches/{created['id']}/events")
+    (event,) = parse(whole.text)
+    resumed = await api.get(
+        f"/v1/watches/{created['id']}/events", headers={"Last-Event-ID": event["id"]}
+    )
+    by_query = await api.get(
+        f"/v1/watches/{created['id']}/events", params={"last_event_id": event["id"]}
+    )
+
+    assert whole.status_code == 200
+    assert whole.headers["content-type"].startswith("text/event-stream")
+    assert event["event"] == "state" and event["data"]["state"] == "cancelled"
+    assert parse(resumed.text) == [] and parse(by_query.text) == []
+    assert (await api.get("/v1/watches/w_000000000000nosuchwatch/events")).status_code == 404
