@@ -41,6 +41,12 @@ class EventHub:
         self._waiting: dict[str, set[asyncio.Event]] = {}
         self._someone = asyncio.Event()  # set while anyone follows a watch
         self._listener: asyncio.Task[None] | None = None
+        self.closed = False  # the server is shutting down: streams end
+
+    def close_streams(self) -> None:
+        """End every open stream now (shutdown), and any opened later."""
+        self.closed = True
+        self._wake_all()
 
     @contextlib.contextmanager
     def follow(self, watch_id: str) -> Iterator[asyncio.Event]:
@@ -139,13 +145,16 @@ async def stream(
                 if key > sent:
                     yield format_event(key, name, doc)
                     sent = key
-            if doc["state"] != WatchState.PENDING:
+            if doc["state"] != WatchState.PENDING or hub.closed:
                 return
             try:
                 await asyncio.wait_for(changed.wait(), HEARTBEAT_SECONDS)
             except TimeoutError:
                 yield ": heartbeat\n\n"
             changed.clear()
+            if hub.closed:
+                yield ": the server is shutting down; reconnect with Last-Event-ID\n\n"
+                return
             try:
                 doc = await store.get(tenant, doc["id"])
             except WatchNotFound:

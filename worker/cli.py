@@ -34,20 +34,19 @@ def _configure_logging(level: str) -> None:
 
 
 def _api(args: argparse.Namespace) -> None:
-    import uvicorn
-
     from service.app import create_app
     from service.auth import check_key_length, check_open_mode
+    from service.server import serve
 
     settings = Settings()
     check_open_mode(settings, args.host)
     check_key_length(settings, args.host)
-    uvicorn.run(
+    serve(
         create_app(settings),
-        host=args.host,
-        port=args.port,
+        args.host,
+        args.port,
         log_level=args.log_level,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+        grace_seconds=settings.shutdown_grace_seconds,
     )
 
 

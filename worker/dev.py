@@ -22,6 +22,7 @@ from client.simulator import create_app as create_simulator
 from service.app import create_app
 from service.auth import OPEN_TENANT, check_key_length, check_open_mode
 from service.connection import connect
+from service.server import close_streams
 from service.settings import Settings
 
 from .process import Worker
@@ -48,15 +49,16 @@ async def run_dev(settings: Settings, host: str, port: int, *, demo: bool = Fals
         update={"allowed_networks": [*settings.allowed_networks, *LOOPBACK]}
     )
     redis = connect(settings)
-    config = uvicorn.Config(
-        create_app(settings, redis=redis), host=host, port=port, access_log=False
-    )
+    app = create_app(settings, redis=redis)
+    config = uvicorn.Config(app, host=host, port=port, access_log=False)
     server = _Server(config)
     worker = Worker(settings, redis, serve_metrics=False)  # the API serves /metrics
+    loop = asyncio.get_running_loop()
 
     requested: list[bool] = []  # a signal asked to stop
 
     def stop() -> None:
+        close_streams(app, loop)
         server.should_exit = True
         worker.stop()
 
@@ -64,7 +66,6 @@ async def run_dev(settings: Settings, host: str, port: int, *, demo: bool = Fals
         requested.append(True)
         stop()
 
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     serving = asyncio.create_task(server.serve())
