@@ -9,6 +9,7 @@ import logging
 from .backoff import BackoffPolicy
 from .errors import ClientError, ConfigurationError
 from .polling import PollResult, StatusUpdate, VideoTranslationClient
+from .service import Event, ServiceAPIError, StatusSummary, Watch, WatchServiceClient
 from .upstream import TERMINAL, Observation, Status, classify_response, parse_retry_after
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
@@ -18,11 +19,16 @@ __all__ = [
     "BackoffPolicy",
     "ClientError",
     "ConfigurationError",
+    "Event",
     "Observation",
     "PollResult",
+    "ServiceAPIError",
     "Status",
+    "StatusSummary",
     "StatusUpdate",
     "VideoTranslationClient",
+    "Watch",
+    "WatchServiceClient",
     "classify_response",
     "parse_retry_after",
 ]

@@ -80,8 +80,14 @@ def _watch(args: argparse.Namespace) -> None:
     watch.main(args)
 
 
+def _follow(args: argparse.Namespace) -> None:
+    from client import follow
+
+    follow.main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from client import demo, simulator, watch
+    from client import demo, follow, simulator, watch
 
     parser = argparse.ArgumentParser(
         prog="vtwatch", description="Know when long-running translation jobs finish."
@@ -133,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     wat = commands.add_parser("watch", help="poll one status URL from the terminal")
     watch.add_arguments(wat)
     wat.set_defaults(func=_watch)
+
+    fol = commands.add_parser("follow", help="follow a watch of the service to its end")
+    follow.add_arguments(fol)
+    fol.set_defaults(func=_follow)
     return parser
 
 

@@ -176,8 +176,10 @@ class Processes:
         self.procs.append(proc)
         return proc
 
-    async def start_api(self, env: dict[str, str], name: str = "api") -> tuple[Proc, str]:
-        port = free_port()
+    async def start_api(
+        self, env: dict[str, str], name: str = "api", port: int | None = None
+    ) -> tuple[Proc, str]:
+        port = port or free_port()
         args = [*vtwatch(), "--log-level", "warning", "api", "--host", "127.0.0.1"]
         proc = self.start(name, [*args, "--port", str(port)], env)
         url = f"http://127.0.0.1:{port}"

@@ -1,0 +1,264 @@
+"""`WatchServiceClient`: an async SDK for the watch service's HTTP API (v1).
+
+    async with WatchServiceClient("http://127.0.0.1:8000", api_key) as service:
+        watch = await service.register("https://translate.example/jobs/1/status")
+        async for event in service.events(watch.id):
+            print(event.name, event.watch.state)
+
+Results are typed (`Watch`, `StatusSummary`, `Event`); an error answer raises `ServiceAPIError`
+carrying the HTTP status and the API's `detail`. `events` resumes by itself (with
+`Last-Event-ID`) after a dropped connection, until the watch ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+
+from .errors import ClientError
+
+TERMINAL_STATES = frozenset({"completed", "error", "timeout", "cancelled"})
+RECONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0)  # between attempts to resume a dropped event stream
+
+
+class ServiceAPIError(ClientError):
+    """The service answered with an error: `status` (HTTP) and its `detail`."""
+
+    def __init__(self, status: int, detail: Any) -> None:
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    state: str
+    attempts: int
+    last_status_code: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Watch:
+    """A watch as the API renders it (times are RFC 3339 strings, as sent)."""
+
+    id: str
+    state: str
+    reason: str | None
+    status_url: str
+    webhook_url: str | None
+    metadata: dict[str, Any]
+    policy: dict[str, Any]
+    attempts: int
+    last_result: str | None
+    last_error: str | None
+    progress: float | None
+    created_at: str
+    updated_at: str
+    last_polled_at: str | None
+    next_poll_at: str | None
+    deadline: str
+    finished_at: str | None
+    webhook: Webhook
+
+    @property
+    def ended(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> Watch:
+        fields: dict[str, Any] = {name: body.get(name) for name in cls.__slots__}
+        fields["webhook"] = Webhook(**body["webhook"])
+        return cls(**fields)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusSummary:
+    total: int
+    by_state: dict[str, int]
+    webhooks: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One server-sent event: `name` is `poll` or `state`."""
+
+    id: str
+    name: str
+    watch: Watch
+
+
+@dataclass(slots=True)
+class _SSEParser:
+    """Lines of `text/event-stream` in, complete events out."""
+
+    fields: dict[str, str] = field(default_factory=dict)
+    data: list[str] = field(default_factory=list)
+
+    def feed(self, line: str) -> Event | None:
+        if line.startswith(":"):
+            return None
+        if line:
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if name == "data":
+                self.data.append(value)
+            else:
+                self.fields[name] = value
+            return None
+        event = None
+        if self.data:
+            watch = Watch.from_json(json.loads("\n".join(self.data)))
+            event = Event(self.fields.get("id", ""), self.fields.get("event", "message"), watch)
+        self.fields, self.data = {}, []
+        return event
+
+
+class WatchServiceClient:
+    """The watch service over HTTP. Use with `async with`, or call `close()`."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session = session
+        self._owned: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> WatchServiceClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._owned is not None:
+            await self._owned.close()
+            self._owned = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is not None:
+            return self._session
+        if self._owned is None:
+            self._owned = aiohttp.ClientSession(headers=self._headers)
+        return self._owned
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        headers = {**self._headers, **kwargs.pop("headers", {})}
+        async with self._http().request(
+            method, self.base_url + path, headers=headers, timeout=self._timeout, **kwargs
+        ) as response:
+            text = await response.text()
+            body = json.loads(text) if text else None
+            if response.status >= 400:
+                detail = body.get("detail") if isinstance(body, dict) else text[:200]
+                raise ServiceAPIError(response.status, detail)
+            return body
+
+    async def register(
+        self,
+        status_url: str,
+        *,
+        webhook_url: str | None = None,
+        policy: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Watch:
+        body: dict[str, Any] = {"status_url": status_url}
+        if webhook_url is not None:
+            body["webhook_url"] = webhook_url
+        if policy is not None:
+            body["policy"] = dict(policy)
+        if metadata is not None:
+            body["metadata"] = dict(metadata)
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return Watch.from_json(await self._call("POST", "/v1/watches", json=body, headers=headers))
+
+    async def get(self, watch_id: str) -> Watch:
+        return Watch.from_json(await self._call("GET", f"/v1/watches/{watch_id}"))
+
+    async def list(self, state: str | None = None, *, page_size: int = 100) -> AsyncIterator[Watch]:
+        """Every watch of the tenant, newest first, fetched a page at a time."""
+        cursor: str | None = None
+        while True:
+            params: dict[str, str | int] = {"limit": page_size}
+            if state is not None:
+                params["state"] = state
+            if cursor is not None:
+                params["cursor"] = cursor
+            page = await self._call("GET", "/v1/watches", params=params)
+            for item in page["items"]:
+                yield Watch.from_json(item)
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return
+
+    async def cancel(self, watch_id: str) -> Watch:
+        return Watch.from_json(await self._call("DELETE", f"/v1/watches/{watch_id}"))
+
+    async def retry_webhook(self, watch_id: str) -> None:
+        await self._call("POST", f"/v1/watches/{watch_id}/deliveries/retry")
+
+    async def status(self) -> StatusSummary:
+        body = await self._call("GET", "/v1/status")
+        return StatusSummary(body["total"], body["by_state"], body["webhooks"])
+
+    async def events(self, watch_id: str) -> AsyncIterator[Event]:
+        """The watch's events until it ends; a dropped connection is resumed from the last
+        event seen (a few tries with backoff, then the error is raised)."""
+        last_id: str | None = None
+        failures = 0
+        while True:
+            headers = {**self._headers, "Accept": "text/event-stream"}
+            if last_id:
+                headers["Last-Event-ID"] = last_id
+            try:
+                async with self._http().get(
+                    f"{self.base_url}/v1/watches/{watch_id}/events",
+                    headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=None, sock_read=60),
+                ) as response:
+                    if response.status >= 400:
+                        body = await response.text()
+                        try:
+                            detail = json.loads(body).get("detail")
+                        except (ValueError, AttributeError):
+                            detail = body[:200]
+                        raise ServiceAPIError(response.status, detail)
+                    parser = _SSEParser()
+                    async for raw in response.content:
+                        event = parser.feed(raw.decode().rstrip("\r\n"))
+                        if event is None:
+                            continue
+                        failures = 0
+                        last_id = event.id or last_id
+                        yield event
+                        if event.name == "state" and event.watch.ended:
+                            return
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                if failures >= len(RECONNECT_DELAYS):
+                    raise ServiceAPIError(0, f"event stream lost: {exc}") from exc
+                await asyncio.sleep(RECONNECT_DELAYS[failures])
+                failures += 1
+                continue
+            # The server closed the stream before the end (a restart): resume.
+            if failures >= len(RECONNECT_DELAYS):
+                raise ServiceAPIError(0, "event stream closed before the watch ended")
+            await asyncio.sleep(RECONNECT_DELAYS[failures])
+            failures += 1
