@@ -31,6 +31,8 @@ FENCED = re.compile(r"^```(\w*)\n(.*?)^```", flags=re.S | re.M)
 # `VTW_` variables the README may name that are not Settings fields: the file that reads each.
 NOT_SETTINGS = {
     "VTW_LOG_LEVEL": "worker/cli.py",  # --log-level's default
+    "VTW_API_URL": "client/follow.py",  # vtwatch follow --api's default
+    "VTW_API_KEY": "client/follow.py",  # vtwatch follow --key's default
     "VTW_TEST_REDIS_URL": "tests/service_fixtures.py",  # the test suite's Redis
 }
 
@@ -42,11 +44,13 @@ def blocks(language: str) -> list[str]:
 PYTHON = blocks("python")
 CLIENT_EXAMPLES = [block for block in PYTHON if "VideoTranslationClient(" in block]
 RECEIVERS = [block for block in PYTHON if "web.run_app(" in block]
+SDK_EXAMPLES = [block for block in PYTHON if "WatchServiceClient(" in block]
 
 
 def test_the_readme_has_the_blocks_these_tests_run() -> None:
-    assert len(CLIENT_EXAMPLES) == 2 and len(RECEIVERS) == 1
-    assert len(PYTHON) == len(CLIENT_EXAMPLES) + len(RECEIVERS)  # a new block: give it a test
+    assert len(CLIENT_EXAMPLES) == 2 and len(RECEIVERS) == 1 and len(SDK_EXAMPLES) == 1
+    # a new block: give it a test
+    assert len(PYTHON) == len(CLIENT_EXAMPLES) + len(RECEIVERS) + len(SDK_EXAMPLES)
 
 
 @pytest.mark.parametrize("index", range(len(PYTHON)))
@@ -168,6 +172,36 @@ def vtwatch_command_lines() -> list[str]:
         if match := re.match(r"\s*(?:[A-Za-z_]\w*=\S*\s+)*(vtwatch\b.*)", line):
             commands.append(shlex.join(shlex.split(match[1], comments=True)))
     return list(dict.fromkeys(commands))
+
+
+async def test_the_sdk_example_follows_a_watch_to_its_end(no_vtw_env: None) -> None:
+    """The SDK block against `vtwatch dev` (API + worker + embedded store) in this process."""
+    from worker.dev import run_dev
+
+    runner = web.AppRunner(create_app(SimulatorConfig(delay=1.0)), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    status_url = f"http://127.0.0.1:{runner.addresses[0][1]}/status"
+    port = free_port()
+    dev = asyncio.create_task(run_dev(Settings(), "127.0.0.1", port))
+    try:
+        async with httpx.AsyncClient(trust_env=False) as http:
+            for _ in range(200):
+                try:
+                    if (await http.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    await asyncio.sleep(0.05)
+        block = SDK_EXAMPLES[0].replace("http://127.0.0.1:8000", f"http://127.0.0.1:{port}")
+        namespace: dict[str, object] = {}
+        exec(compile(block, "README.md SDK block", "exec"), namespace)
+        follow_one = namespace["follow_one"]
+        assert callable(follow_one)
+        assert await asyncio.wait_for(follow_one(status_url), 30) == "completed"
+    finally:
+        dev.cancel()
+        await asyncio.gather(dev, return_exceptions=True)
+        await runner.cleanup()
 
 
 def test_the_readme_shows_vtwatch_commands() -> None:
