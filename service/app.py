@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -14,7 +13,6 @@ from fastapi.middleware import Middleware
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import event_routes, routes, webhook_routes
 from .connection import connect
@@ -22,8 +20,9 @@ from .deps import StoreDep
 from .errors import ServiceError
 from .events import EventHub
 from .gate import Authenticate, LimitBody
-from .metrics import DUE_BACKLOG, HTTP_DURATION, OLDEST_DUE_AGE
+from .metrics import DUE_BACKLOG, OLDEST_DUE_AGE
 from .models import Health
+from .observe import RequestIds, TimeRequests
 from .outbox import Outbox
 from .settings import Settings
 from .store import Store
@@ -62,10 +61,11 @@ def create_app(settings: Settings | None = None, redis: aioredis.Redis | None = 
         version="1",
         summary="Register translation jobs to watch; get told when they end.",
         lifespan=lifespan,
-        # Outermost first: every request is timed; the key is checked before the body is read,
-        # then the body is capped.
+        # Outermost first: every request is timed and gets a request id; the key is checked
+        # before the body is read, then the body is capped.
         middleware=[
             Middleware(TimeRequests),
+            Middleware(RequestIds),
             Middleware(Authenticate, settings=settings),
             Middleware(LimitBody),
         ],
@@ -103,34 +103,6 @@ def create_app(settings: Settings | None = None, redis: aioredis.Redis | None = 
         return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app
-
-
-class TimeRequests:
-    """Observes every HTTP request's duration by method, route template and status class (no
-    paths, ids or tenants: bounded labels)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started, status_code = time.perf_counter(), 500
-
-        async def send_and_note(message: Message) -> None:
-            nonlocal status_code
-            if message["type"] == "http.response.start":
-                status_code = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_note)
-        finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
-            HTTP_DURATION.labels(scope["method"], route, f"{status_code // 100}xx").observe(
-                time.perf_counter() - started
-            )
 
 
 def _add_error_handlers(app: FastAPI) -> None:

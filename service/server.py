@@ -38,5 +38,6 @@ def serve(app: FastAPI, host: str, port: int, *, log_level: str, grace_seconds: 
         port=port,
         log_level=log_level,
         timeout_graceful_shutdown=int(grace_seconds),
+        log_config=None,  # uvicorn's logs go through ours (service/logs.py)
     )
     Server(config).run()

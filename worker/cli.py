@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from collections.abc import Coroutine, Sequence
@@ -13,6 +12,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from client import ClientError
+from service import logs
 from service.settings import Settings
 
 T = TypeVar("T")
@@ -25,12 +25,6 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
     except ImportError:
         return asyncio.run(main)
     return uvloop.run(main)
-
-
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
 
 
 def _api(args: argparse.Namespace) -> None:
@@ -93,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vtwatch", description="Know when long-running translation jobs finish."
     )
     parser.add_argument(
+        "--log-format",
+        default=os.environ.get("VTW_LOG_FORMAT") or None,
+        choices=logs.FORMATS,
+        help="also VTW_LOG_FORMAT (text on a terminal, else json)",
+    )
+    parser.add_argument(
         "--log-level",
         default=os.environ.get("VTW_LOG_LEVEL", "info").lower(),
         choices=["debug", "info", "warning", "error"],
@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    _configure_logging(args.log_level)
+    logs.configure(args.log_level, args.log_format)
     try:
         args.func(args)
     except KeyboardInterrupt:

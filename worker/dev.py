@@ -50,7 +50,7 @@ async def run_dev(settings: Settings, host: str, port: int, *, demo: bool = Fals
     )
     redis = connect(settings)
     app = create_app(settings, redis=redis)
-    config = uvicorn.Config(app, host=host, port=port, access_log=False)
+    config = uvicorn.Config(app, host=host, port=port, access_log=False, log_config=None)
     server = _Server(config)
     worker = Worker(settings, redis, serve_metrics=False)  # the API serves /metrics
     loop = asyncio.get_running_loop()

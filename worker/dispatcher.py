@@ -20,6 +20,7 @@ from client.upstream import DestinationRefused, describe_exception, parse_retry_
 from client.webhooks import signature_header
 from service.domain import WatchDoc, WebhookState
 from service.leases import Claimed
+from service.logs import watch_fields
 from service.metrics import NOTIFY_LATENCY, WEBHOOK_ATTEMPTS, WEBHOOK_DURATION
 from service.models import render_watch, timestamp
 from service.outbox import Outbox, Outcome
@@ -167,6 +168,7 @@ class Dispatcher(ClaimLoop):
             sent.status_code if sent.status_code is not None else sent.error,
             sent.latency_ms,
             "" if saved else " - lease lost, not recorded",
+            extra=watch_fields(claimed.doc, claimed.doc["webhook"]["attempts"] + 1),
         )
 
     async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> Sent:

@@ -21,6 +21,7 @@ from typing import Generic, TypeVar
 from redis.exceptions import RedisError
 
 from service.leases import Claimed, LeasedQueue
+from service.logs import watch_fields
 from service.metrics import LEASES_LOST
 
 from .leases import LeaseKeeper
@@ -270,7 +271,12 @@ class ClaimLoop(ABC):
             raise
         except LeaseLost:
             LEASES_LOST.inc()
-            logger.info("%s: lease on %s was lost; its new holder decides", self.name, claimed.id)
+            logger.info(
+                "%s: lease on %s was lost; its new holder decides",
+                self.name,
+                claimed.id,
+                extra=watch_fields(claimed.doc),
+            )
         except Exception as exc:  # the lease lapses and the item is tried again
             self._item_failures.failed(exc)
         else:

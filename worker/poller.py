@@ -20,6 +20,7 @@ from client.backoff import next_poll_delay
 from client.upstream import Observation, Status, fetch_status
 from service.domain import WatchDoc, WatchState, WebhookState
 from service.leases import Claimed
+from service.logs import watch_fields
 from service.metrics import (
     INFLIGHT_POLLS,
     POLL_DURATION,
@@ -119,7 +120,11 @@ class Poller(ClaimLoop):
         try:
             updated = advance(doc, spec, seen, now_ms, self.rng)
         except Exception:
-            logger.exception("poller: applying a poll of %s failed", claimed.id)
+            logger.exception(
+                "poller: applying a poll of %s failed",
+                claimed.id,
+                extra=watch_fields(doc, doc["attempts"] + 1),
+            )
             updated = advance(doc, spec, unexpected("applying the poll"), now_ms, self.rng)
         self.polls += 1
         if not await self.write_while_held(claimed, lambda: self.writes.add((claimed, updated))):
@@ -135,7 +140,11 @@ class Poller(ClaimLoop):
                     self.session, spec.status_url, self.settings.request_timeout
                 )
         except Exception:
-            logger.exception("poller: polling the upstream of %s failed", claimed.id)
+            logger.exception(
+                "poller: polling the upstream of %s failed",
+                claimed.id,
+                extra=watch_fields(claimed.doc, claimed.doc["attempts"] + 1),
+            )
             return unexpected("polling the upstream")
 
 
