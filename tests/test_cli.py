@@ -71,3 +71,49 @@ async def test_invalid_secrets_are_not_echoed() -> None:
     code, output = await run("worker", env=env)
     assert code == 1 and "VTW_API_KEYS" in output and "tenant:key" in output
     assert "supersecret" not in output
+
+
+def run_in_a_terminal(*args: str) -> tuple[int, str]:
+    """Run `vtwatch` with a pseudo-terminal as its stdout/stderr; returns (code, output)."""
+    import os
+    import pty
+    import subprocess
+
+    primary, secondary = pty.openpty()
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "120"}
+    process = subprocess.Popen(
+        [*VTWATCH, *args], stdout=secondary, stderr=secondary, stdin=subprocess.DEVNULL, env=env
+    )
+    os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(primary, 4096)
+        except OSError:  # the terminal closed: the process is gone
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(primary)
+    return process.wait(timeout=60), b"".join(chunks).decode(errors="replace")
+
+
+async def test_watch_on_a_terminal_shows_a_live_progress_bar(job_url: str) -> None:
+    code, output = await asyncio.to_thread(
+        run_in_a_terminal, "watch", job_url, "--initial-wait-time", "0.2"
+    )
+
+    assert code == 0, output
+    assert "\x1b[" in output  # a live display, redrawn in place
+    assert "━" in output and "completed" in output and "attempt" in output
+    assert "next poll in" in output
+    assert output.rstrip().endswith("final: completed")
+
+
+async def test_watch_in_a_pipe_prints_plain_lines(job_url: str) -> None:
+    code, output = await run("watch", job_url, "--initial-wait-time", "0.2")
+
+    lines = output.splitlines()
+    assert code == 0 and "\x1b[" not in output
+    assert lines[0] == f"watching {job_url}" and lines[1].startswith("pending: attempt 1")
+    assert lines[-2].startswith("completed: attempt") and lines[-1] == "final: completed"

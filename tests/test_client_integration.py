@@ -89,7 +89,7 @@ async def test_an_unknown_job_is_an_error_at_once(simulator: object) -> None:
 async def test_the_demo_starts_a_simulator_when_none_answers(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from client.demo import run_demo
+    from client.terminal.demo import run_demo
 
     port = socket_free_port()
     assert await run_demo(f"http://127.0.0.1:{port}", delay=0.5, seed=1) == "completed"

@@ -32,8 +32,8 @@ FENCED = re.compile(r"^```(\w*)\n(.*?)^```", flags=re.S | re.M)
 NOT_SETTINGS = {
     "VTW_LOG_LEVEL": "worker/cli.py",  # --log-level's default
     "VTW_LOG_FORMAT": "worker/cli.py",  # --log-format's default
-    "VTW_API_URL": "client/follow.py",  # vtwatch follow --api's default
-    "VTW_API_KEY": "client/follow.py",  # vtwatch follow --key's default
+    "VTW_API_URL": "client/terminal/follow.py",  # vtwatch follow --api's default
+    "VTW_API_KEY": "client/terminal/follow.py",  # vtwatch follow --key's default
     "VTW_TEST_REDIS_URL": "tests/service_fixtures.py",  # the test suite's Redis
 }
 

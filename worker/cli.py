@@ -63,25 +63,26 @@ def _simulate(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from client import demo
+    from client.terminal import demo
 
     demo.main(args)
 
 
 def _watch(args: argparse.Namespace) -> None:
-    from client import watch
+    from client.terminal import watch
 
     watch.main(args)
 
 
 def _follow(args: argparse.Namespace) -> None:
-    from client import follow
+    from client.terminal import follow
 
     follow.main(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from client import demo, follow, simulator, watch
+    from client import simulator
+    from client.terminal import demo, follow, watch
 
     parser = argparse.ArgumentParser(
         prog="vtwatch", description="Know when long-running translation jobs finish."

@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from client import ServiceAPIError, Watch, WatchServiceClient
-from client.follow import EXIT_CODES, UNREACHABLE
+from client.terminal.follow import EXIT_CODES, UNREACHABLE
+from tests.test_cli import run_in_a_terminal
 
 from .helpers import FAST_POLICY, Simulator
 from .procs import SHARED_REDIS_URL, Processes, free_port, service_env
@@ -124,10 +125,13 @@ async def test_vtwatch_follow_prints_each_event_and_exits_by_the_end_state(
     cancelled = await run_follow("--api", api_url, stopped.id, env=env)
     unknown = await run_follow("w_000000000000nosuchwatch", env=cli_env)
     unreachable = await run_follow("--api", f"http://127.0.0.1:{free_port()}", done.id, env=env)
+    on_a_terminal = await asyncio.to_thread(run_in_a_terminal, "follow", "--api", api_url, done.id)
 
     assert completed[0] == EXIT_CODES["completed"] == 0, completed[1]
     lines = completed[1].splitlines()
-    assert lines[0].startswith("state pending") and lines[-1].startswith("state completed")
-    assert cancelled[0] == EXIT_CODES["cancelled"] and "state cancelled" in cancelled[1]
+    assert lines[0] == f"following {done.id}" and lines[1].startswith("pending: attempt ")
+    assert lines[-1].startswith("completed: attempt") and "\x1b[" not in completed[1]
+    assert cancelled[0] == EXIT_CODES["cancelled"] and "cancelled: attempt" in cancelled[1]
     assert unknown[0] == UNREACHABLE and "404" in unknown[1]
     assert unreachable[0] == UNREACHABLE
+    assert on_a_terminal[0] == 0 and "\x1b[" in on_a_terminal[1] and "completed" in on_a_terminal[1]

@@ -9,18 +9,12 @@ import argparse
 import asyncio
 import sys
 
-from .backoff import BACKOFF_FACTOR, INITIAL_WAIT_TIME, JITTER, MAX_INTERVAL
-from .polling import StatusUpdate, VideoTranslationClient
-from .upstream import Status
+from ..backoff import BACKOFF_FACTOR, INITIAL_WAIT_TIME, JITTER, MAX_INTERVAL
+from ..polling import StatusUpdate, VideoTranslationClient
+from ..upstream import Status
+from .display import Display
 
 EXIT_CODES = {Status.COMPLETED: 0, Status.ERROR: 1, Status.TIMEOUT: 2}
-
-
-def _show(update: StatusUpdate) -> None:
-    progress = f" {update.progress:5.1f}%" if update.progress is not None else ""
-    eta = f" eta {update.eta_seconds:.0f}s" if update.eta_seconds is not None else ""
-    error = f" ({update.error})" if update.error else ""
-    print(f"[{update.elapsed:7.1f}s] #{update.attempt} {update}{progress}{eta}{error}", flush=True)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jitter", type=float, default=JITTER)
 
 
-async def watch(args: argparse.Namespace) -> Status:
+async def watch(args: argparse.Namespace, display: Display) -> Status:
     client = VideoTranslationClient(
         args.status_url,
         max_attempts=args.max_attempts,
@@ -46,11 +40,20 @@ async def watch(args: argparse.Namespace) -> Status:
         max_interval=args.max_interval,
         status_path="",
     )
+
+    def show(update: StatusUpdate) -> None:
+        display.update(
+            str(update), update.attempt, update.progress, update.next_poll_in, update.error
+        )
+
     async with client:
-        return await client.get_status(on_update=_show)
+        result = await client.poll(on_update=show)
+    display.final(str(result.status), result.attempts)
+    return result.status
 
 
 def main(args: argparse.Namespace) -> None:
-    status = asyncio.run(watch(args))
+    with Display(f"watching {args.status_url}") as display:
+        status = asyncio.run(watch(args, display))
     print(f"final: {status}")
     sys.exit(EXIT_CODES[status])

@@ -12,8 +12,8 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
-from .polling import StatusUpdate, VideoTranslationClient
-from .simulator import SimulatorConfig, create_app
+from ..polling import StatusUpdate, VideoTranslationClient
+from ..simulator import SimulatorConfig, create_app
 
 
 async def _answers(url: str) -> bool:
