@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -25,6 +26,7 @@ from .errors import ClientError
 
 TERMINAL_STATES = frozenset({"completed", "error", "timeout", "cancelled"})
 RECONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0)  # between attempts to resume a dropped event stream
+RETRYABLE = frozenset({429, 502, 503, 504})
 
 
 class ServiceAPIError(ClientError):
@@ -165,11 +167,12 @@ class WatchServiceClient:
             method, self.base_url + path, headers=headers, timeout=self._timeout, **kwargs
         ) as response:
             text = await response.text()
-            body = json.loads(text) if text else None
             if response.status >= 400:
-                detail = body.get("detail") if isinstance(body, dict) else text[:200]
-                raise ServiceAPIError(response.status, detail)
-            return body
+                raise ServiceAPIError(response.status, _detail(text))
+            try:
+                return json.loads(text) if text else None
+            except ValueError as exc:
+                raise ServiceAPIError(response.status, "the answer is not JSON") from exc
 
     async def register(
         self,
@@ -191,7 +194,7 @@ class WatchServiceClient:
         return Watch.from_json(await self._call("POST", "/v1/watches", json=body, headers=headers))
 
     async def get(self, watch_id: str) -> Watch:
-        return Watch.from_json(await self._call("GET", f"/v1/watches/{watch_id}"))
+        return Watch.from_json(await self._call("GET", _watch_path(watch_id)))
 
     async def list(self, state: str | None = None, *, page_size: int = 100) -> AsyncIterator[Watch]:
         """Every watch of the tenant, newest first, fetched a page at a time."""
@@ -210,55 +213,64 @@ class WatchServiceClient:
                 return
 
     async def cancel(self, watch_id: str) -> Watch:
-        return Watch.from_json(await self._call("DELETE", f"/v1/watches/{watch_id}"))
+        return Watch.from_json(await self._call("DELETE", _watch_path(watch_id)))
 
     async def retry_webhook(self, watch_id: str) -> None:
-        await self._call("POST", f"/v1/watches/{watch_id}/deliveries/retry")
+        await self._call("POST", _watch_path(watch_id) + "/deliveries/retry")
 
     async def status(self) -> StatusSummary:
         body = await self._call("GET", "/v1/status")
         return StatusSummary(body["total"], body["by_state"], body["webhooks"])
 
     async def events(self, watch_id: str) -> AsyncIterator[Event]:
-        """The watch's events until it ends; a dropped connection is resumed from the last
-        event seen (a few tries with backoff, then the error is raised)."""
+        """The watch's events until it ends. A dropped connection, a restart or a passing 429 or
+        5xx is resumed from the last event seen (`Last-Event-ID`), a few tries in a row with
+        backoff; then, or on any other error answer, `ServiceAPIError` is raised."""
         last_id: str | None = None
         failures = 0
         while True:
             headers = {**self._headers, "Accept": "text/event-stream"}
             if last_id:
                 headers["Last-Event-ID"] = last_id
+            why = "the stream closed before the watch ended"
             try:
                 async with self._http().get(
-                    f"{self.base_url}/v1/watches/{watch_id}/events",
+                    f"{self.base_url}{_watch_path(watch_id)}/events",
                     headers=headers,
-                    timeout=aiohttp.ClientTimeout(total=None, sock_read=60),
+                    timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_read=60),
                 ) as response:
                     if response.status >= 400:
-                        body = await response.text()
-                        try:
-                            detail = json.loads(body).get("detail")
-                        except (ValueError, AttributeError):
-                            detail = body[:200]
-                        raise ServiceAPIError(response.status, detail)
-                    parser = _SSEParser()
-                    async for raw in response.content:
-                        event = parser.feed(raw.decode().rstrip("\r\n"))
-                        if event is None:
-                            continue
+                        error = ServiceAPIError(response.status, _detail(await response.text()))
+                        if response.status not in RETRYABLE:
+                            raise error
+                        why = str(error)
+                    else:
                         failures = 0
-                        last_id = event.id or last_id
-                        yield event
-                        if event.name == "state" and event.watch.ended:
-                            return
+                        parser = _SSEParser()
+                        async for raw in response.content:
+                            event = parser.feed(raw.decode().rstrip("\r\n"))
+                            if event is None:
+                                continue
+                            last_id = event.id or last_id
+                            yield event
+                            if event.name == "state" and event.watch.ended:
+                                return
             except (aiohttp.ClientError, TimeoutError) as exc:
-                if failures >= len(RECONNECT_DELAYS):
-                    raise ServiceAPIError(0, f"event stream lost: {exc}") from exc
-                await asyncio.sleep(RECONNECT_DELAYS[failures])
-                failures += 1
-                continue
-            # The server closed the stream before the end (a restart): resume.
+                why = f"event stream lost: {exc}"
             if failures >= len(RECONNECT_DELAYS):
-                raise ServiceAPIError(0, "event stream closed before the watch ended")
+                raise ServiceAPIError(0, why)
             await asyncio.sleep(RECONNECT_DELAYS[failures])
             failures += 1
+
+
+def _watch_path(watch_id: str) -> str:
+    return f"/v1/watches/{quote(watch_id, safe='')}"
+
+
+def _detail(text: str) -> Any:
+    """The API's `detail` from an error body, or the start of whatever else came (a proxy's)."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text[:200]
+    return body.get("detail") if isinstance(body, dict) else text[:200]

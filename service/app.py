@@ -48,7 +48,7 @@ def create_app(settings: Settings | None = None, redis: aioredis.Redis | None = 
             max_active_watches=settings.max_active_watches,
         )
         app.state.outbox = Outbox(client, namespace=settings.namespace)
-        app.state.events = EventHub(client, app.state.store.keys.events)
+        app.state.events = EventHub(client, app.state.store.keys.events_prefix)
         try:
             yield
         finally:

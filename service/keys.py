@@ -17,7 +17,7 @@ All keys share the hash tag `{namespace}`, so every script's keys live in one Re
                                          until when (ms) a rotated-out one still signs, `rotation`
                                          -> the request id of the last rotation
     vtw:{ns}:idem:<tenant>:<hash>  STRING idempotency key -> "<id> <body fingerprint>"
-    vtw:{ns}:events                PUBSUB channel (not a key): the id of each watch just saved
+    vtw:{ns}:events:<id>           PUBSUB channel (not a key): a message per save of the watch
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ class Keys:
         return self.prefix + "outbox"
 
     @property
-    def events(self) -> str:
-        return self.prefix + "events"
+    def events_prefix(self) -> str:
+        return self.prefix + "events:"
 
     @property
     def watch_prefix(self) -> str:

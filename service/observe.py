@@ -14,6 +14,7 @@ from .metrics import HTTP_DURATION
 
 REQUEST_ID_HEADER = b"x-request-id"
 VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._-]{1,64}$")
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class RequestIds:
@@ -45,7 +46,8 @@ class RequestIds:
 
 class TimeRequests:
     """Observes every HTTP request's duration by method, route template and status class (no
-    paths, ids or tenants: bounded labels)."""
+    paths, ids or tenants, and only known methods: bounded labels). An event stream is timed
+    to its first byte, not to its end (minutes)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -54,18 +56,30 @@ class TimeRequests:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started, status_code = time.perf_counter(), 500
+        started, status_code, observed = time.perf_counter(), 500, False
+
+        def observe() -> None:
+            nonlocal observed
+            observed = True
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            route = getattr(scope.get("route"), "path", "unmatched")
+            HTTP_DURATION.labels(method, route, f"{status_code // 100}xx").observe(
+                time.perf_counter() - started
+            )
 
         async def send_and_note(message: Message) -> None:
             nonlocal status_code
             if message["type"] == "http.response.start":
                 status_code = message["status"]
+                if any(
+                    name == b"content-type" and value.startswith(b"text/event-stream")
+                    for name, value in message.get("headers", [])
+                ):
+                    observe()
             await send(message)
 
         try:
             await self.app(scope, receive, send_and_note)
         finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
-            HTTP_DURATION.labels(scope["method"], route, f"{status_code // 100}xx").observe(
-                time.perf_counter() - started
-            )
+            if not observed:
+                observe()

@@ -162,7 +162,7 @@ class Store:
             tenant,
             self.retention_ms,
             secrets.token_hex(8),
-            self.keys.events,
+            self.keys.events_prefix,
         ]
         result = await retry_idempotent(lambda: self._scripts["cancel"](keys=keys, args=args))
         if result[0] == "missing":
@@ -199,7 +199,7 @@ class Store:
         ended = [i for i, (_, doc) in enumerate(polls) if doc["state"] != WatchState.PENDING]
         calls = [self._finish(*polls[i]) for i in ended]
         if pending:
-            args: list[Any] = [self.keys.watch_prefix, self.keys.events]
+            args: list[Any] = [self.keys.watch_prefix, self.keys.events_prefix]
             for claimed, doc in (polls[i] for i in pending):
                 args += [claimed.id, claimed.token, doc["next_poll_at"], encode(doc)]
             calls.append((self._scripts["record"], [self.keys.schedule, self.keys.leases], args))
@@ -253,7 +253,7 @@ class Store:
             doc["state"],
             self.retention_ms,
             "1" if has_webhook else "0",
-            self.keys.events,
+            self.keys.events_prefix,
         ]
         return (
             self._scripts["finish"],

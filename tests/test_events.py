@@ -49,7 +49,7 @@ async def wait_for(condition: Any, seconds: float = 5.0) -> None:
 
 async def test_a_stream_follows_a_watch_from_pending_to_completed(store: Store) -> None:
     doc, _ = await store.register(TENANT, SPEC, 3600)
-    hub = EventHub(store.redis, store.keys.events)
+    hub = EventHub(store.redis, store.keys.events_prefix)
     chunks: list[str] = []
     following = asyncio.create_task(collect(stream(store, hub, TENANT, doc, None), chunks))
     try:
@@ -89,7 +89,7 @@ async def test_a_stream_follows_a_watch_from_pending_to_completed(store: Store) 
 async def test_resuming_after_an_event_sends_only_later_ones(store: Store) -> None:
     doc, _ = await store.register(TENANT, SPEC, 3600)
     cancelled = await store.cancel(TENANT, doc["id"])
-    hub = EventHub(store.redis, store.keys.events)
+    hub = EventHub(store.redis, store.keys.events_prefix)
     try:
         fresh = [c async for c in stream(store, hub, TENANT, cancelled, None)]
         (last,) = parse("".join(fresh))

@@ -568,12 +568,12 @@ async def test_a_repeated_cancel_with_its_request_id_answers_the_same(store: Sto
     """A cancel sent again after a lost reply must not answer 409 (item 3 of #8)."""
     doc = await register(store)
     keys = store._end_keys(doc["id"], TENANT, WatchState.CANCELLED)
-    args = [doc["id"], TENANT, store.retention_ms, "request-1", store.keys.events]
+    args = [doc["id"], TENANT, store.retention_ms, "request-1", store.keys.events_prefix]
     cancel = store._scripts["cancel"]
 
     first = await cancel(keys=keys, args=args)
     again = await cancel(keys=keys, args=args)
-    other = await cancel(keys=keys, args=[*args[:3], "request-2", store.keys.events])
+    other = await cancel(keys=keys, args=[*args[:3], "request-2", store.keys.events_prefix])
 
     assert first == again and first[0] == "cancelled"
     assert other[0] == "conflict"

@@ -130,8 +130,9 @@ class Dispatcher(ClaimLoop):
         await self._record(claimed, sent, outcome, delay)
         WEBHOOK_ATTEMPTS.labels(outcome).inc()
         WEBHOOK_DURATION.observe(sent.latency_ms / 1000)
-        finished_at = doc["finished_at"]
-        if outcome == "delivered" and finished_at is not None:
+        finished_at, webhook = doc["finished_at"], doc["webhook"]
+        first_cycle = webhook.get("cycle_attempts", 0) == webhook["attempts"]  # no manual resend
+        if outcome == "delivered" and finished_at is not None and first_cycle:
             NOTIFY_LATENCY.observe(max(0, self.server_now_ms() - finished_at) / 1000)
 
     async def _send(self, claimed: Claimed, url: str, body: bytes) -> Sent:

@@ -108,11 +108,7 @@ class Worker:
                     self.stop()
                 sweeper = asyncio.create_task(self._sweep(store))
                 loops = [asyncio.create_task(self._run_loop(loop)) for loop in self.loops]
-                endpoint = (
-                    await health.start(self.loops, settings.metrics_host, settings.metrics_port)
-                    if self.serve_metrics
-                    else None
-                )
+                endpoint = await health.start(self.loops, settings) if self.serve_metrics else None
                 try:
                     await asyncio.gather(*loops)
                 finally:

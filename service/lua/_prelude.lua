@@ -16,10 +16,10 @@ end
 -- it from the pending index to its state's, count it, start its retention clock and, if it has
 -- a webhook, queue that in the outbox - all in the caller's one atomic step.
 -- k: {schedule, leases, doc, index:pending, index:<state>, counts, expiry, outbox}
--- Subscribers of `events` (the API's event streams) hear the watch's id.
+-- The watch's event streams hear of it on channel `events` .. id.
 local function end_watch(k, id, encoded, state, now, retention_ms, queue_webhook, events)
   redis.call('SET', k[3], encoded)
-  redis.call('PUBLISH', events, id)
+  redis.call('PUBLISH', events .. id, '')
   redis.call('ZREM', k[1], id)
   redis.call('HDEL', k[2], id)
   redis.call('ZREM', k[4], id)

@@ -1,7 +1,7 @@
 -- Cancel a pending watch of the tenant. A worker holding its lease loses it (fencing).
 -- Safe to repeat: a cancel that already ran with this request id answers 'cancelled' again.
 -- KEYS: schedule, leases, doc, index:pending, index:cancelled, counts, expiry, outbox
--- ARGV: id, tenant, retention_ms, request id, events channel
+-- ARGV: id, tenant, retention_ms, request id, events channel prefix
 -- Returns {'cancelled', doc} | {'conflict', doc} | {'missing'}
 local raw = redis.call('GET', KEYS[3])
 if not raw then

@@ -1,6 +1,6 @@
 -- Move a watch to its terminal state and, in the same step, queue its webhook (the outbox).
 -- KEYS: schedule, leases, doc, index:pending, index:<state>, counts, expiry, outbox
--- ARGV: id, token, doc JSON, state, retention_ms, has_webhook ('1' or '0'), events channel
+-- ARGV: id, token, doc JSON, state, retention_ms, has_webhook ('1' or '0'), events channel prefix
 -- Returns 1, or 0 when the lease was lost (nothing is changed).
 if not holds_lease(KEYS[2], ARGV[1], ARGV[2]) then
   return 0
