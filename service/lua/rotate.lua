@@ -24,7 +24,14 @@ for i = 1, #old - tonumber(ARGV[4]) + 1 do
 end
 local current = redis.call('HGET', KEYS[1], 'current')
 if current then
-  redis.call('HSET', KEYS[1], 'old:' .. current, now + tonumber(ARGV[2]))
+  -- Strictly later than every other, so the newest sorts first even within one millisecond.
+  local signs_until = now + tonumber(ARGV[2])
+  for _, entry in ipairs(old) do
+    if entry[2] >= signs_until then
+      signs_until = entry[2] + 1
+    end
+  end
+  redis.call('HSET', KEYS[1], 'old:' .. current, signs_until)
 end
 redis.call('HSET', KEYS[1], 'current', ARGV[1], 'rotation', ARGV[3])
 return now
