@@ -20,8 +20,30 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 async def follow(http: httpx.AsyncClient, url: str, **headers: str) -> list[dict[str, Any]]:
-    """Read a watch's event stream to its end; returns the events."""
+    """Read a watch's event stream to its end, as an SSE client does: a dropped connection is
+    resumed with the last event's id (a few times). Returns the events."""
     events: list[dict[str, Any]] = []
+    for _ in range(3):
+        if events:
+            headers = {**headers, "Last-Event-ID": events[-1]["id"]}
+        try:
+            await read_stream(http, url, headers, events)
+            return events
+        except httpx.TransportError as exc:
+            last_error = exc
+            if (
+                events
+                and events[-1]["event"] == "state"
+                and events[-1]["data"]["state"] in ("completed", "error", "timeout", "cancelled")
+            ):
+                return events
+    raise AssertionError(f"the stream of {url} kept failing: {last_error!r}")
+
+
+async def read_stream(
+    http: httpx.AsyncClient, url: str, headers: dict[str, str], events: list[dict[str, Any]]
+) -> None:
+    """Append the stream's events to `events` as they arrive."""
     fields: dict[str, str] = {}
     async with http.stream("GET", url, headers=headers, timeout=60) as response:
         assert response.status_code == 200, await response.aread()
@@ -34,7 +56,6 @@ async def follow(http: httpx.AsyncClient, url: str, **headers: str) -> list[dict
             elif not line.startswith((":", "retry")):
                 name, _, value = line.partition(": ")
                 fields[name] = value
-    return events
 
 
 async def register_on_jobs(
