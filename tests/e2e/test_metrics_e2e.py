@@ -45,7 +45,7 @@ async def test_metrics_of_api_and_worker_count_what_happened(
         specs = [{"duration": 0.5, "outcome": "completed"}] * 6
         specs += [{"duration": 0.3, "outcome": "error"}] * 3
         specs += [{"duration": 3600, "outcome": "completed"}] * 2  # times out
-        policy = {**FAST_POLICY, "max_wait_time": 2.0}
+        policy = {**FAST_POLICY, "max_wait_time": 4.0}  # ample for the 0.5 s jobs under load
         await register_before_jobs(http, api_url, sim, specs, policy, webhook_url=receiver.hook_url)
         worker = procs.start_worker(env)
         await wait_all_done(api, len(specs), timeout=30, alive=procs.check_alive)
