@@ -327,7 +327,8 @@ async def test_save_mixes_records_and_finishes_and_survives_a_script_flush(store
     done = terminal(second, "completed", "none")
     stale = dataclasses.replace(third, token="not-the-token")
 
-    saved = await store.save([(first, polled), (second, done), (stale, third.doc)])
+    changed = {**third.doc, "attempts": 1}
+    saved = await store.save([(first, polled), (second, done), (stale, changed)])
 
     assert saved == [True, True, False]
     assert await store.get(TENANT, first.id) == polled
@@ -385,7 +386,8 @@ async def test_finish_moves_the_watch_to_its_terminal_state(
     expected = {state: 1, "wh:pending": 1} if queued else {state: 1}
     assert await counts(store) == expected
     assert (await claim(store)).watches == []
-    assert await save(store, claimed, done) is False  # once only
+    assert await save(store, claimed, done) is True  # a repeat (a lost reply) changes nothing
+    assert await save(store, claimed, {**done, "attempts": 99}) is False  # fenced
     assert await counts(store) == expected
 
 
@@ -578,3 +580,21 @@ async def test_a_repeated_cancel_with_its_request_id_answers_the_same(store: Sto
     assert first == again and first[0] == "cancelled"
     assert other[0] == "conflict"
     assert await counts(store) == {"cancelled": 1}
+
+
+async def test_a_save_repeated_after_a_lost_reply_reports_success(store: Store) -> None:
+    """`write_while_held` may send a fenced write again: the watch is saved once and the second
+    answer is a success too (not a lost lease), for a poll and for an end."""
+    for _ in range(2):
+        await register(store)
+    first, second = (await claim(store)).watches
+    now = await store.server_time_ms()
+    polled = {**first.doc, "attempts": 1, "next_poll_at": now + 60_000}
+    done = terminal(second, "completed", "pending")
+
+    assert await store.save([(first, polled), (second, done)]) == [True, True]
+    assert await store.save([(first, polled), (second, done)]) == [True, True]
+
+    assert await counts(store) == {"pending": 1, "completed": 1, "wh:pending": 1}
+    changed = {**polled, "attempts": 2}
+    assert await store.save([(first, changed)]) == [False]  # another write: still fenced
