@@ -11,11 +11,11 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
 import aiohttp
 
+from ._session import OwnsSession
 from .backoff import (
     BACKOFF_FACTOR,
     INITIAL_WAIT_TIME,
@@ -95,7 +95,7 @@ class PollResult:
     updates: deque[StatusUpdate] = field(default_factory=lambda: deque(maxlen=KEPT_UPDATES))
 
 
-class VideoTranslationClient:
+class VideoTranslationClient(OwnsSession):
     """Polls `GET {base_url}/status` with capped exponential backoff and jitter.
 
     `get_status()` returns `'completed'`, `'error'` or `'timeout'` (a `Status`, equal to those
@@ -144,29 +144,15 @@ class VideoTranslationClient:
         )
         self.headers = headers
         self._session = session
-        self._owned_session: aiohttp.ClientSession | None = None
+        self._owned: aiohttp.ClientSession | None = None
         self._clock = clock
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()
 
     async def __aenter__(self) -> VideoTranslationClient:
-        if self._session is None and self._owned_session is None:
-            self._owned_session = aiohttp.ClientSession()
+        if self._session is None and self._owned is None:
+            self._owned = aiohttp.ClientSession()
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        """Close the session the client opened itself (an injected one is left alone)."""
-        if self._owned_session is not None:
-            await self._owned_session.close()
-            self._owned_session = None
 
     async def get_status(self, on_update: OnUpdate | None = None) -> Status:
         """Poll until the job ends or the deadline passes: 'completed', 'error' or 'timeout'."""
@@ -185,7 +171,7 @@ class VideoTranslationClient:
     @contextlib.asynccontextmanager
     async def _session_for_call(self) -> AsyncIterator[aiohttp.ClientSession]:
         """The injected or `async with` session, else one opened and closed for this call."""
-        session = self._session or self._owned_session
+        session = self._session or self._owned
         if session is not None:
             yield session
             return

@@ -16,12 +16,12 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 
+from ._session import OwnsSession
 from .errors import ClientError
 
 TERMINAL_STATES = frozenset({"completed", "error", "timeout", "cancelled"})
@@ -121,7 +121,7 @@ class _SSEParser:
         return event
 
 
-class WatchServiceClient:
+class WatchServiceClient(OwnsSession):
     """The watch service over HTTP. Use with `async with`, or call `close()`."""
 
     def __init__(
@@ -140,19 +140,6 @@ class WatchServiceClient:
 
     async def __aenter__(self) -> WatchServiceClient:
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        if self._owned is not None:
-            await self._owned.close()
-            self._owned = None
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is not None:
