@@ -8,10 +8,10 @@ import aiohttp
 
 
 class OwnsSession:
-    """`async with` support and `close()`: the session the client opened itself (`_owned`) is
-    closed; an injected one is left to its owner."""
+    """`async with` support and `close()`: the session the client opened itself
+    (`_owned_session`) is closed; an injected one is left to its owner."""
 
-    _owned: aiohttp.ClientSession | None = None
+    _owned_session: aiohttp.ClientSession | None = None
 
     async def __aexit__(
         self,
@@ -23,6 +23,6 @@ class OwnsSession:
 
     async def close(self) -> None:
         """Close the session the client opened itself (an injected one is left alone)."""
-        if self._owned is not None:
-            await self._owned.close()
-            self._owned = None
+        if self._owned_session is not None:
+            await self._owned_session.close()
+            self._owned_session = None

@@ -144,14 +144,14 @@ class VideoTranslationClient(OwnsSession):
         )
         self.headers = headers
         self._session = session
-        self._owned: aiohttp.ClientSession | None = None
+        self._owned_session: aiohttp.ClientSession | None = None
         self._clock = clock
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()
 
     async def __aenter__(self) -> VideoTranslationClient:
-        if self._session is None and self._owned is None:
-            self._owned = aiohttp.ClientSession()
+        if self._session is None and self._owned_session is None:
+            self._owned_session = aiohttp.ClientSession()
         return self
 
     async def get_status(self, on_update: OnUpdate | None = None) -> Status:
@@ -171,7 +171,7 @@ class VideoTranslationClient(OwnsSession):
     @contextlib.asynccontextmanager
     async def _session_for_call(self) -> AsyncIterator[aiohttp.ClientSession]:
         """The injected or `async with` session, else one opened and closed for this call."""
-        session = self._session or self._owned
+        session = self._session or self._owned_session
         if session is not None:
             yield session
             return

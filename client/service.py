@@ -136,7 +136,7 @@ class WatchServiceClient(OwnsSession):
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session = session
-        self._owned: aiohttp.ClientSession | None = None
+        self._owned_session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> WatchServiceClient:
         return self
@@ -144,9 +144,9 @@ class WatchServiceClient(OwnsSession):
     def _http(self) -> aiohttp.ClientSession:
         if self._session is not None:
             return self._session
-        if self._owned is None:
-            self._owned = aiohttp.ClientSession(headers=self._headers)
-        return self._owned
+        if self._owned_session is None:
+            self._owned_session = aiohttp.ClientSession(headers=self._headers)
+        return self._owned_session
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         headers = {**self._headers, **kwargs.pop("headers", {})}
