@@ -74,12 +74,15 @@ async def test_a_watch_is_followed_from_pending_to_completed_in_order(
     _, sim_url = await procs.start_simulator("simulator", "--seed", "5")
     _, api_url = await procs.start_api(env)
     sim, api = Simulator(http, sim_url), Api(http, api_url)
+    procs.start_worker(env)
+    # The job's clock starts at creation: only once the worker has proved it polls (a warm-up
+    # watch ends) is a 1.5 s job sure to be seen pending, however slowly the worker started.
+    (warm_up,) = await register_on_jobs(sim, api, 1, 0.0, FAST_POLICY)
+    await asyncio.wait_for(follow(http, f"{api_url}/v1/watches/{warm_up['id']}/events"), 30)
     (watch,) = await register_on_jobs(sim, api, 1, 1.5, FAST_POLICY)
     url = f"{api_url}/v1/watches/{watch['id']}/events"
-    following = asyncio.create_task(follow(http, url))
-    procs.start_worker(env)
 
-    events = await asyncio.wait_for(following, 30)
+    events = await asyncio.wait_for(follow(http, url), 30)
 
     names = [e["event"] for e in events]
     assert names[0] == "state" and events[0]["data"]["state"] == "pending"
