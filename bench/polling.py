@@ -18,12 +18,22 @@ deadline (`--deadline`, the clients' `max_wait_time`). Strategies, on the same j
 * `ours + eta hints (+/-10 %)`: our client with defaults; pending bodies carry `progress` and
   `eta_seconds` = remaining x (1 + uniform(-0.1, 0.1)).
 
+With `--mix lognormal|bimodal|loguniform` the durations come from that `DurationMix` (the
+simulator's: lognormal median 30 s, sigma 0.6; bimodal 70 % of that and 30 % median 180 s;
+log-uniform 1-55 s; deadline 600, 600 and 60 s unless `--deadline`) and the rows are
+`ours (defaults)`, `ours (learned)`, `original` and `fixed 1 s`. Both `ours` rows run with
+`max_attempts=None` (with the default 10, every job longer than ~55 s would wait for the poll
+kept for the deadline); `ours (learned)` shares one `ScheduleHistory`, trained first on
+`--train-jobs` separate jobs of the same mix (their own seed) and still learning while measured.
+`--max-interval` sets both `ours` rows' cap (the client's default, 10 s, unless given).
+
 Jitter RNGs are seeded per job (`Random(seed * 1_000_003 + index)`, the same for every
 strategy); the ETA error has its own per-job RNG.
 
 Measured per strategy: mean requests per job; detection latency (virtual time at which the
 strategy returned `completed` minus the job's duration), p50 and p95 over the detected jobs;
-false-timeout rate (share of jobs reported as anything but `completed`); deadline overshoot
+false-timeout rate (share of the jobs shorter than the deadline reported as anything but
+`completed`); deadline overshoot
 (max and p95 over all jobs of max(0, return time - deadline)); wall-clock seconds to simulate.
 Percentiles are nearest-rank.
 
@@ -32,6 +42,7 @@ Run from the repository root:
     python bench/polling.py                 # the table
     python bench/polling.py --json          # the same as JSON
     python bench/polling.py --jobs 2000 --seed 1 --request-time 0.1 --deadline 60
+    python bench/polling.py --mix lognormal  # learned schedules against the defaults
 """
 
 from __future__ import annotations
@@ -50,7 +61,9 @@ from typing import Any, cast
 
 import aiohttp
 
-from client import VideoTranslationClient
+from client import ScheduleHistory, VideoTranslationClient
+from client.backoff import MAX_INTERVAL
+from client.simulator import MIXES, DurationMix
 
 BASE_URL = "http://upstream.invalid"
 MIN_DURATION = 1.0
@@ -58,6 +71,8 @@ MAX_DURATION = 55.0
 ETA_ERROR = 0.1
 ORIGINAL_MAX_ATTEMPTS = 10
 ETA_SEED_OFFSET = 10**12
+TRAIN_SEED_OFFSET = 10**6
+MIX_DEADLINES = {"lognormal": 600.0, "bimodal": 600.0, "loguniform": 60.0}
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +81,13 @@ class BenchConfig:
     seed: int = 0
     request_time: float = 0.05
     deadline: float = 60.0
+    mix: str | None = None
+    train_jobs: int = 1_000
+    max_interval: float = MAX_INTERVAL
+
+    @property
+    def durations(self) -> DurationMix:
+        return DurationMix(self.mix or "loguniform", low=MIN_DURATION, high=MAX_DURATION)
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,14 +243,26 @@ async def original(upstream: FakeUpstream, rng: random.Random, deadline: float) 
     return "timeout"
 
 
+FIXED_1S = Strategy(
+    "fixed 1 s", ours(initial_wait_time=1.0, backoff_factor=1.0, jitter=0.0, max_attempts=None)
+)
 STRATEGIES: tuple[Strategy, ...] = (
     Strategy("ours (defaults)", ours()),
     Strategy("original", original),
-    Strategy(
-        "fixed 1 s", ours(initial_wait_time=1.0, backoff_factor=1.0, jitter=0.0, max_attempts=None)
-    ),
+    FIXED_1S,
     Strategy("ours + eta hints (±10 %)", ours(), eta_hints=True),
 )
+
+
+def mix_strategies(history: ScheduleHistory, max_interval: float) -> tuple[Strategy, ...]:
+    """The rows of a `--mix` run; `ours (learned)` learns into (and from) `history`."""
+    bounds: dict[str, Any] = {"max_attempts": None, "max_interval": max_interval}
+    return (
+        Strategy("ours (defaults)", ours(**bounds)),
+        Strategy("ours (learned)", ours(**bounds, history=history)),
+        Strategy("original", original),
+        FIXED_1S,
+    )
 
 
 # --- simulation and metrics ------------------------------------------------------------------
@@ -259,11 +293,12 @@ class StrategyResult:
     statuses: dict[str, int] = field(default_factory=dict)
 
 
-def make_jobs(count: int, seed: int) -> list[Job]:
-    """Durations log-uniform on [MIN_DURATION, MAX_DURATION], from one `Random(seed)`."""
+def make_jobs(count: int, seed: int, durations: DurationMix | None = None) -> list[Job]:
+    """Durations from the mix (log-uniform on [MIN_DURATION, MAX_DURATION] unless given),
+    from one `Random(seed)`."""
     rng = random.Random(seed)
-    low, high = math.log(MIN_DURATION), math.log(MAX_DURATION)
-    return [Job(i, math.exp(rng.uniform(low, high))) for i in range(count)]
+    durations = durations or DurationMix("loguniform", low=MIN_DURATION, high=MAX_DURATION)
+    return [Job(i, durations.sample(rng)) for i in range(count)]
 
 
 def jitter_rng(seed: int, index: int) -> random.Random:
@@ -300,6 +335,8 @@ def summarize(
 ) -> StrategyResult:
     pairs = list(zip(jobs, outcomes, strict=True))
     latencies = [o.returned_at - j.duration for j, o in pairs if o.status == "completed"]
+    in_time = [o for j, o in pairs if j.duration < config.deadline]
+    missed = sum(o.status != "completed" for o in in_time)
     overshoots = [max(0.0, o.returned_at - config.deadline) for o in outcomes]
     statuses: dict[str, int] = {}
     for o in outcomes:
@@ -315,7 +352,7 @@ def summarize(
         detected=len(latencies),
         latency_p50=percentile(latencies, 50),
         latency_p95=percentile(latencies, 95),
-        false_timeout_rate=(len(outcomes) - len(latencies)) / count,
+        false_timeout_rate=missed / max(1, len(in_time)),
         overshoot_max=max(overshoots, default=0.0),
         overshoot_p95=percentile(overshoots, 95) or 0.0,
         wall_seconds=wall,
@@ -336,13 +373,25 @@ async def simulate(
     return results
 
 
+async def train(strategy: Strategy, config: BenchConfig) -> None:
+    """Run `strategy` over `config.train_jobs` jobs of the mix, drawn apart from the measured."""
+    jobs = make_jobs(config.train_jobs, config.seed + TRAIN_SEED_OFFSET, config.durations)
+    for job in jobs:
+        await simulate_job(strategy, job, config)
+
+
 def run_benchmark(
-    config: BenchConfig | None = None, strategies: Sequence[Strategy] = STRATEGIES
+    config: BenchConfig | None = None, strategies: Sequence[Strategy] | None = None
 ) -> list[StrategyResult]:
-    """The benchmark as a function: one result per strategy, on the same jobs."""
+    """The benchmark as a function: one result per strategy, on the same jobs. With a mix and
+    no `strategies`, the mix rows, `ours (learned)` warmed up first."""
     config = config or BenchConfig()
-    jobs = make_jobs(config.jobs, config.seed)
-    return asyncio.run(simulate(strategies, jobs, config))
+    jobs = make_jobs(config.jobs, config.seed, config.durations)
+    if strategies is None and config.mix is not None:
+        strategies = mix_strategies(ScheduleHistory(), config.max_interval)
+        learned = next(s for s in strategies if s.name == "ours (learned)")
+        asyncio.run(train(learned, config))
+    return asyncio.run(simulate(strategies or STRATEGIES, jobs, config))
 
 
 # --- output ----------------------------------------------------------------------------------
@@ -379,10 +428,12 @@ def table_row(r: StrategyResult) -> tuple[str, ...]:
 def format_table(results: Sequence[StrategyResult], config: BenchConfig) -> str:
     rows = [COLUMNS, *(table_row(r) for r in results)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    warm = f", learned warmed on {config.train_jobs} jobs" if config.mix else ""
+    cap = f", max_interval {config.max_interval:g} s" if config.mix else ""
     lines = [
-        f"{config.jobs} jobs, durations log-uniform {MIN_DURATION:g}-{MAX_DURATION:g} s, "
+        f"{config.jobs} jobs, durations {config.durations.describe()}, "
         f"deadline {config.deadline:g} s, {1000 * config.request_time:g} ms/request, "
-        f"seed {config.seed}",
+        f"seed {config.seed}{cap}{warm}",
         "",
     ]
     for row in rows:
@@ -401,14 +452,32 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--request-time", type=float, default=0.05, help="seconds per request (0.05)"
     )
-    parser.add_argument("--deadline", type=float, default=60.0, help="max_wait_time, s (60)")
+    parser.add_argument(
+        "--deadline", type=float, default=None, help="max_wait_time, s (60; a mix: its own)"
+    )
+    parser.add_argument("--mix", choices=MIXES, default=None, help="durations and learned rows")
+    parser.add_argument(
+        "--train-jobs", type=int, default=1_000, help="jobs that warm the learned row (1000)"
+    )
+    parser.add_argument(
+        "--max-interval", type=float, default=MAX_INTERVAL, help="cap of the ours rows, s (10)"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    config = BenchConfig(args.jobs, args.seed, args.request_time, args.deadline)
+    deadline = args.deadline or MIX_DEADLINES.get(args.mix, 60.0)
+    config = BenchConfig(
+        args.jobs,
+        args.seed,
+        args.request_time,
+        deadline,
+        args.mix,
+        args.train_jobs,
+        args.max_interval,
+    )
     results = run_benchmark(config)
     if args.json:
         print(json.dumps([asdict(r) for r in results], indent=2))

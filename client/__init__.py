@@ -8,6 +8,7 @@ import logging
 
 from .backoff import BackoffPolicy
 from .errors import ClientError, ConfigurationError
+from .learned import DurationHistogram, LearnedSchedule, ScheduleHistory, upstream_key
 from .polling import PollResult, StatusUpdate, VideoTranslationClient
 from .service import Event, ServiceAPIError, StatusSummary, Watch, WatchServiceClient
 from .upstream import TERMINAL, Observation, Status, classify_response, parse_retry_after
@@ -19,9 +20,12 @@ __all__ = [
     "BackoffPolicy",
     "ClientError",
     "ConfigurationError",
+    "DurationHistogram",
     "Event",
+    "LearnedSchedule",
     "Observation",
     "PollResult",
+    "ScheduleHistory",
     "ServiceAPIError",
     "Status",
     "StatusSummary",
@@ -31,4 +35,5 @@ __all__ = [
     "WatchServiceClient",
     "classify_response",
     "parse_retry_after",
+    "upstream_key",
 ]

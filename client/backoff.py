@@ -4,7 +4,9 @@ Exponential growth from `initial_wait_time` by `backoff_factor`, capped at `max_
 jittered (after the cap, so capped pollers do not fall into lockstep) by `±jitter` seconds plus
 `±jitter_ratio` of the delay. Deadline-aware (the Smithy waiter rule): when the next sleep would
 leave less than `initial_wait_time` before the deadline, sleep exactly to the deadline so the last
-poll happens there. Server hints (`Retry-After`, an ETA) replace the blind schedule within bounds.
+poll happens there. Server hints (`Retry-After`, an ETA) replace the blind schedule within bounds,
+and so, after plain pending answers, does a `Planner`'s proposal (a schedule learned from past
+jobs, `client.learned`).
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+from typing import Protocol
 
 from .errors import ConfigurationError
-from .upstream import Observation
+from .upstream import Observation, Status
 
 # A sleep may end a hair before the deadline; that is the deadline, not a reason to poll again.
 CLOCK_SLACK = 1e-3
@@ -126,6 +129,31 @@ class BackoffPolicy:
         return delay
 
 
+class Planner(Protocol):
+    """Proposes the next delay of a job still pending `elapsed` seconds after it began (None:
+    no opinion, the blind schedule applies). `client.learned.LearnedSchedule` is one."""
+
+    def planned_delay(
+        self, policy: BackoffPolicy, elapsed: float, remaining: float, rng: random.Random
+    ) -> float | None: ...
+
+
+def planned_within_bounds(policy: BackoffPolicy, planned: float, remaining: float) -> float:
+    """A planner's proposal held to the policy: floor, `max_interval`, a last poll at the
+    deadline."""
+    delay = min(policy.max_interval, max(policy.floor, planned))
+    return max(policy.min_delay, policy.clamp_to_deadline(delay, remaining))
+
+
+def first_poll_delay(
+    policy: BackoffPolicy, remaining: float, rng: random.Random, planner: Planner | None = None
+) -> float:
+    """Seconds to wait before the first poll: none, unless a planner knows that jobs here
+    almost never end so soon."""
+    planned = planner.planned_delay(policy, 0.0, remaining, rng) if planner else None
+    return 0.0 if planned is None else planned_within_bounds(policy, planned, remaining)
+
+
 def next_poll_delay(
     policy: BackoffPolicy,
     seen: Observation,
@@ -133,21 +161,32 @@ def next_poll_delay(
     remaining: float,
     max_attempts: int | None,
     rng: random.Random,
+    *,
+    planner: Planner | None = None,
+    elapsed: float = 0.0,
 ) -> float | None:
     """After poll number `attempt` saw `seen`: seconds until the next poll, or None to stop.
 
     None means the job ended (`seen` is terminal) or the time or the attempts are used up
-    (a timeout). The one rule both the client and the service's workers follow.
+    (a timeout). The one rule both the client and the service's workers follow. A `planner`
+    (given the seconds `elapsed` since the job began) steers only plain pending answers: hints,
+    transient failures and the last attempt keep the rules above.
     """
     if seen.terminal or remaining <= CLOCK_SLACK:
         return None
     if max_attempts is not None and attempt >= max_attempts:
         return None
+    last_attempt = max_attempts is not None and attempt == max_attempts - 1
+    plain = seen.status == Status.PENDING and seen.retry_after is None and seen.eta_seconds is None
+    if planner is not None and plain and not last_attempt:
+        planned = planner.planned_delay(policy, elapsed, remaining, rng)
+        if planned is not None:
+            return planned_within_bounds(policy, planned, remaining)
     return policy.next_delay(
         attempt,
         remaining,
         rng,
         retry_after=seen.retry_after,
         eta_seconds=seen.eta_seconds,
-        last_attempt=max_attempts is not None and attempt == max_attempts - 1,
+        last_attempt=last_attempt,
     )

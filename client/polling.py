@@ -22,9 +22,11 @@ from .backoff import (
     JITTER,
     MAX_INTERVAL,
     BackoffPolicy,
+    first_poll_delay,
     next_poll_delay,
 )
 from .errors import ConfigurationError
+from .learned import ScheduleHistory
 from .upstream import Observation, Status, fetch_status
 
 logger = logging.getLogger(__name__)
@@ -103,6 +105,11 @@ class VideoTranslationClient(OwnsSession):
     poll happens at the deadline; no request starts after it, and the total never exceeds
     `max_wait_time` + `request_timeout` (+ the last `on_update`'s own time).
     Use it with or without `async with`; an injected `session` is never closed by the client.
+
+    With a `history` (a `ScheduleHistory`, shared between clients and persisted by the caller),
+    every job seen to completion is recorded, counted from the start of `poll()`; once its
+    upstream has enough samples and while `adaptive`, polls follow the learned schedule within
+    the same bounds. Without one the schedule is the blind backoff alone.
     """
 
     def __init__(
@@ -123,6 +130,8 @@ class VideoTranslationClient(OwnsSession):
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         rng: random.Random | None = None,
+        history: ScheduleHistory | None = None,
+        adaptive: bool = True,
     ) -> None:
         if max_attempts is not None and max_attempts < 1:
             raise ConfigurationError(f"max_attempts must be at least 1, got {max_attempts!r}")
@@ -148,6 +157,8 @@ class VideoTranslationClient(OwnsSession):
         self._clock = clock
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()
+        self.history = history
+        self.adaptive = adaptive
 
     async def __aenter__(self) -> VideoTranslationClient:
         if self._session is None and self._owned_session is None:
@@ -183,8 +194,16 @@ class VideoTranslationClient(OwnsSession):
         deadline = start + self.max_wait_time
         result = PollResult(Status.TIMEOUT, attempts=0, elapsed=0.0)
         known = Status.PENDING
+        planner = None
+        if self.history is not None and self.adaptive:
+            planner = self.history.schedule(self.status_url)
+        first_wait = first_poll_delay(self.policy, self.max_wait_time, self._rng, planner)
+        if first_wait > 0:
+            await self._sleep(first_wait)
+        pending_since = 0.0  # the job was still pending this many seconds after the start
         while True:
             result.attempts += 1
+            sent_at = self._clock() if self.history is not None else start
             seen = await fetch_status(session, self.status_url, self.request_timeout, self.headers)
             seen_at = self._clock()
             if seen.error:
@@ -193,8 +212,19 @@ class VideoTranslationClient(OwnsSession):
                     "poll %d of %s failed: %s", result.attempts, self.status_url, seen.error
                 )
             known = seen.status or known
+            if seen.status == Status.PENDING:
+                pending_since = sent_at - start
+            elif seen.status == Status.COMPLETED and self.history is not None:
+                self.history.record(self.status_url, pending_since, seen_at - start)
             next_poll_in = next_poll_delay(
-                self.policy, seen, result.attempts, deadline - seen_at, self.max_attempts, self._rng
+                self.policy,
+                seen,
+                result.attempts,
+                deadline - seen_at,
+                self.max_attempts,
+                self._rng,
+                planner=planner,
+                elapsed=seen_at - start,
             )
             update = StatusUpdate(
                 known,

@@ -2,7 +2,10 @@
 
 `GET /status` serves one default job; `POST /jobs` creates more, each polled at
 `/jobs/{id}/status`. Faults (latency, hangs, 429, 503, malformed bodies) and hints are
-drawn per request from one seeded RNG; `/jobs/{id}` and `/stats` expose counters.
+drawn per request from one seeded RNG; `/jobs/{id}` and `/stats` expose counters. With a
+`DurationMix`, jobs posted without a duration (and the default job, without `--delay`) draw
+theirs from it; with `host_rate_limit`, status requests beyond a token bucket over all of them
+answer 429 with `Retry-After`.
 """
 
 from __future__ import annotations
@@ -22,12 +25,75 @@ from typing import Any
 from aiohttp import web
 
 OUTCOMES = ("completed", "error", "random")
+MIXES = ("lognormal", "bimodal", "loguniform")
 RATES = frozenset({"error_rate", "fail_rate", "rate_limit_rate", "malformed_rate", "hang_rate"})
+SHARES = RATES | {"long_share"}
 OVERRIDES = ("latency", "retry_after", "hints", "eta_error", *sorted(RATES - {"error_rate"}))
 DEFAULT_JOB = "default"
 MALFORMED_BODY = b'{"result": "pend'
 JSON = "application/json"
 BODIES = {r: json.dumps({"result": r}).encode() for r in ("pending", "completed", "error")}
+
+
+@dataclass(frozen=True, slots=True)
+class DurationMix:
+    """A distribution of job durations in seconds.
+
+    `lognormal`: median `median`, log-space deviation `sigma`; `bimodal`: that with probability
+    1 - `long_share`, else lognormal with median `long_median` and the same `sigma`;
+    `loguniform`: `exp(uniform(ln low, ln high))`.
+    """
+
+    kind: str
+    median: float = 30.0
+    sigma: float = 0.6
+    long_median: float = 180.0
+    long_share: float = 0.3
+    low: float = 1.0
+    high: float = 55.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in MIXES:
+            raise ValueError(f"mix must be one of {', '.join(MIXES)}")
+        if not all(math.isfinite(v) for v in (self.median, self.sigma, self.long_median)):
+            raise ValueError("median, sigma and long_median must be finite")
+        if not (self.median > 0 and self.long_median > 0 and self.sigma >= 0):
+            raise ValueError("medians must be positive and sigma not negative")
+        if not 0.0 <= self.long_share <= 1.0:
+            raise ValueError("long_share must be in [0, 1]")
+        if not (0 < self.low <= self.high < math.inf):
+            raise ValueError("loguniform needs 0 < min_duration <= max_duration")
+
+    def sample(self, rng: random.Random) -> float:
+        if self.kind == "loguniform":
+            return math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
+        long = self.kind == "bimodal" and rng.random() < self.long_share
+        return (self.long_median if long else self.median) * math.exp(rng.gauss(0.0, self.sigma))
+
+    def describe(self) -> str:
+        if self.kind == "loguniform":
+            return f"log-uniform {self.low:g}-{self.high:g} s"
+        shape = f"lognormal median {self.median:g} s, sigma {self.sigma:g}"
+        if self.kind == "lognormal":
+            return shape
+        return f"bimodal: {shape}; {100 * self.long_share:g} % median {self.long_median:g} s"
+
+
+class TokenBucket:
+    """`rate` requests per second with bursts of up to `burst`, on the simulator's clock."""
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens, self.updated_at = burst, now
+
+    def take(self, now: float) -> float:
+        """Take one token: 0.0, or the seconds until one is available (nothing taken)."""
+        self.tokens = min(self.burst, self.tokens + (now - self.updated_at) * self.rate)
+        self.updated_at = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
 
 
 @dataclass
@@ -48,6 +114,15 @@ class SimulatorConfig:
     hints: bool = False
     eta_error: float = 0.0
     hint_retry_after: float | None = None
+    mix: str | None = None
+    median: float = 30.0
+    sigma: float = 0.6
+    long_median: float = 180.0
+    long_share: float = 0.3
+    min_duration: float = 1.0
+    max_duration: float = 55.0
+    host_rate_limit: float = 0.0  # status requests per second over all jobs; 0: no limit
+    host_burst: float = 0.0  # requests at once above that rate; 0: one second's worth
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:
@@ -56,9 +131,29 @@ class SimulatorConfig:
             value = getattr(self, f.name)
             if f.name == "seed" or value is None or isinstance(value, bool | str):
                 continue
-            high = 1.0 if f.name in RATES else math.inf
+            high = 1.0 if f.name in SHARES else math.inf
             if not (math.isfinite(value) and 0.0 <= value <= high):
                 raise ValueError(f"{f.name} must be a number in [0, {high}]")
+        self.duration_mix()  # validates the mix
+
+    def duration_mix(self) -> DurationMix | None:
+        if self.mix is None:
+            return None
+        return DurationMix(
+            self.mix,
+            self.median,
+            self.sigma,
+            self.long_median,
+            self.long_share,
+            self.min_duration,
+            self.max_duration,
+        )
+
+    def rate_limiter(self, now: float) -> TokenBucket | None:
+        if not self.host_rate_limit:
+            return None
+        burst = self.host_burst or max(1.0, self.host_rate_limit)
+        return TokenBucket(self.host_rate_limit, burst, now)
 
 
 @dataclass(slots=True)
@@ -100,16 +195,14 @@ def _number(value: object, name: str, high: float = math.inf) -> float:
     raise BadRequest(f"{name}: must be a number in [0, {high:g}]")
 
 
-def _parse_job(body: object, where: str = "") -> tuple[float, str, dict[str, Any]]:
-    """Validate one job spec: (duration, outcome, overrides)."""
+def _parse_job(body: object, where: str = "") -> tuple[float | None, str, dict[str, Any]]:
+    """Validate one job spec: (duration, None to draw it from the mix; outcome; overrides)."""
     if not isinstance(body, dict):
         raise BadRequest(f"{where.rstrip('.') or 'body'}: must be a JSON object")
     unknown = sorted(set(body) - {"duration", "outcome", *OVERRIDES})
     if unknown:
         raise BadRequest(f"{where}{unknown[0]}: unknown field")
-    if "duration" not in body:
-        raise BadRequest(f"{where}duration: required")
-    duration = _number(body["duration"], f"{where}duration")
+    duration = _number(body["duration"], f"{where}duration") if "duration" in body else None
     outcome = body.get("outcome", "completed")
     if outcome not in ("completed", "error"):
         raise BadRequest(f"{where}outcome: must be 'completed' or 'error'")
@@ -130,7 +223,8 @@ class Simulator:
         self.clock = clock
         self.rng = random.Random(config.seed)
         self.ids = itertools.count(1)
-        delay = config.delay if config.delay is not None else self.rng.uniform(5.0, 15.0)
+        self.mix = config.duration_mix()
+        delay = config.delay if config.delay is not None else self.draw_duration()
         outcome = config.outcome
         if outcome == "random":
             outcome = "error" if self.rng.random() < config.error_rate else "completed"
@@ -141,8 +235,13 @@ class Simulator:
         """Forget all jobs and counters; the default job starts again now."""
         self.requests = self.in_flight = self.max_in_flight = self.max_concurrent = 0
         self.by_status: dict[int, int] = {}
+        self.rate_limiter = self.config.rate_limiter(self.clock())
         job = Job(DEFAULT_JOB, self.default_delay, self.default_outcome, self.clock(), self.config)
         self.jobs: dict[str, Job] = {DEFAULT_JOB: job}
+
+    def draw_duration(self) -> float:
+        """A duration from the mix; without one, the original's 5-15 s."""
+        return self.mix.sample(self.rng) if self.mix else self.rng.uniform(5.0, 15.0)
 
     def create(self, duration: float, outcome: str, overrides: dict[str, Any]) -> Job:
         job_id = f"j{next(self.ids)}"
@@ -185,6 +284,10 @@ class Simulator:
 
     async def _answer(self, job: Job) -> web.Response:
         cfg, rng = job.config, self.rng
+        wait = self.rate_limiter.take(self.clock()) if self.rate_limiter else 0.0
+        if wait:
+            headers = {"Retry-After": str(max(1, math.ceil(wait)))}
+            return web.json_response({"detail": "host rate limit"}, status=429, headers=headers)
         if cfg.hang_rate and rng.random() < cfg.hang_rate:
             await asyncio.sleep(cfg.hang_seconds)
         if cfg.latency:
@@ -253,11 +356,15 @@ async def _create_jobs(request: web.Request) -> web.Response:
             raise BadRequest("jobs: must be the only field and a list of job objects")
         specs = body["jobs"] if batch else [body]
         parsed = [_parse_job(s, f"jobs[{i}]." if batch else "") for i, s in enumerate(specs)]
+        if sim.mix is None and any(duration is None for duration, _, _ in parsed):
+            where = next(i for i, p in enumerate(parsed) if p[0] is None)
+            raise BadRequest(f"{f'jobs[{where}].' if batch else ''}duration: required (no --mix)")
     except BadRequest as exc:
         return web.json_response({"detail": str(exc)}, status=400)
     base = f"{request.scheme}://{request.host}/jobs/"
     created = []
-    for duration, outcome, overrides in parsed:
+    for wanted, outcome, overrides in parsed:
+        duration = sim.draw_duration() if wanted is None else wanted
         job = sim.create(duration, outcome, overrides)
         url = f"{base}{job.id}/status"
         created.append({"id": job.id, "status_url": url, "duration": duration, "outcome": outcome})
@@ -328,11 +435,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--hints", action="store_true", help="add progress and eta_seconds to pending answers")
     add("--eta-error", type=seconds, default=d.eta_error, help="relative error of eta_seconds")
     add("--hint-retry-after", type=seconds, default=None, help="Retry-After of pending answers")
+    add("--mix", choices=MIXES, default=None, help="draw durations of jobs posted without one")
+    add("--median", type=seconds, default=d.median, help="lognormal/bimodal median, s")
+    add("--sigma", type=seconds, default=d.sigma, help="lognormal/bimodal sigma (log space)")
+    add("--long-median", type=seconds, default=d.long_median, help="bimodal: long jobs' median")
+    add("--long-share", type=rate, default=d.long_share, help="bimodal: share of long jobs")
+    add("--min-duration", type=seconds, default=d.min_duration, help="loguniform: shortest, s")
+    add("--max-duration", type=seconds, default=d.max_duration, help="loguniform: longest, s")
+    add("--host-rate-limit", type=seconds, default=d.host_rate_limit, help="status requests/s")
+    add("--host-burst", type=seconds, default=d.host_burst, help="burst above the rate limit")
 
 
 def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
-    """Build the config from arguments parsed with `add_arguments`."""
-    return SimulatorConfig(**{f.name: getattr(args, f.name) for f in fields(SimulatorConfig)})
+    """Build the config from arguments parsed with `add_arguments` (argparse errors for a
+    combination that is out of range)."""
+    try:
+        return SimulatorConfig(**{f.name: getattr(args, f.name) for f in fields(SimulatorConfig)})
+    except ValueError as exc:
+        raise SystemExit(f"simulator: {exc}") from None
 
 
 async def _serve(config: SimulatorConfig, host: str, port: int) -> None:
