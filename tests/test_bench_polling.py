@@ -74,3 +74,29 @@ def test_cli_json(capsys: pytest.CaptureFixture[str]) -> None:
     rows = json.loads(capsys.readouterr().out)
     assert [row["strategy"] for row in rows][:2] == ["ours (defaults)", "original"]
     assert all(row["jobs"] == 20 and row["seed"] == 1 and row["deadline"] == 60 for row in rows)
+
+
+@pytest.fixture(scope="module")
+def lognormal() -> dict[str, StrategyResult]:
+    config = BenchConfig(jobs=150, seed=0, deadline=600.0, mix="lognormal", train_jobs=100)
+    return {r.strategy: r for r in run_benchmark(config)}
+
+
+def test_a_mix_runs_the_learned_rows(lognormal: dict[str, StrategyResult]) -> None:
+    assert list(lognormal) == ["ours (defaults)", "ours (learned)", "original", "fixed 1 s"]
+    for name in ("ours (defaults)", "ours (learned)", "fixed 1 s"):
+        assert lognormal[name].false_timeout_rate == 0, name
+        assert lognormal[name].detected == 150, name
+
+
+def test_the_warm_learned_schedule_saves_requests(lognormal: dict[str, StrategyResult]) -> None:
+    learned, defaults = lognormal["ours (learned)"], lognormal["ours (defaults)"]
+    assert learned.mean_requests < 0.75 * defaults.mean_requests
+    assert learned.latency_p95 is not None and defaults.latency_p95 is not None
+    assert learned.latency_p95 <= defaults.latency_p95
+
+
+def test_cli_mix(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--jobs", "20", "--train-jobs", "30", "--mix", "bimodal"]) == 0
+    out = capsys.readouterr().out
+    assert "bimodal" in out and "deadline 600 s" in out and "ours (learned)" in out

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
+import random
+import statistics
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,7 +17,13 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from client.simulator import SimulatorConfig, add_arguments, config_from_args, create_app
+from client.simulator import (
+    DurationMix,
+    SimulatorConfig,
+    add_arguments,
+    config_from_args,
+    create_app,
+)
 
 Client = TestClient[web.Request, web.Application]
 
@@ -283,6 +292,92 @@ async def test_stats_and_reset() -> None:
         assert await result(client) == "completed"
 
 
+async def test_a_mix_draws_the_durations_of_jobs_posted_without_one() -> None:
+    async with serve(seed=4, mix="lognormal", median=30.0, sigma=0.6) as client:
+        _, body = await post_json(client, "/jobs", {"jobs": [{}] * 2000 + [{"duration": 2}]})
+        durations = [job["duration"] for job in body["jobs"]]
+        assert durations[-1] == 2
+        assert statistics.median(durations[:-1]) == pytest.approx(30.0, rel=0.05)
+        logs = [math.log(d) for d in durations[:-1]]
+        assert statistics.stdev(logs) == pytest.approx(0.6, rel=0.05)
+        _, details = await get_json(client, "/jobs/default")
+        assert details["duration"] != durations[0]  # the default job drew its own
+
+
+@pytest.mark.parametrize(
+    ("mix", "check"),
+    [
+        (DurationMix("loguniform", low=2.0, high=50.0), lambda d: 2.0 <= min(d) <= max(d) <= 50),
+        (
+            DurationMix("bimodal", median=10.0, sigma=0.2, long_median=200.0, long_share=0.25),
+            lambda d: sum(x > 45 for x in d) / len(d) == pytest.approx(0.25, abs=0.03),
+        ),
+        (DurationMix("lognormal", median=5.0, sigma=0.0), lambda d: set(d) == {5.0}),
+    ],
+)
+def test_duration_mixes_have_their_shape(mix: DurationMix, check: Any) -> None:
+    rng = random.Random(1)
+    assert check([mix.sample(rng) for _ in range(2000)])
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"kind": "normal"},
+        {"kind": "lognormal", "median": 0.0},
+        {"kind": "lognormal", "sigma": -1.0},
+        {"kind": "bimodal", "long_share": 1.5},
+        {"kind": "loguniform", "low": 0.0},
+        {"kind": "loguniform", "low": 9.0, "high": 3.0},
+        {"kind": "lognormal", "median": math.nan},
+    ],
+)
+def test_bad_mixes_are_rejected(fields: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        DurationMix(**fields)
+
+
+async def test_without_a_mix_a_duration_is_required() -> None:
+    async with serve() as client:
+        status, answer = await post_json(client, "/jobs", {"jobs": [{"duration": 1}, {}]})
+        assert status == 400 and answer["detail"].startswith("jobs[1].duration: required")
+
+
+async def test_host_rate_limit_answers_429_with_retry_after_beyond_the_bucket() -> None:
+    clock = Clock()
+    async with serve(clock, delay=0.0, host_rate_limit=2.0, host_burst=3.0) as client:
+        _, job = await post_json(client, "/jobs", {"duration": 0})
+        paths = ["/status", f"/jobs/{job['id']}/status", "/status"]
+        for path in paths:  # the burst, over all jobs
+            assert await result(client, path) == "completed"
+        async with client.get("/status") as response:
+            assert response.status == 429
+            assert response.headers["Retry-After"] == "1"
+        clock.advance(0.5)  # one token back at 2 per second
+        assert await result(client) == "completed"
+        async with client.get(f"/jobs/{job['id']}/status") as response:
+            assert response.status == 429
+        _, stats = await get_json(client, "/stats")
+        assert stats["by_status"] == {"200": 4, "429": 2}
+        assert (await get_json(client, "/stats"))[0] == 200  # counters are not limited
+        clock.advance(10)  # the bucket refills to its burst, no further
+        codes = []
+        for _ in range(5):
+            async with client.get("/status") as response:
+                codes.append(response.status)
+        assert codes == [200, 200, 200, 429, 429]
+
+
+async def test_host_rate_limit_retry_after_says_when_a_token_is_back() -> None:
+    clock = Clock()
+    async with serve(clock, delay=0.0, host_rate_limit=0.25, host_burst=1.0) as client:
+        assert await result(client) == "completed"
+        async with client.get("/status") as response:
+            assert (response.status, response.headers["Retry-After"]) == (429, "4")
+        clock.advance(4)
+        assert await result(client) == "completed"
+
+
 def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -299,6 +394,14 @@ def test_arguments_build_the_config() -> None:
     assert (config.delay, config.outcome, config.fail_rate, config.hints) == (2, "error", 0.5, True)
     config = config_from_args(parse("--hint-retry-after", "1", "--hang-seconds", "4"))
     assert (config.hint_retry_after, config.hang_seconds) == (1.0, 4.0)
+    config = config_from_args(
+        parse("--mix", "bimodal", "--median", "20", "--long-median", "240", "--long-share", "0.2")
+    )
+    assert config.duration_mix() == DurationMix("bimodal", 20.0, 0.6, 240.0, 0.2)
+    config = config_from_args(parse("--host-rate-limit", "30", "--host-burst", "40"))
+    assert (config.host_rate_limit, config.host_burst) == (30.0, 40.0)
+    with pytest.raises(SystemExit, match="medians must be positive"):
+        config_from_args(parse("--mix", "lognormal", "--median", "0"))
 
 
 @pytest.mark.parametrize(
@@ -311,6 +414,9 @@ def test_arguments_build_the_config() -> None:
         ["--retry-after", "soon"],
         ["--outcome", "maybe"],
         ["--port", "70000"],
+        ["--mix", "normal"],
+        ["--long-share", "2"],
+        ["--host-rate-limit", "-1"],
     ],
 )
 def test_out_of_range_arguments_are_argparse_errors(
