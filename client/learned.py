@@ -205,7 +205,7 @@ class LearnedSchedule:
         elif covered(low) >= target:
             gap = low
         else:
-            for _ in range(40):  # covered() grows with the gap: bisect to ~1e-12 of the range
+            for _ in range(24):  # covered() grows with the gap: bisect to ~6e-8 of the range
                 middle = (low + high) / 2
                 low, high = (middle, high) if covered(middle) < target else (low, middle)
             gap = high
