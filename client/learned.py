@@ -220,7 +220,7 @@ class ScheduleHistory:
     updated go first).
     """
 
-    def __init__(self, *, half_life: float = HALF_LIFE, max_upstreams: int = MAX_UPSTREAMS):
+    def __init__(self, *, half_life: float = HALF_LIFE, max_upstreams: int = MAX_UPSTREAMS) -> None:
         if max_upstreams < 1:
             raise ConfigurationError(f"max_upstreams must be at least 1, got {max_upstreams!r}")
         DurationHistogram(half_life)  # validates half_life
