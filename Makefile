@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test lint run demo simulate bench clean
+.PHONY: install test lint run demo simulate bench screenshots clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,7 @@ lint: $(STAMP)
 
 test: lint
 	deploy/validate.sh
+	.ci/ensure_chromium.sh
 	VTW_TEST_REDIS_URL="$$($(BIN)/python .ci/ensure_redis.py)" \
 		$(BIN)/pytest -q --cov --cov-report=term $(PYTEST_ARGS)
 
@@ -33,6 +34,12 @@ demo: $(STAMP)
 
 simulate: $(STAMP)
 	$(BIN)/vtwatch simulate --port 5000
+
+# The dashboard screenshots README shows, taken by its browser test.
+screenshots: $(STAMP)
+	.ci/ensure_chromium.sh
+	VTW_SCREENSHOTS_DIR=docs/img VTW_TEST_REDIS_URL="$$($(BIN)/python .ci/ensure_redis.py)" \
+		$(BIN)/pytest -q -p no:cacheprovider tests/e2e/test_dashboard_browser.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/polling.py

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
-from . import event_routes, routes, webhook_routes
+from . import dashboard, event_routes, routes, webhook_routes
 from .connection import connect
 from .deps import StoreDep
 from .errors import ServiceError
@@ -73,6 +73,7 @@ def create_app(settings: Settings | None = None, redis: aioredis.Redis | None = 
     app.include_router(routes.router)
     app.include_router(webhook_routes.router)
     app.include_router(event_routes.router)
+    app.include_router(dashboard.router)
     _add_error_handlers(app)
 
     @app.get("/healthz", tags=["health"])

@@ -1,4 +1,5 @@
-"""`GET /v1/watches/{id}/events`: a watch's progress as Server-Sent Events (see `events.py`)."""
+"""Server-Sent Events (see `events.py`): `GET /v1/watches/{id}/events`, a watch's progress;
+`GET /v1/events`, the tenant's watches as they are registered and end (the dashboard's feed)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 
 from .deps import EventsDep, StoreDep, TenantDep
-from .events import parse_event_id, stream
+from .events import parse_event_id, stream, tenant_stream
 from .openapi import errors
 from .routes import NOT_FOUND, WatchId
 
 router = APIRouter(prefix="/v1", tags=["watches"], responses=errors(401, 413, 422, 503))
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 EVENT_STREAM = {
     "content": {"text/event-stream": {}},
     "description": "`event: poll` per observed poll and `event: state` per state change, each"
@@ -45,5 +47,22 @@ async def watch_events(
     return StreamingResponse(
         stream(store, hub, tenant, doc, after),
         media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        headers=SSE_HEADERS,
+    )
+
+
+TENANT_STREAM = {
+    "content": {"text/event-stream": {}},
+    "description": "`event: watch` (the Watch as JSON `data:`) when one of the caller's watches"
+    " is registered, ends, or has a webhook attempt or retry; `event: ready` once the"
+    " subscription is live, `event: resync` when changes were missed; heartbeat comments",
+}
+
+
+@router.get("/events", response_class=StreamingResponse, responses={200: TENANT_STREAM})
+async def tenant_events(store: StoreDep, hub: EventsDep, tenant: TenantDep) -> StreamingResponse:
+    """Follow all of the caller's watches (registrations, ends, webhook attempts; no polls).
+    Not resumable: after `ready`, read the list, then apply the events."""
+    return StreamingResponse(
+        tenant_stream(store, hub, tenant), media_type="text/event-stream", headers=SSE_HEADERS
     )

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Iterator
 
 import redis.asyncio as aioredis
@@ -33,16 +34,46 @@ HEARTBEAT_SECONDS = 15.0
 LISTEN_TICK = 0.2  # how soon a new stream's subscription starts, at worst
 EventKey = tuple[int, int]
 POLL, STATE = 0, 1
+MAX_QUEUED_IDS = 1000  # a tenant stream further behind is told to resync (`event: resync`)
+
+
+class Follower:
+    """What one stream waits on: `changed` is set at each notification, and the watch ids
+    the notifications carried (a tenant's channel carries them; a watch's carries none) queue
+    in `ids`, up to `MAX_QUEUED_IDS`, past which `overflowed` is set instead."""
+
+    __slots__ = ("changed", "ids", "overflowed")
+
+    def __init__(self) -> None:
+        self.changed = asyncio.Event()
+        self.ids: deque[str] = deque()
+        self.overflowed = False
+
+    def notify(self, payload: str) -> None:
+        if payload:
+            if len(self.ids) < MAX_QUEUED_IDS:
+                self.ids.append(payload)
+            else:
+                self.overflowed = True
+        self.changed.set()
+
+    def take_ids(self) -> list[str]:
+        """The ids queued since the last call, each once, oldest first."""
+        ids = list(dict.fromkeys(self.ids))
+        self.ids.clear()
+        return ids
 
 
 class EventHub:
-    """One Pub/Sub connection per API process, subscribed to the channels of the watches its
-    streams follow (and nothing while none is open), fanned out to those streams."""
+    """One Pub/Sub connection per API process, subscribed to the channels its streams follow
+    (a watch's, or a tenant's: `"@" + tenant`), and nothing while none is open, fanned out to
+    those streams."""
 
     def __init__(self, redis: aioredis.Redis, channel_prefix: str) -> None:
         self.redis = redis
         self.channel_prefix = channel_prefix
-        self._waiting: dict[str, set[asyncio.Event]] = {}
+        self._waiting: dict[str, set[Follower]] = {}
+        self._subscribed: set[str] = set()  # channels whose subscription is live
         self._someone = asyncio.Event()  # set while anyone follows a watch
         self._resync = asyncio.Event()  # the set of followed watches changed
         self._listener: asyncio.Task[None] | None = None
@@ -54,23 +85,26 @@ class EventHub:
         self._wake_all()
 
     @contextlib.contextmanager
-    def follow(self, watch_id: str) -> Iterator[asyncio.Event]:
-        """An event set whenever `watch_id` is saved, for the life of the block (and once
-        when its subscription starts, so nothing saved before that is missed)."""
-        changed = asyncio.Event()
-        self._waiting.setdefault(watch_id, set()).add(changed)
+    def follow(self, channel: str) -> Iterator[Follower]:
+        """Notified whenever `channel` (a watch id, or `"@" + tenant`) hears of a change, for
+        the life of the block (and once when its subscription starts, so nothing saved before
+        that is missed)."""
+        follower = Follower()
+        self._waiting.setdefault(channel, set()).add(follower)
+        if channel in self._subscribed:  # live already: nothing before this can be missed
+            follower.notify("")
         self._someone.set()
         self._resync.set()
         if self._listener is None:
             # A context of its own: not the request's (its request id, for one).
             self._listener = asyncio.create_task(self._listen(), context=contextvars.Context())
         try:
-            yield changed
+            yield follower
         finally:
-            waiting = self._waiting[watch_id]
-            waiting.discard(changed)
+            waiting = self._waiting[channel]
+            waiting.discard(follower)
             if not waiting:
-                del self._waiting[watch_id]
+                del self._waiting[channel]
                 self._resync.set()
 
     async def _listen(self) -> None:
@@ -81,45 +115,49 @@ class EventHub:
             await self._someone.wait()
             try:
                 async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    subscribed: set[str] = set()
                     self._resync.set()
                     while self._waiting:
                         if self._resync.is_set():
                             self._resync.clear()
-                            subscribed = await self._sync(pubsub, subscribed)
+                            await self._sync(pubsub)
                             failures = 0
                         message = await pubsub.get_message(timeout=LISTEN_TICK)
                         if message is not None:
-                            self._wake(message["channel"][len(self.channel_prefix) :])
+                            channel = message["channel"][len(self.channel_prefix) :]
+                            self._wake(channel, message["data"])
             except Exception as exc:
                 failures += 1
                 if failures == 1:
                     logger.warning("event subscription failed (%s); retrying", exc)
                 await asyncio.sleep(min(5.0, 0.1 * 2**failures))
+            finally:
+                self._subscribed = set()  # that connection is gone, and its subscriptions
             if not self._waiting:
                 self._someone.clear()
 
-    async def _sync(self, pubsub: PubSub, subscribed: set[str]) -> set[str]:
-        """Subscribe to the watches followed now, unsubscribe from the others."""
+    async def _sync(self, pubsub: PubSub) -> None:
+        """Subscribe to the channels followed now, unsubscribe from the others."""
         wanted = set(self._waiting)
-        new, gone = wanted - subscribed, subscribed - wanted
+        new, gone = wanted - self._subscribed, self._subscribed - wanted
+        if gone:
+            self._subscribed -= gone
+            await pubsub.unsubscribe(*(self.channel_prefix + i for i in gone))
         if new:
             await pubsub.subscribe(*(self.channel_prefix + i for i in new))
-            for watch_id in new:  # anything saved before the subscription took
-                self._wake(watch_id)
-        if gone:
-            await pubsub.unsubscribe(*(self.channel_prefix + i for i in gone))
-        return wanted
+            self._subscribed |= new
+            for channel in new:  # anything saved before the subscription took
+                self._wake(channel)
 
-    def _wake(self, watch_id: str | bytes) -> None:
-        key = watch_id.decode() if isinstance(watch_id, bytes) else watch_id
-        for changed in self._waiting.get(key, ()):
-            changed.set()
+    def _wake(self, channel: str | bytes, payload: str | bytes = "") -> None:
+        key = channel.decode() if isinstance(channel, bytes) else channel
+        data = payload.decode() if isinstance(payload, bytes) else str(payload)
+        for follower in self._waiting.get(key, ()):
+            follower.notify(data)
 
     def _wake_all(self) -> None:
         for waiting in self._waiting.values():
-            for changed in waiting:
-                changed.set()
+            for follower in waiting:
+                follower.notify("")
 
     async def aclose(self) -> None:
         if self._listener is not None:
@@ -158,7 +196,8 @@ async def stream(
 ) -> AsyncIterator[str]:
     """The event stream of one watch, from `doc` (already read for this tenant) on."""
     yield f"retry: {int(HEARTBEAT_SECONDS * 1000)}\n\n"
-    with hub.follow(doc["id"]) as changed:
+    with hub.follow(doc["id"]) as follower:
+        changed = follower.changed
         sent = after
         if sent is None:  # a fresh stream starts with the watch as it is now
             sent = (current_events(doc)[-1][0][0], STATE)
@@ -185,3 +224,41 @@ async def stream(
             except (RedisError, OSError) as exc:  # say so, try again at the next heartbeat
                 logger.debug("event stream of %s: reading the watch failed: %s", doc["id"], exc)
                 yield ": storage unavailable, retrying\n\n"
+
+
+async def tenant_stream(store: Store, hub: EventHub, tenant: str) -> AsyncIterator[str]:
+    """Every watch of the tenant as it is registered, ends, or has a webhook attempt or retry
+    (`event: watch`, the Watch as `data:`; no polls). `event: ready` says the subscription is
+    live (read the list then: nothing after it is missed); `event: resync` says changes came
+    faster than this stream could follow (read the list again). Not resumable: after a
+    reconnect, wait for `ready` and read the list."""
+    yield f"retry: {int(HEARTBEAT_SECONDS * 1000)}\n\n"
+    with hub.follow("@" + tenant) as follower:
+        ready = False
+        while not hub.closed:
+            try:
+                await asyncio.wait_for(follower.changed.wait(), HEARTBEAT_SECONDS)
+            except TimeoutError:
+                yield ": heartbeat\n\n"
+                continue
+            follower.changed.clear()
+            if hub.closed:
+                break
+            if not ready:  # the first wake comes when the subscription starts
+                ready = True
+                yield "event: ready\ndata: {}\n\n"
+            if follower.overflowed:
+                follower.overflowed = False
+                follower.take_ids()
+                yield "event: resync\ndata: {}\n\n"
+                continue
+            ids = follower.take_ids()
+            try:
+                docs = await store.get_many(tenant, ids)
+            except (RedisError, OSError) as exc:
+                logger.debug("the event stream of a tenant: reading watches failed: %s", exc)
+                yield "event: resync\ndata: {}\n\n"  # the changes are lost: the list is not
+                continue
+            for doc in docs:
+                yield f"event: watch\ndata: {render_watch(doc).model_dump_json()}\n\n"
+        yield ": the server is shutting down; reconnect\n\n"

@@ -18,6 +18,8 @@ All keys share the hash tag `{namespace}`, so every script's keys live in one Re
                                          -> the request id of the last rotation
     vtw:{ns}:idem:<tenant>:<hash>  STRING idempotency key -> "<id> <body fingerprint>"
     vtw:{ns}:events:<id>           PUBSUB channel (not a key): a message per save of the watch
+    vtw:{ns}:events:@<tenant>      PUBSUB channel: a watch id per registration, end or webhook
+                                         attempt of the tenant's watches
 """
 
 from __future__ import annotations

@@ -77,6 +77,7 @@ class Outbox:
                 int(delay_seconds * 1000),
                 "" if code is None else code,
                 DELIVERY_LOG_LENGTH,
+                k.events_prefix,
             ],
         )
         return bool(done)
@@ -92,7 +93,7 @@ class Outbox:
         outcome = await retry_idempotent(
             lambda: self._scripts["redeliver"](
                 keys=[k.watch(watch_id), k.outbox, k.outbox_leases, k.counts(tenant)],
-                args=[watch_id, tenant],
+                args=[watch_id, tenant, k.events_prefix],
             )
         )
         if outcome == "missing":

@@ -119,6 +119,7 @@ class Store:
             self.idempotency_ttl,
             k.watch_prefix,
             self.max_active_watches,
+            k.events_prefix,
         ]
         outcome, payload = await retry_idempotent(
             lambda: self._scripts["register"](keys=keys, args=args)
@@ -138,6 +139,12 @@ class Store:
             raise WatchNotFound(watch_id)
         return doc
 
+    async def get_many(self, tenant: str, watch_ids: Sequence[str]) -> list[WatchDoc]:
+        """The tenant's watches among `watch_ids`, in that order (missing ones left out)."""
+        raws = await self.redis.mget([self.keys.watch(i) for i in watch_ids]) if watch_ids else []
+        docs: list[WatchDoc] = [decode(raw) for raw in raws if raw]
+        return [doc for doc in docs if doc["tenant"] == tenant]
+
     async def page(
         self, tenant: str, state: WatchState | None, limit: int, cursor: str | None
     ) -> Page:
@@ -150,8 +157,7 @@ class Store:
             ),
         )
         page_ids = ids[:limit]
-        raws = await self.redis.mget([self.keys.watch(i) for i in page_ids]) if page_ids else []
-        docs = [decode(raw) for raw in raws if raw]
+        docs = await self.get_many(tenant, page_ids)
         return Page(docs, page_ids[-1] if len(ids) > limit else None)
 
     async def cancel(self, tenant: str, watch_id: str) -> WatchDoc:
@@ -254,6 +260,7 @@ class Store:
             self.retention_ms,
             "1" if has_webhook else "0",
             self.keys.events_prefix,
+            doc["tenant"],
         ]
         return (
             self._scripts["finish"],

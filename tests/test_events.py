@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from service.events import EventHub, parse_event_id, stream
+from service.events import MAX_QUEUED_IDS, EventHub, Follower, parse_event_id, stream, tenant_stream
 from service.models import WatchCreate
+from service.settings import Settings
 from service.store import Store
 from tests.service_fixtures import ApiFactory
 
@@ -129,3 +130,55 @@ async def test_the_route_streams_a_finished_watch_and_ends(make_api: ApiFactory)
     assert event["event"] == "state" and event["data"]["state"] == "cancelled"
     assert parse(resumed.text) == [] and parse(by_query.text) == []
     assert (await api.get("/v1/watches/w_000000000000nosuchwatch/events")).status_code == 404
+
+
+async def test_a_tenant_stream_sees_its_own_watches_registered_and_ended_only(
+    store: Store,
+) -> None:
+    hub = EventHub(store.redis, store.keys.events_prefix)
+    chunks: list[str] = []
+    mine = asyncio.create_task(collect(tenant_stream(store, hub, TENANT), chunks))
+    late: list[str] = []  # a second stream of the tenant, opened once the channel is live
+    try:
+        await wait_for(lambda: "event: ready" in "".join(chunks))
+        second = asyncio.create_task(collect(tenant_stream(store, hub, TENANT), late))
+        await wait_for(lambda: "event: ready" in "".join(late))
+        second.cancel()
+        doc, _ = await store.register(TENANT, SPEC, 3600)
+        theirs, _ = await store.register("someone-else", SPEC, 3600)
+        await store.cancel("someone-else", theirs["id"])
+        await wait_for(lambda: len(parse("".join(chunks))) == 2)  # each event reads the watch
+        await store.cancel(TENANT, doc["id"])
+        await wait_for(lambda: len(parse("".join(chunks))) == 3)
+    finally:
+        mine.cancel()
+        await hub.aclose()
+
+    events = parse("".join(chunks))
+    assert [e["event"] for e in events] == ["ready", "watch", "watch"]
+    assert [(e["data"]["id"], e["data"]["state"]) for e in events[1:]] == [
+        (doc["id"], "pending"),
+        (doc["id"], "cancelled"),
+    ]
+    assert theirs["id"] not in "".join(chunks)
+
+
+def test_a_follower_too_far_behind_is_told_to_resync() -> None:
+    follower = Follower()
+    for n in range(MAX_QUEUED_IDS + 5):
+        follower.notify(f"w{n % (MAX_QUEUED_IDS + 1)}")
+    follower.notify("")  # a wake without an id queues nothing
+
+    assert follower.changed.is_set() and follower.overflowed
+    ids = follower.take_ids()
+    assert len(ids) == MAX_QUEUED_IDS and len(set(ids)) == len(ids)
+    assert follower.take_ids() == []
+
+
+async def test_the_tenant_stream_route_needs_a_key(make_api: ApiFactory) -> None:
+    settings = Settings(api_keys="acme:acme-key-0123456789")
+    api = await make_api(settings)
+
+    refused = await api.get("/v1/events")
+
+    assert refused.status_code == 401

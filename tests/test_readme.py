@@ -35,6 +35,8 @@ NOT_SETTINGS = {
     "VTW_API_URL": "client/terminal/follow.py",  # vtwatch follow --api's default
     "VTW_API_KEY": "client/terminal/follow.py",  # vtwatch follow --key's default
     "VTW_TEST_REDIS_URL": "tests/service_fixtures.py",  # the test suite's Redis
+    "VTW_CHROMIUM": "tests/e2e/test_dashboard_browser.py",  # the browser test's chromium
+    "VTW_SCREENSHOTS_DIR": "tests/e2e/test_dashboard_browser.py",  # where it saves screenshots
 }
 
 

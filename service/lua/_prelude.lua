@@ -12,14 +12,22 @@ local function holds_lease(leases, id, token)
   return redis.call('HGET', leases, id) == token
 end
 
+-- Tell the tenant's streams (the dashboard's) that watch `id` was created, ended or had a
+-- webhook attempt: they read it again. Polls are not sent here, only to the watch's channel.
+local function notify_tenant(events, tenant, id)
+  redis.call('PUBLISH', events .. '@' .. tenant, id)
+end
+
 -- End a watch: save its terminal document, take it off the schedule (dropping any lease), move
 -- it from the pending index to its state's, count it, start its retention clock and, if it has
 -- a webhook, queue that in the outbox - all in the caller's one atomic step.
 -- k: {schedule, leases, doc, index:pending, index:<state>, counts, expiry, outbox}
--- The watch's event streams hear of it on channel `events` .. id.
-local function end_watch(k, id, encoded, state, now, retention_ms, queue_webhook, events)
+-- The watch's event streams hear of it on channel `events` .. id, its tenant's on
+-- `events` .. '@' .. tenant (see `notify_tenant`).
+local function end_watch(k, id, encoded, state, now, retention_ms, queue_webhook, events, tenant)
   redis.call('SET', k[3], encoded)
   redis.call('PUBLISH', events .. id, '')
+  notify_tenant(events, tenant, id)
   redis.call('ZREM', k[1], id)
   redis.call('HDEL', k[2], id)
   redis.call('ZREM', k[4], id)

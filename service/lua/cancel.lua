@@ -24,5 +24,5 @@ doc.finished_at = now
 doc.next_poll_at = cjson.null
 doc.cancel_request = ARGV[4]
 local encoded = cjson.encode(doc)
-end_watch(KEYS, ARGV[1], encoded, 'cancelled', now, tonumber(ARGV[3]), false, ARGV[5])
+end_watch(KEYS, ARGV[1], encoded, 'cancelled', now, tonumber(ARGV[3]), false, ARGV[5], ARGV[2])
 return {'cancelled', encoded}

@@ -3,7 +3,7 @@
 -- now, whatever the attempt's outcome: the webhook is due again at once, on a fresh schedule.
 -- KEYS: outbox, outbox leases, doc, deliveries, counts
 -- ARGV: id, token, attempt JSON, outcome ('delivered' | 'failed' | 'retry'), delay_ms,
---       status code (or ''), log length
+--       status code (or ''), log length, events channel prefix
 -- Returns 1, or 0 when the lease was lost (nothing is changed).
 if not holds_lease(KEYS[2], ARGV[1], ARGV[2]) then
   return 0
@@ -45,4 +45,5 @@ end
 redis.call('SET', KEYS[3], cjson.encode(doc))
 redis.call('RPUSH', KEYS[4], cjson.encode(attempt))
 redis.call('LTRIM', KEYS[4], -tonumber(ARGV[7]), -1)
+notify_tenant(ARGV[8], doc.tenant, ARGV[1])
 return 1

@@ -2,7 +2,7 @@
 -- schedule. While an attempt is in flight (a live lease), the request is kept on the document and
 -- honoured when that attempt is recorded (deliver.lua), so it is neither lost nor sent twice
 -- at once.
--- KEYS: doc, outbox, outbox leases, counts   ARGV: id, tenant
+-- KEYS: doc, outbox, outbox leases, counts   ARGV: id, tenant, events channel prefix
 -- Returns 'queued' | 'missing' | 'not_ended' | 'no_webhook'
 local raw = redis.call('GET', KEYS[1])
 if not raw then
@@ -24,6 +24,7 @@ if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then
   if expires > now then
     doc.webhook.redeliver = true
     redis.call('SET', KEYS[1], cjson.encode(doc))
+    notify_tenant(ARGV[3], ARGV[2], ARGV[1])
     return 'queued'
   end
   redis.call('HDEL', KEYS[3], ARGV[1])  -- a lapsed lease (its worker died): nothing in flight
@@ -36,4 +37,5 @@ end
 doc.webhook.cycle_attempts = 0
 redis.call('SET', KEYS[1], cjson.encode(doc))
 redis.call('ZADD', KEYS[2], now, ARGV[1])
+notify_tenant(ARGV[3], ARGV[2], ARGV[1])
 return 'queued'

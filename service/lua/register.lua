@@ -1,7 +1,7 @@
 -- Register a watch, or answer an earlier registration with the same idempotency key.
 -- KEYS: doc, schedule, index, index:pending, counts[, idempotency]
 -- ARGV: id, doc JSON (without times), max_wait_ms, body fingerprint, idempotency TTL s,
---       watch key prefix, most pending watches of the tenant
+--       watch key prefix, most pending watches of the tenant, events channel prefix
 -- The id is drawn by the caller: finding it means this very call already ran (a client retry
 -- after a lost reply or a timeout), so answer it again without counting the watch twice.
 -- Returns {'created' | 'existing', doc} | {'conflict', earlier id} | {'gone', earlier id}
@@ -45,4 +45,5 @@ redis.call('HINCRBY', KEYS[5], 'pending', 1)
 if KEYS[6] then
   redis.call('SET', KEYS[6], ARGV[1] .. ' ' .. ARGV[4], 'EX', ARGV[5])
 end
+notify_tenant(ARGV[8], doc.tenant, ARGV[1])
 return {'created', encoded}
