@@ -1,6 +1,8 @@
 """Every Redis key name of the service, in one place.
 
-All keys share the hash tag `{namespace}`, so every script's keys live in one Redis Cluster slot.
+All keys but the hosts' share the hash tag `{namespace}`, so every script's keys live in one
+Redis Cluster slot. Each upstream host has a key under a tag of its own (its state is fleet-wide,
+read and written by its own scripts, one host per call), so busy hosts spread over the slots.
 
     vtw:{ns}:schedule              ZSET  watch id -> due time (ms), or lease expiry while claimed
     vtw:{ns}:leases                HASH  claimed watch id -> fencing token (fixed at claim; the
@@ -91,6 +93,14 @@ class Keys:
 
     def secret(self, tenant: str) -> str:
         return self.tenant_prefix(tenant) + "secret"
+
+    def tenant_hosts(self, tenant: str) -> str:
+        return self.tenant_prefix(tenant) + "hosts"
+
+    def host(self, host: str) -> str:
+        """The state of one normalised upstream host, under a hash tag of its own."""
+        digest = hashlib.sha256(host.encode()).hexdigest()[:20]
+        return f"vtw:{{{self.namespace}/h/{digest}}}:host"
 
     def idempotency(self, tenant: str, key: str) -> str:
         digest = hashlib.sha256(key.encode()).hexdigest()[:32]

@@ -9,6 +9,7 @@ token, so an extension cannot race a write made with the token.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, cast
@@ -16,8 +17,12 @@ from typing import Any, cast
 import orjson
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from .domain import WatchDoc
+
+# A script, its keys and its arguments: one EVALSHA of a pipeline (`run_scripts`).
+ScriptCall = tuple[AsyncScript, list[str], list[Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,15 +39,41 @@ class Claim:
     watches: list[Claimed]
 
 
-def load_scripts(redis: aioredis.Redis, names: tuple[str, ...]) -> dict[str, AsyncScript]:
-    """Register the named scripts of `lua/` once, each after `_prelude.lua` (shared helpers);
-    calls use EVALSHA (reloading if flushed)."""
+def load_scripts(
+    redis: aioredis.Redis, names: tuple[str, ...], preludes: tuple[str, ...] = ("_prelude",)
+) -> dict[str, AsyncScript]:
+    """Register the named scripts of `lua/` once, each after `_prelude.lua` (shared helpers)
+    and any other `preludes`; calls use EVALSHA (reloading if flushed)."""
     folder = resources.files("service") / "lua"
-    prelude = (folder / "_prelude.lua").read_text()
+    prelude = "".join((folder / f"{name}.lua").read_text() for name in preludes)
     return {
         name: redis.register_script(prelude + (folder / f"{name}.lua").read_text())
         for name in names
     }
+
+
+async def run_scripts(
+    redis: aioredis.Redis, calls: Sequence[ScriptCall], *, raise_from: int | None = None
+) -> list[Any]:
+    """EVALSHA each call in one pipeline; scripts the server lost (a restart) are loaded and
+    only those calls run again (NOSCRIPT means they did not run). An error of a call before
+    index `raise_from` (default: any) is raised; later calls' errors are returned instead."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for script, keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        results: list[Any] = await pipe.execute(raise_on_error=False)
+    missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+    if missing:
+        for script in {calls[i][0] for i in missing}:
+            await redis.script_load(script.script)
+        again = await run_scripts(redis, [calls[i] for i in missing], raise_from=len(missing))
+        for i, result in zip(missing, again, strict=True):
+            results[i] = result
+    limit = len(results) if raise_from is None else raise_from
+    for result in results[:limit]:
+        if isinstance(result, Exception):
+            raise result
+    return results
 
 
 async def server_time_ms(redis: aioredis.Redis) -> int:

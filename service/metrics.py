@@ -59,3 +59,16 @@ HTTP_DURATION = Histogram(
     ["method", "route", "status"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+POLLS_DEFERRED = Counter(
+    "vtwatch_polls_deferred",
+    "Polls put off without a request (no attempt spent), by reason: budget (the host's "
+    "fleet-wide budget is used up), breaker (its circuit breaker is open), host_share (it holds "
+    "half of this worker's slots)",
+    ["reason"],
+)
+BREAKER_TRIPS = Counter(
+    "vtwatch_breaker_trips", "Hosts' circuit breakers opened by polls that mostly failed"
+)
+HOST_BUDGET_CUTS = Counter(
+    "vtwatch_host_budget_cuts", "Cuts of a host's fleet-wide budget after a 429 or 503"
+)

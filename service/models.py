@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, UrlConstraints, field_validator
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    UrlConstraints,
+    field_validator,
+)
 
 from client.backoff import BACKOFF_FACTOR, INITIAL_WAIT_TIME, JITTER, SERVICE_MAX_INTERVAL
 
 from .domain import WatchState, WebhookState
+from .hosts import HostState
 
 MAX_METADATA_BYTES = 4096
 MAX_METADATA_DEPTH = 32
@@ -132,10 +140,30 @@ class WebhookCounts(BaseModel):
     failed: int = 0
 
 
+class HostStatus(BaseModel):
+    """An upstream host the tenant's watches polled, as the whole fleet sees it."""
+
+    host: str = Field(description="the normalised host (lower case, no port or user info)")
+    budget: float = Field(description="requests/s the fleet may send it now (cut by 429/503)")
+    rate_limit: float = Field(description="the configured most requests/s (VTW_HOST_RATE_LIMIT)")
+    breaker: Literal["closed", "open", "half_open"] = Field(
+        description="open: polls wait out a cool-down; half_open: one request probes the host"
+    )
+    open_until: datetime | None = Field(description="when an open breaker's cool-down ends")
+    breaker_trips: int = Field(description="times the breaker opened (while the state is kept)")
+    last_polled_at: datetime = Field(description="the fleet's last poll of the host")
+
+
 class StatusSummary(BaseModel):
     total: int
     by_state: dict[WatchState, int]
     webhooks: WebhookCounts
+    hosts: list[HostStatus] = Field(
+        default_factory=list,
+        description="the hosts the tenant's watches polled in the last hour, most recent first "
+        "(at most 20); left out while there are none",
+        exclude_if=lambda hosts: not hosts,
+    )
 
 
 class Health(BaseModel):
@@ -159,13 +187,28 @@ def render_watch(doc: Mapping[str, Any]) -> Watch:
     )
 
 
-def render_summary(counts: dict[str, int]) -> StatusSummary:
-    """The tenant's counters as kept by the scripts (exact: never clamped, so drift shows)."""
+def render_summary(counts: dict[str, int], hosts: Sequence[HostState] = ()) -> StatusSummary:
+    """The tenant's counters as kept by the scripts (exact: never clamped, so drift shows),
+    and the state of its hosts."""
     by_state = {state: counts.get(state.value, 0) for state in WatchState}
     webhooks = {state.value: counts.get(f"wh:{state.value}", 0) for state in WebhookState}
     webhooks.pop(WebhookState.NONE.value)
     return StatusSummary(
-        total=sum(by_state.values()), by_state=by_state, webhooks=WebhookCounts(**webhooks)
+        total=sum(by_state.values()),
+        by_state=by_state,
+        webhooks=WebhookCounts(**webhooks),
+        hosts=[
+            HostStatus(
+                host=h.host,
+                budget=round(h.budget, 3),
+                rate_limit=h.rate_limit,
+                breaker=cast(Literal["closed", "open", "half_open"], h.breaker),
+                open_until=timestamp(h.open_until_ms),
+                breaker_trips=h.trips,
+                last_polled_at=datetime.fromtimestamp(h.last_seen_ms / 1000, tz=UTC),
+            )
+            for h in hosts
+        ],
     )
 
 

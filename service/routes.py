@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from typing import Annotated, Any
@@ -122,5 +123,8 @@ async def cancel_watch(watch_id: WatchId, store: StoreDep, tenant: TenantDep) ->
 
 @router.get("/status")
 async def aggregated_status(store: StoreDep, tenant: TenantDep) -> StatusSummary:
-    """Counts of the tenant's watches by state, and of their webhooks."""
-    return render_summary(await store.counts(tenant))
+    """Counts of the tenant's watches by state, and of their webhooks; the budget and breaker
+    of each upstream host its watches polled lately (only those: the fleet-wide state of a
+    host the tenant uses, never which hosts other tenants use)."""
+    counts, hosts = await asyncio.gather(store.counts(tenant), store.hosts.of_tenant(tenant))
+    return render_summary(counts, hosts)

@@ -53,6 +53,32 @@ class Settings(BaseSettings):
     max_active_watches: int = Field(
         100_000, ge=1, description="pending watches per tenant; beyond, registration is 429"
     )
+    host_rate_limit: float = Field(
+        20.0,
+        gt=0,
+        le=1_000_000,
+        description="requests per second to one upstream host, summed over every worker",
+    )
+    host_burst: float | None = Field(
+        None,
+        ge=1,
+        le=1_000_000,
+        description="requests a quiet host may get at once above its rate (the bucket's size); "
+        "unset: a tenth of the rate limit, at least 1",
+    )
+    host_breaker_cooldown: float = Field(
+        15.0,
+        ge=0.1,
+        le=3600,
+        description="seconds a host whose polls mostly fail is left alone before one probe",
+    )
+
+    @property
+    def host_burst_size(self) -> float:
+        """The bucket's size: with the default, no second sees more than 110 % of the limit."""
+        if self.host_burst is not None:
+            return self.host_burst
+        return max(1.0, self.host_rate_limit / 10)
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -15,8 +15,6 @@ from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
-from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
 
 from .connection import retry_idempotent
 from .domain import WatchDoc, WatchState, WebhookState, new_watch_id
@@ -27,10 +25,18 @@ from .errors import (
     WatchConflict,
     WatchNotFound,
 )
+from .hosts import HostBook
 from .keys import Keys
-from .leases import Claimed, LeasedQueue, decode, load_scripts, server_time_ms
+from .leases import (
+    Claimed,
+    LeasedQueue,
+    ScriptCall,
+    decode,
+    load_scripts,
+    run_scripts,
+    server_time_ms,
+)
 
-ScriptCall = tuple[AsyncScript, list[str], list[Any]]
 SCRIPTS = ("register", "record", "finish", "cancel", "forget")
 # A finished watch whose webhook is still being delivered outlives its retention: checked again
 # this long after (its delivery settles first).
@@ -67,6 +73,7 @@ class Store:
         self.schedule = LeasedQueue(
             redis, self.keys.schedule, self.keys.leases, self.keys.watch_prefix
         )
+        self.hosts = HostBook(redis, self.keys)
 
     async def ping(self) -> None:
         await self.redis.ping()
@@ -201,6 +208,15 @@ class Store:
 
         Each is fenced on its own: False for a watch whose lease passed to another worker.
         """
+        saved, _ = await self.save_with(polls)
+        return saved
+
+    async def save_with(
+        self, polls: Sequence[tuple[Claimed, WatchDoc]], also: Sequence[ScriptCall] = ()
+    ) -> tuple[list[bool], list[Any]]:
+        """`save`, with other script calls in the same pipeline (the worker's host reports):
+        returns what `save` does and their results, an exception for a call that failed (only
+        the saves' errors are raised)."""
         pending = [i for i, (_, doc) in enumerate(polls) if doc["state"] == WatchState.PENDING]
         ended = [i for i, (_, doc) in enumerate(polls) if doc["state"] != WatchState.PENDING]
         calls = [self._finish(*polls[i]) for i in ended]
@@ -209,32 +225,14 @@ class Store:
             for claimed, doc in (polls[i] for i in pending):
                 args += [claimed.id, claimed.token, doc["next_poll_at"], encode(doc)]
             calls.append((self._scripts["record"], [self.keys.schedule, self.keys.leases], args))
-        results = await self._run_scripts(calls)
+        own = len(calls)
+        results = await run_scripts(self.redis, [*calls, *also], raise_from=own)
         saved = [False] * len(polls)
         for i, done in zip(ended, results, strict=False):
             saved[i] = bool(done)
-        for i, done in zip(pending, results[-1] if pending else [], strict=True):
+        for i, done in zip(pending, results[own - 1] if pending else [], strict=True):
             saved[i] = bool(done)
-        return saved
-
-    async def _run_scripts(self, calls: list[ScriptCall]) -> list[Any]:
-        """EVALSHA each call in one pipeline; scripts the server lost (a restart) are loaded and
-        only those calls run again (NOSCRIPT means they did not run)."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for script, keys, args in calls:
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
-            results: list[Any] = await pipe.execute(raise_on_error=False)
-        missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
-        if missing:
-            for script in {calls[i][0] for i in missing}:
-                await self.redis.script_load(script.script)
-            again = await self._run_scripts([calls[i] for i in missing])
-            for i, result in zip(missing, again, strict=True):
-                results[i] = result
-        for result in results:
-            if isinstance(result, Exception):
-                raise result
-        return results
+        return saved, results[own:]
 
     def _end_keys(self, watch_id: str, tenant: str, state: str) -> list[str]:
         """The keys of `end_watch` in the Lua prelude (finish.lua, cancel.lua)."""

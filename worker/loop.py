@@ -84,8 +84,14 @@ class Abandoned(Exception):
 
 
 class Deferred(Exception):
-    """The item's host already holds its share of this loop's slots: the item goes back to
-    the schedule for a moment, so one slow host cannot starve every other."""
+    """The item goes back to the schedule for `seconds` (default: about `DEFER_SECONDS`),
+    not done and not counted: its host already holds its share of this loop's slots (so one
+    slow host cannot starve every other), or is over its fleet-wide budget."""
+
+    def __init__(self, seconds: float | None = None, reason: str = "host_share") -> None:
+        super().__init__(seconds, reason)
+        self.seconds = seconds
+        self.reason = reason
 
 
 class HostLimits:
@@ -260,9 +266,9 @@ class ClaimLoop(ABC):
             await self.handle(claimed)
         except Abandoned:
             return  # still held: given back when the loop ends
-        except Deferred:
+        except Deferred as deferred:
             self.keeper.drop(claimed)
-            await self._defer(claimed)
+            await self._defer(claimed, deferred.seconds)
             return
         except asyncio.CancelledError:
             # Cut off past the grace period, maybe after its request went out: let the lease
@@ -283,8 +289,8 @@ class ClaimLoop(ABC):
             self._item_failures.succeeded()
         self.keeper.drop(claimed)
 
-    async def _defer(self, claimed: Claimed) -> None:
-        delay = random.uniform(0.5, 1.5) * DEFER_SECONDS
+    async def _defer(self, claimed: Claimed, seconds: float | None) -> None:
+        delay = random.uniform(0.5, 1.5) * DEFER_SECONDS if seconds is None else max(0.0, seconds)
         try:
             await self.queue.release([claimed], delay)
         except Exception as exc:  # its lease lapses instead

@@ -2,9 +2,12 @@
 
 Each poll uses `client/`'s upstream protocol (`fetch_status`) and its next-poll rule
 (`next_poll_delay`), then records the result, or the terminal state with its webhook, under the
-lease it was claimed with. Concurrency is bounded per process and per upstream host. Whatever
-an upstream sends, and whatever fails inside a poll, the poll ends as an observation, so every
-watch meets its deadline.
+lease it was claimed with. Concurrency is bounded per process and per upstream host, and each
+request is admitted by the host's fleet-wide budget and circuit breaker (`budget.py`): a poll
+over budget, or of a host whose breaker is open, is put off without spending an attempt, never
+past the deadline (a short grace for the budget), and a watch still refused then ends as
+`timeout` without a request. Whatever an upstream sends, and whatever fails inside a poll, the
+poll ends as an observation, so every watch meets its deadline.
 """
 
 from __future__ import annotations
@@ -25,18 +28,29 @@ from service.metrics import (
     INFLIGHT_POLLS,
     POLL_DURATION,
     POLLS,
+    POLLS_DEFERRED,
     SCHEDULE_LAG,
     WATCHES_FINISHED,
 )
 from service.settings import Settings
 from service.store import Store
 
-from .loop import ClaimLoop, LeaseLost, WriteBatch
+from .budget import Admission, HostBudget, policy_of
+from .loop import ClaimLoop, Deferred, LeaseLost, WriteBatch
+from .retry import FailureStreak
 from .spec import SpecCache, WatchSpec
 
 logger = logging.getLogger(__name__)
 POLL_OUTCOMES = {
     name: POLLS.labels(name) for name in ("pending", "completed", "error", "transient")
+}
+DEFERRED = {name: POLLS_DEFERRED.labels(name) for name in ("budget", "breaker", "host_share")}
+# A poll over the host's budget may wait this long past the deadline for its last request (less
+# than a request timeout); one refused by an open breaker may not (the host is failing anyway).
+DEADLINE_GRACE_MS = 5_000
+REFUSED = {
+    "budget": "no request at the deadline: the host's request budget was used up",
+    "breaker": "no request at the deadline: the host's circuit breaker was open",
 }
 
 
@@ -58,6 +72,16 @@ def advance(
         end(new, seen, spec.webhook_url, now_ms)
     else:
         new["next_poll_at"] = now_ms + int(delay * 1000)
+    return new
+
+
+def refused(doc: WatchDoc, spec: WatchSpec, reason: str, now_ms: int) -> WatchDoc:
+    """The watch ended at its deadline without a last request (its host refused it): timeout,
+    no attempt spent."""
+    new = cast(WatchDoc, {**doc, "webhook": {**doc["webhook"]}})
+    new["updated_at"] = now_ms
+    new["last_error"] = REFUSED[reason]
+    end(new, Observation(None, error=REFUSED[reason]), spec.webhook_url, now_ms)
     return new
 
 
@@ -100,7 +124,9 @@ class Poller(ClaimLoop):
         self.settings = settings
         self.rng = rng or random.Random()
         self.specs = SpecCache(settings.min_poll_interval)
-        self.writes: WriteBatch[tuple[Claimed, WatchDoc], bool] = WriteBatch(store.save)
+        self.budget = HostBudget(store.hosts, policy_of(settings), self.rng)
+        self._budget_failures = FailureStreak(f"{self.name}: taking host budgets", logger)
+        self.writes: WriteBatch[tuple[Claimed, WatchDoc], bool] = WriteBatch(self._save)
         self.polls = 0
         self.lateness_ms: deque[int] = deque(maxlen=100_000)
         INFLIGHT_POLLS.set_function(lambda: len(self.in_flight))
@@ -112,25 +138,63 @@ class Poller(ClaimLoop):
             lateness_ms = self.server_now_ms() - doc["next_poll_at"]
             self.lateness_ms.append(lateness_ms)
             SCHEDULE_LAG.observe(max(0, lateness_ms) / 1000)
-        seen = await self.limited(spec.host, lambda: self._fetch(claimed, spec))
-        POLL_OUTCOMES[seen.status.value if seen.status is not None else "transient"].inc()
+        try:
+            seen = await self.limited(spec.host, lambda: self._poll(claimed, spec))
+        except Deferred as deferred:
+            DEFERRED[deferred.reason].inc()
+            raise
         if self.keeper.taken(claimed):
             raise LeaseLost(claimed.id)
         now_ms = self.server_now_ms()
-        try:
-            updated = advance(doc, spec, seen, now_ms, self.rng)
-        except Exception:
-            logger.exception(
-                "poller: applying a poll of %s failed",
-                claimed.id,
-                extra=watch_fields(doc, doc["attempts"] + 1),
-            )
-            updated = advance(doc, spec, unexpected("applying the poll"), now_ms, self.rng)
-        self.polls += 1
+        if isinstance(seen, str):
+            updated = refused(doc, spec, seen, now_ms)
+        else:
+            POLL_OUTCOMES[seen.status.value if seen.status is not None else "transient"].inc()
+            try:
+                updated = advance(doc, spec, seen, now_ms, self.rng)
+            except Exception:
+                logger.exception(
+                    "poller: applying a poll of %s failed",
+                    claimed.id,
+                    extra=watch_fields(doc, doc["attempts"] + 1),
+                )
+                updated = advance(doc, spec, unexpected("applying the poll"), now_ms, self.rng)
+            self.polls += 1
         if not await self.write_while_held(claimed, lambda: self.writes.add((claimed, updated))):
             raise LeaseLost(claimed.id)
         if updated["state"] != WatchState.PENDING:
             WATCHES_FINISHED.labels(updated["state"]).inc()
+
+    async def _poll(self, claimed: Claimed, spec: WatchSpec) -> Observation | str:
+        """One request if the host's budget and breaker admit it; else the poll is put off
+        (`Deferred`), or, at the deadline, the reason it was refused is returned."""
+        try:
+            admission = await self.budget.admit(spec.host)
+        except Exception as exc:  # no budget known: no request (the store is likely failing)
+            raise Deferred(self._budget_failures.failed(exc), "budget") from None
+        self._budget_failures.succeeded()
+        if not admission.go:
+            return self._refuse(claimed.doc, admission)
+        seen = await self._fetch(claimed, spec)
+        self.budget.observe(claimed.doc["tenant"], spec.host, seen, admission.probe)
+        return seen
+
+    def _refuse(self, doc: WatchDoc, admission: Admission) -> str:
+        """Put the poll off for as long as the admission says, never past its last chance;
+        at the last chance, return why (the watch ends)."""
+        grace = DEADLINE_GRACE_MS if admission.reason == "budget" else 0
+        last_chance = doc["deadline"] + grace
+        left_ms = last_chance - self.server_now_ms()
+        if left_ms <= 0:
+            return admission.reason
+        raise Deferred(min(admission.wait_seconds, left_ms / 1000), admission.reason)
+
+    async def _save(self, polls: list[tuple[Claimed, WatchDoc]]) -> list[bool]:
+        """Save a batch of polls, the host reports gathered meanwhile in the same pipeline."""
+        calls, reports = self.budget.drain()
+        saved, results = await self.store.save_with(polls, calls)
+        self.budget.settle(results, reports)
+        return saved
 
     async def _fetch(self, claimed: Claimed, spec: WatchSpec) -> Observation:
         """One request; anything unexpected is a transient failure (the deadline still holds)."""

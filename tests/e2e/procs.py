@@ -66,6 +66,10 @@ def service_env(redis_url: str, namespace: str, **settings: object) -> dict[str,
         "VTW_MIN_POLL_INTERVAL": "0.05",
         # Several workers run at once: each serves metrics only where a test asks for it.
         "VTW_METRICS_PORT": "0",
+        # Tests poll one loopback simulator hundreds of times a second: the fleet-wide host
+        # budget is out of their way unless a test sets its own.
+        "VTW_HOST_RATE_LIMIT": "100000",
+        "VTW_HOST_BURST": "100000",
     }
     env |= {f"VTW_{name.upper()}": str(value) for name, value in settings.items()}
     return env

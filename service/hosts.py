@@ -1,0 +1,225 @@
+"""Fleet-wide state of upstream hosts in Redis: a request budget and a circuit breaker per host.
+
+Each normalised host has one hash (`Keys.host`, a hash tag of its own) that only the host
+scripts touch, one host per call (`lua/_host.lua`, `host_*.lua`):
+
+* a token bucket refilled at the host's *budget* (requests/s for every worker together, at most
+  `VTW_HOST_RATE_LIMIT`) and `VTW_HOST_BURST` deep; workers take tokens for a whole batch of
+  polls in one call (`take`);
+* the budget follows the host's answers (AIMD): a 429 or 503 halves it (once per second for the
+  whole fleet, never below a 64th of the limit), answers that are all good add back 5 % of the
+  limit per second; a `Retry-After` holds the budget down until it has passed (at most 60 s);
+* a circuit breaker: when at least half of 10 or more polls within 10 s fail (no answer, or
+  5xx), the host is left alone for `VTW_HOST_BREAKER_COOLDOWN`, then one request fleet-wide
+  probes it; its answer closes the breaker or opens it for another cool-down.
+
+Times are Redis server time. The keys of the hosts a tenant's watches polled are noted apart
+(`Keys.tenant_hosts`), so `GET /v1/status` shows a tenant only the hosts it uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+
+from .keys import Keys
+from .leases import ScriptCall, load_scripts, run_scripts
+
+SCRIPTS = ("host_take", "host_report", "host_read", "tenant_hosts")
+PRELUDES = ("_prelude", "_host")
+
+HOST_TTL_MS = 3_600_000  # a host's state is forgotten after an hour without polls
+CUT_FACTOR = 0.5  # a 429 or 503 halves the budget...
+CUT_INTERVAL_MS = 1_000  # ...at most once a second, however many workers saw one
+GROWTH_PER_SECOND = 0.05  # good answers add back this share of the limit per second
+FLOOR_SHARE = 1 / 64  # the budget never falls below this share of the limit
+MAX_QUIET_MS = 60_000  # the longest Retry-After that holds the budget down
+BREAKER_WINDOW_MS = 10_000
+BREAKER_MIN_POLLS = 10
+BREAKER_FAILURE_RATIO = 0.5
+PROBE_RECHECK_MS = 1_000  # while a probe is out, others ask again this often
+TENANT_HOSTS_MAX = 50  # hosts kept per tenant
+TENANT_HOSTS_TTL_MS = 86_400_000
+STATUS_HOSTS = 20  # hosts `GET /v1/status` shows: the tenant's most recently polled
+STATUS_SEEN_MS = 3_600_000  # ...within the last hour
+
+
+@dataclass(frozen=True, slots=True)
+class HostPolicy:
+    """What the workers configure (`VTW_HOST_*`)."""
+
+    rate_limit: float
+    burst: float
+    cooldown_seconds: float
+    probe_lease_seconds: float  # a probe that never reports frees its place after this long
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """The answer to a take of `n` requests: the first `granted` may go now."""
+
+    granted: int
+    wait_ms: int  # until the next request could be granted
+    budget: float  # requests/s now
+    breaker: str  # 'closed', 'open' or 'half_open'
+    probe: str | None  # the id of the breaker's probe when the first granted request is it
+
+
+@dataclass(slots=True)
+class Report:
+    """What a worker's polls of one host saw since its last report."""
+
+    ok: int = 0  # answered (any HTTP status but 5xx), 429 included
+    failed: int = 0  # no answer (connection error, timeout) or 5xx
+    throttled: int = 0  # 429 or 503
+    quiet_ms: int = 0  # the longest Retry-After of a 429 or 503, clamped
+    probe: str | None = None
+    probe_ok: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HostState:
+    host: str
+    budget: float  # requests/s now
+    rate_limit: float
+    breaker: str  # 'closed', 'open' or 'half_open'
+    open_until_ms: int | None
+    trips: int
+    last_seen_ms: int
+    now_ms: int  # Redis time when read
+
+
+class HostBook:
+    """The host scripts, each wrapped in a typed method."""
+
+    def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+        self._scripts = load_scripts(redis, SCRIPTS, PRELUDES)
+
+    async def take(
+        self, wants: Mapping[str, int], policy: HostPolicy, probe_id: str
+    ) -> dict[str, Grant]:
+        """Take `wants[host]` requests of each host's budget: one script call per host, all
+        in one round trip. Never retried: a repeat after a lost reply would take twice."""
+        hosts = list(wants)
+        calls: list[ScriptCall] = [
+            (
+                self._scripts["host_take"],
+                [self.keys.host(host)],
+                [
+                    host,
+                    wants[host],
+                    policy.rate_limit,
+                    policy.burst,
+                    probe_id,
+                    int(policy.probe_lease_seconds * 1000),
+                    PROBE_RECHECK_MS,
+                    HOST_TTL_MS,
+                ],
+            )
+            for host in hosts
+        ]
+        results = await run_scripts(self.redis, calls)
+        return {
+            host: Grant(
+                int(granted),
+                int(wait),
+                int(budget) / 1000,
+                _text(state),
+                _text(probe) or None,
+            )
+            for host, (granted, wait, budget, state, probe) in zip(hosts, results, strict=True)
+        }
+
+    def report_call(self, host: str, report: Report, policy: HostPolicy) -> ScriptCall:
+        """A report as a script call, for the caller's pipeline; its result is `(tripped,
+        cut)` (see `reported`)."""
+        quiet = max(0, min(MAX_QUIET_MS, report.quiet_ms))
+        return (
+            self._scripts["host_report"],
+            [self.keys.host(host)],
+            [
+                host,
+                policy.rate_limit,
+                policy.burst,
+                report.ok,
+                report.failed,
+                report.throttled,
+                quiet,
+                report.probe or "",
+                "1" if report.probe_ok else "0",
+                int(policy.cooldown_seconds * 1000),
+                HOST_TTL_MS,
+                CUT_FACTOR,
+                CUT_INTERVAL_MS,
+                GROWTH_PER_SECOND,
+                FLOOR_SHARE,
+                BREAKER_WINDOW_MS,
+                BREAKER_MIN_POLLS,
+                BREAKER_FAILURE_RATIO,
+            ],
+        )
+
+    @staticmethod
+    def reported(result: Any) -> tuple[bool, bool]:
+        """(the report opened the breaker, it cut the budget) from a report call's result."""
+        tripped, cut = result
+        return bool(int(tripped)), bool(int(cut))
+
+    def tenant_hosts_call(self, tenant: str, hosts: Iterable[str]) -> ScriptCall:
+        """Note that `tenant`'s watches polled `hosts` (for the caller's pipeline)."""
+        return (
+            self._scripts["tenant_hosts"],
+            [self.keys.tenant_hosts(tenant)],
+            [TENANT_HOSTS_MAX, TENANT_HOSTS_TTL_MS, *hosts],
+        )
+
+    async def read(self, host: str) -> HostState | None:
+        result = await self._scripts["host_read"](keys=[self.keys.host(host)])
+        return _state(result)
+
+    async def of_tenant(self, tenant: str) -> list[HostState]:
+        """The state of the hosts `tenant`'s watches polled in the last hour, the most recent
+        first, at most `STATUS_HOSTS` (a host whose state expired is left out)."""
+        noted = cast(
+            list[tuple[str | bytes, float]],
+            await self.redis.zrevrange(
+                self.keys.tenant_hosts(tenant), 0, STATUS_HOSTS - 1, withscores=True
+            ),
+        )
+        if not noted:
+            return []
+        calls: list[ScriptCall] = [
+            (self._scripts["host_read"], [self.keys.host(_text(host))], []) for host, _ in noted
+        ]
+        results = await run_scripts(self.redis, calls)
+        states = []
+        for (_, polled_ms), result in zip(noted, results, strict=True):
+            state = _state(result)
+            if state is not None and polled_ms >= state.now_ms - STATUS_SEEN_MS:
+                states.append(state)
+        return states
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _state(result: list[Any]) -> HostState | None:
+    if not result:
+        return None
+    host, budget, limit, breaker, open_until, trips, seen, now = result
+    return HostState(
+        host=_text(host),
+        budget=int(budget) / 1000,
+        rate_limit=int(limit) / 1000,
+        breaker=_text(breaker),
+        open_until_ms=int(open_until) or None,
+        trips=int(trips),
+        last_seen_ms=int(seen),
+        now_ms=int(now),
+    )

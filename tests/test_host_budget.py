@@ -1,0 +1,476 @@
+"""Fleet-wide host budgets and circuit breakers (issue 11, items 1 and 2).
+
+The Lua side (`service/lua/host_*.lua` through `service.hosts.HostBook`) runs against fakeredis
+and against a real Redis, like the store's contract suite; then the poller's side (admission,
+deferral without an attempt, the deadline, reports, a failing store) and `GET /v1/status`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from client.upstream import Observation, Status
+from service.hosts import MAX_QUIET_MS, HostBook, HostPolicy, Report
+from service.keys import Keys
+from service.metrics import POLLS_DEFERRED
+from service.models import WatchCreate
+from service.settings import Settings
+from service.store import Store
+from tests.service_fixtures import ApiFactory, fake_redis
+from worker.budget import HostBudget, failed
+from worker.poller import Poller
+
+from .test_store import TENANT, claim
+
+LIMIT = 10.0
+
+
+def policy(
+    rate: float = LIMIT, burst: float = 2.0, cooldown: float = 0.4, probe_lease: float = 0.5
+) -> HostPolicy:
+    return HostPolicy(rate, burst, cooldown, probe_lease)
+
+
+@pytest.fixture
+async def book(store: Store) -> AsyncIterator[HostBook]:
+    """The store's host scripts; the host keys (outside the namespace's tag) are deleted after."""
+    try:
+        yield store.hosts
+    finally:
+        keys = [k async for k in store.redis.scan_iter(match=f"vtw:{{{store.keys.namespace}/h/*")]
+        if keys:
+            await store.redis.delete(*keys)
+
+
+def new_host() -> str:
+    return f"up-{secrets.token_hex(4)}.example"
+
+
+async def take(book: HostBook, host: str, n: int, pol: HostPolicy | None = None) -> Any:
+    return (await book.take({host: n}, pol or policy(), secrets.token_hex(4)))[host]
+
+
+async def report(book: HostBook, host: str, pol: HostPolicy | None = None, **counts: Any) -> Any:
+    call = book.report_call(host, Report(**counts), pol or policy())
+    script, keys, args = call
+    return HostBook.reported(await script(keys=keys, args=args))
+
+
+async def state(book: HostBook, host: str) -> Any:
+    found = await book.read(host)
+    assert found is not None
+    return found
+
+
+# -- the token bucket ------------------------------------------------------------------------
+
+
+async def test_a_fresh_host_grants_its_burst_then_makes_the_rest_wait_for_a_token(
+    book: HostBook,
+) -> None:
+    host = new_host()
+    grant = await take(book, host, 5)
+
+    assert grant.granted == 2  # the burst
+    assert grant.breaker == "closed" and grant.probe is None
+    assert 50 <= grant.wait_ms <= 100  # one token at 10/s
+    assert grant.budget == LIMIT
+
+
+async def test_a_budget_holds_over_time_for_every_caller_together(book: HostBook) -> None:
+    """Two "workers" asking as fast as they can for 1.2 s get at most burst + rate x time."""
+    host = new_host()
+    granted = 0
+    began = time.monotonic()
+    while time.monotonic() - began < 1.2:
+        grants = await asyncio.gather(take(book, host, 3), take(book, host, 3))
+        granted += sum(g.granted for g in grants)
+        await asyncio.sleep(0.01)
+    elapsed = time.monotonic() - began
+
+    assert granted <= 2 + LIMIT * elapsed + 1
+    assert granted >= LIMIT * 1.2 - 2
+
+
+async def test_hosts_have_separate_buckets_and_keys_of_their_own_slot(
+    book: HostBook, store: Store
+) -> None:
+    first, second = new_host(), new_host()
+    assert (await take(book, first, 5)).granted == 2
+    assert (await take(book, second, 5)).granted == 2
+
+    keys = Keys(store.keys.namespace)
+    assert keys.host(first) != keys.host(second)
+    # Each host's key has a hash tag of its own (not the namespace's), so hosts spread over a
+    # cluster's slots; every host script takes that one key.
+    assert keys.host(first).count("{") == 1 and f"{{{keys.namespace}}}" not in keys.host(first)
+    slots = {key_slot(keys.host(f"h{n}.example").encode()) for n in range(50)}
+    assert len(slots) > 40
+
+
+# -- backpressure: the budget moves with the host's answers (AIMD) ------------------------------
+
+
+async def test_a_429_halves_the_budget_once_per_second_never_below_the_floor(
+    book: HostBook,
+) -> None:
+    host = new_host()
+    await take(book, host, 1)
+
+    assert await report(book, host, ok=1, throttled=1) == (False, True)
+    assert (await state(book, host)).budget == LIMIT / 2
+    # Another worker's 429 within the second is the same congestion: no second cut.
+    assert await report(book, host, ok=3, throttled=3) == (False, False)
+    assert (await state(book, host)).budget == LIMIT / 2
+    for _ in range(8):
+        await asyncio.sleep(0.3)
+        await report(book, host, pol=policy(), ok=1, throttled=1)
+        await asyncio.sleep(0.75)
+    assert (await state(book, host)).budget == pytest.approx(LIMIT / 64, abs=0.002)
+
+
+async def test_good_answers_grow_the_budget_back_by_a_share_per_second_up_to_the_limit(
+    book: HostBook,
+) -> None:
+    host = new_host()
+    await report(book, host, ok=1, throttled=1)
+    assert (await state(book, host)).budget == LIMIT / 2
+
+    began = time.monotonic()
+    while time.monotonic() - began < 1.0:
+        await report(book, host, ok=2)
+        await asyncio.sleep(0.05)
+    grown = (await state(book, host)).budget
+    assert LIMIT / 2 + 0.3 < grown <= LIMIT / 2 + 0.05 * LIMIT * 1.3  # ~5 % of 10/s per second
+
+    # A bucket cut to half also holds half the burst, and refills at half the rate.
+    grant = await take(book, host, 10)
+    assert grant.granted <= 1
+    assert grant.budget == pytest.approx(grown, abs=0.002)
+
+
+async def test_the_budget_never_grows_above_the_configured_limit(book: HostBook) -> None:
+    host = new_host()
+    for _ in range(5):
+        await report(book, host, ok=50)
+        await asyncio.sleep(0.05)
+    assert (await state(book, host)).budget == LIMIT
+    # A smaller limit configured later bounds the stored budget at once.
+    grant = await take(book, host, 1, policy(rate=4.0))
+    assert grant.budget == 4.0
+
+
+async def test_a_retry_after_holds_the_budget_down_until_it_has_passed(book: HostBook) -> None:
+    host = new_host()
+    await report(book, host, ok=1, throttled=1, quiet_ms=600)
+    for _ in range(5):
+        await asyncio.sleep(0.06)
+        await report(book, host, ok=5)
+    assert (await state(book, host)).budget == LIMIT / 2  # still quiet
+    await asyncio.sleep(0.5)
+    await report(book, host, ok=5)
+    await asyncio.sleep(0.2)
+    await report(book, host, ok=5)
+    assert (await state(book, host)).budget > LIMIT / 2
+
+
+def test_garbage_retry_after_values_are_bounded_before_they_reach_redis() -> None:
+    budget = HostBudget.__new__(HostBudget)
+    budget._reports, budget._tenants, budget._noted = {}, {}, {}
+    seen = [
+        Observation(None, 429, "HTTP 429", retry_after=math.nan),
+        Observation(None, 503, "HTTP 503", retry_after=-5.0),
+        Observation(None, 429, "HTTP 429", retry_after=math.inf),
+        Observation(None, 429, "HTTP 429", retry_after=1e300),
+    ]
+    for observation in seen:
+        budget.observe(TENANT, "h.example", observation, None)
+    gathered = budget._reports["h.example"]
+    assert gathered.throttled == 4 and gathered.failed == 1 and gathered.ok == 3
+    assert gathered.quiet_ms == 86_400_000  # the huge one, clamped here...
+    book = HostBook.__new__(HostBook)
+    book._scripts = {"host_report": None}  # type: ignore[dict-item]
+    book.keys = Keys()
+    _, _, args = book.report_call("h.example", gathered, policy())
+    assert args[6] == MAX_QUIET_MS  # ...and to a minute in the report
+
+
+@pytest.mark.parametrize(
+    ("observation", "is_failure"),
+    [
+        (Observation(None, None, "connection refused"), True),
+        (Observation(None, None, "request timed out"), True),
+        (Observation(None, 500, "HTTP 500"), True),
+        (Observation(None, 503, "HTTP 503"), True),
+        (Observation(None, 429, "HTTP 429"), False),
+        (Observation(None, 200, "response body is not JSON"), False),
+        (Observation(Status.ERROR, 404, "HTTP 404: job not found"), False),
+        (Observation(Status.PENDING, 200), False),
+    ],
+)
+def test_what_counts_as_a_failed_poll_for_the_breaker(
+    observation: Observation, is_failure: bool
+) -> None:
+    assert failed(observation) is is_failure
+
+
+# -- the circuit breaker -----------------------------------------------------------------------
+
+
+async def trip(book: HostBook, host: str, pol: HostPolicy | None = None) -> None:
+    """Open the host's breaker: 6 of 10 polls in the window failed."""
+    await take(book, host, 1, pol)
+    assert await report(book, host, pol, ok=4, failed=5) == (False, False)
+    assert await report(book, host, pol, failed=1) == (True, False)
+
+
+async def test_mostly_failing_polls_open_the_breaker_and_one_probe_goes_after_the_cooldown(
+    book: HostBook,
+) -> None:
+    host = new_host()
+    await trip(book, host)
+    shown = await state(book, host)
+    assert shown.breaker == "open" and shown.trips == 1 and shown.open_until_ms is not None
+
+    refused = await take(book, host, 5)
+    assert refused.granted == 0 and refused.breaker == "open"
+    assert 300 <= refused.wait_ms <= 400  # the cool-down
+
+    await asyncio.sleep(refused.wait_ms / 1000 + 0.02)
+    assert (await state(book, host)).breaker == "half_open"  # shown so before anyone asks
+    probing = await asyncio.gather(*(take(book, host, 5) for _ in range(4)))
+    assert sum(g.granted for g in probing) == 1, "one probe for the whole fleet"
+    (probe,) = [g for g in probing if g.granted]
+    assert probe.probe and probe.breaker == "half_open"
+    assert all(g.wait_ms <= 1000 for g in probing)
+
+    # The probe fails: open again for a cool-down; then another probe succeeds: closed.
+    assert await report(book, host, failed=1, probe=probe.probe) == (False, False)
+    assert (await state(book, host)).breaker == "open"
+    assert (await take(book, host, 1)).granted == 0
+    await asyncio.sleep(0.45)
+    second = await take(book, host, 3)
+    assert second.granted == 1 and second.probe and second.probe != probe.probe
+    assert await report(book, host, ok=1, probe=second.probe, probe_ok=True) == (False, False)
+    assert (await state(book, host)).breaker == "closed"
+    assert (await take(book, host, 1)).granted == 1
+    assert (await state(book, host)).trips == 1  # a failed probe reopens; it is no new trip
+
+
+async def test_a_probe_reported_twice_counts_once(book: HostBook) -> None:
+    host = new_host()
+    await trip(book, host)
+    await asyncio.sleep(0.45)
+    probe = await take(book, host, 1)
+    ok = {"ok": 1, "probe": probe.probe, "probe_ok": True}
+    await report(book, host, **ok)
+    await report(book, host, **ok)  # a repeated report finds no probe out
+    assert (await state(book, host)).breaker == "closed"
+    failed_late = {"failed": 1, "probe": probe.probe}
+    await report(book, host, **failed_late)  # a stale probe id changes nothing
+    assert (await state(book, host)).breaker == "closed"
+
+
+async def test_a_probe_that_never_reports_frees_its_place_after_its_lease(
+    book: HostBook,
+) -> None:
+    host = new_host()
+    await trip(book, host)
+    await asyncio.sleep(0.45)
+    lost = await take(book, host, 1)
+    assert lost.granted == 1
+    assert (await take(book, host, 1)).granted == 0
+    await asyncio.sleep(0.55)  # the probe lease
+    again = await take(book, host, 1)
+    assert again.granted == 1 and again.probe != lost.probe
+
+
+async def test_some_failures_do_not_trip_the_breaker(book: HostBook) -> None:
+    host = new_host()
+    for _ in range(5):
+        assert await report(book, host, ok=6, failed=4) == (False, False)
+    assert await report(book, host, failed=4) == (False, False)  # 24 of 54 in the window
+    assert (await state(book, host)).breaker == "closed"
+    assert (await take(book, host, 1)).granted == 1
+
+
+# -- the tenant's view -------------------------------------------------------------------------
+
+
+async def test_a_tenant_sees_only_the_hosts_its_own_watches_polled(book: HostBook) -> None:
+    mine, theirs = new_host(), new_host()
+    for host in (mine, theirs):
+        await take(book, host, 1)
+    for tenant, host in (("a", mine), ("b", theirs)):
+        script, keys, args = book.tenant_hosts_call(tenant, [host])
+        await script(keys=keys, args=args)
+
+    assert [s.host for s in await book.of_tenant("a")] == [mine]
+    assert [s.host for s in await book.of_tenant("b")] == [theirs]
+    assert await book.of_tenant("c") == []
+
+
+async def test_status_shows_the_tenants_hosts_with_budget_and_breaker(
+    make_api: ApiFactory,
+) -> None:
+    redis = fake_redis()
+    keyed = Settings.model_validate({"api_keys": "a:key-a-0123456789abcdef,b:key-b-0123456789"})
+    api = await make_api(keyed, redis=redis)
+    book = Store(redis).hosts
+    host = "translate-1"
+    await trip(book, host)
+    script, keys, args = book.tenant_hosts_call("a", [host])
+    await script(keys=keys, args=args)
+
+    as_a = {"Authorization": "Bearer key-a-0123456789abcdef"}
+    as_b = {"Authorization": "Bearer key-b-0123456789"}
+    (shown,) = (await api.get("/v1/status", headers=as_a)).json()["hosts"]
+    assert shown["host"] == host and shown["breaker"] == "open"
+    assert shown["budget"] == LIMIT and shown["rate_limit"] == LIMIT
+    assert shown["breaker_trips"] == 1 and shown["open_until"] is not None
+    assert "hosts" not in (await api.get("/v1/status", headers=as_b)).json()
+
+
+# -- the poller ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[tuple[str, list[float]]]:
+    """A pending job's status URL; the times it was requested."""
+    hits: list[float] = []
+
+    async def status(request: web.Request) -> web.Response:
+        hits.append(time.monotonic())
+        return web.json_response({"result": "pending"})
+
+    app = web.Application()
+    app.router.add_get("/status", status)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}/status", hits
+    finally:
+        await runner.cleanup()
+
+
+def spec_of(url: str) -> dict[str, Any]:
+    return WatchCreate.model_validate({"status_url": url}).spec()
+
+
+def poller_settings(**values: Any) -> Settings:
+    return Settings.model_validate(
+        {"min_poll_interval": 0.05, "allowed_networks": "127.0.0.0/8", **values}
+    )
+
+
+async def test_polls_over_budget_are_put_off_in_line_without_spending_an_attempt(
+    store: Store, book: HostBook, upstream: tuple[str, list[float]]
+) -> None:
+    url, hits = upstream
+    for _ in range(4):
+        await store.register(TENANT, spec_of(url), 60)
+    deferred_before = POLLS_DEFERRED.labels("budget")._value.get()
+    async with aiohttp.ClientSession() as session:
+        poller = Poller(store, session, poller_settings(host_rate_limit=2, host_burst=1))
+        leased = await claim(store)
+        poller.sync_clock(leased.now_ms)
+        for claimed in leased.watches:
+            poller.keeper.hold(claimed)
+        await asyncio.gather(*(poller._handle(c) for c in leased.watches))
+
+    assert len(hits) == 1
+    docs = [await store.get(TENANT, c.id) for c in leased.watches]
+    assert sorted(d["attempts"] for d in docs) == [0, 0, 0, 1]
+    assert POLLS_DEFERRED.labels("budget")._value.get() - deferred_before == 3
+    put_off = [d["id"] for d in docs if d["attempts"] == 0]
+    due = sorted(
+        [await store.redis.zscore(store.keys.schedule, i) - leased.now_ms for i in put_off]
+    )
+    # In line at 2/s: about 0.5 s, 1 s and 1.5 s from now (+10 % spread).
+    for place, wait_ms in enumerate(due):
+        assert 400 + 500 * place <= wait_ms <= 650 + 600 * place, due
+
+
+async def test_a_watch_refused_at_its_deadline_ends_as_timeout_without_a_request(
+    store: Store, book: HostBook, upstream: tuple[str, list[float]]
+) -> None:
+    url, hits = upstream
+    await trip(book, "127.0.0.1", policy(cooldown=30))
+    doc, _ = await store.register(TENANT, spec_of(url), 0.2)
+    async with aiohttp.ClientSession() as session:
+        poller = Poller(store, session, poller_settings(host_breaker_cooldown=30))
+        ended = doc
+        deadline = time.monotonic() + 5
+        while ended["state"] == "pending" and time.monotonic() < deadline:
+            leased = await claim(store)
+            poller.sync_clock(leased.now_ms)
+            for claimed in leased.watches:
+                poller.keeper.hold(claimed)
+                await poller._handle(claimed)
+            ended = await store.get(TENANT, doc["id"])
+            await asyncio.sleep(0.02)
+
+    assert not hits
+    assert ended["state"] == "timeout" and ended["reason"] == "deadline reached"
+    assert ended["attempts"] == 0
+    assert "circuit breaker" in ended["last_error"]
+    assert ended["finished_at"] - ended["deadline"] < 1000
+
+
+async def test_the_poller_reports_what_it_saw_with_its_next_save(
+    store: Store, book: HostBook, upstream: tuple[str, list[float]]
+) -> None:
+    url, _ = upstream
+    doc, _ = await store.register(TENANT, spec_of(url), 60)
+    async with aiohttp.ClientSession() as session:
+        poller = Poller(store, session, poller_settings())
+        leased = await claim(store)
+        poller.sync_clock(leased.now_ms)
+        (claimed,) = leased.watches
+        poller.keeper.hold(claimed)
+        await poller._handle(claimed)
+
+    assert (await store.get(TENANT, doc["id"]))["attempts"] == 1
+    (shown,) = await book.of_tenant(TENANT)
+    assert shown.host == "127.0.0.1" and shown.breaker == "closed"
+    assert shown.rate_limit == 20.0
+
+
+async def test_a_store_error_while_taking_the_budget_puts_the_poll_off(
+    store: Store, book: HostBook, upstream: tuple[str, list[float]]
+) -> None:
+    """Fail closed: no request without a budget; the worker carries on, no attempt spent."""
+    url, hits = upstream
+    doc, _ = await store.register(TENANT, spec_of(url), 60)
+    async with aiohttp.ClientSession() as session:
+        poller = Poller(store, session, poller_settings())
+
+        async def failing(hosts: Any, *args: Any) -> Any:
+            raise RedisConnectionError("Connection reset by peer")
+
+        poller.budget.book.take = failing  # type: ignore[method-assign]
+        leased = await claim(store)
+        poller.sync_clock(leased.now_ms)
+        (claimed,) = leased.watches
+        poller.keeper.hold(claimed)
+        await poller._handle(claimed)
+
+    assert not hits
+    assert (await store.get(TENANT, doc["id"]))["attempts"] == 0
+    due = await store.redis.zscore(store.keys.schedule, doc["id"])
+    assert due is not None and due - leased.now_ms < 5_000  # released, not left to its lease
+    assert await store.redis.hget(store.keys.leases, doc["id"]) is None

@@ -1,0 +1,149 @@
+"""The poller's side of the fleet-wide host budgets and breakers (`service.hosts`).
+
+Admission: every poll asks before its request; the asks of one event-loop turn (a claimed
+batch) go to Redis together, one script call per host in one round trip. Denied polls are put
+off in line: the k-th denied one waits for the k-th next token, so they come back at the rate
+the budget allows, not all at once.
+
+Reports: what each poll saw (answered, failed, throttled, the probe's answer) is summed per host
+and sent with the poller's next batched save, in the same pipeline: at most once (a report lost
+with a failed save is not sent again; the budget only reacts a little later).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import secrets
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from client.upstream import Observation
+from service.hosts import HostBook, HostPolicy, Report
+from service.leases import ScriptCall
+from service.metrics import BREAKER_TRIPS, HOST_BUDGET_CUTS
+from service.settings import Settings
+
+from .loop import WriteBatch
+
+logger = logging.getLogger(__name__)
+THROTTLING = frozenset({429, 503})
+NOTE_TENANT_EVERY = 10.0  # seconds between notes that a tenant's watches poll a host
+NOTED_MAX = 100_000  # (tenant, host) pairs remembered before the memory is cleared
+PROBE_LEASE_MARGIN = 5.0  # seconds a probe may take beyond the request timeout
+SPREAD = 0.1  # denied polls come back up to this share later, so they do not return together
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """May a poll go now? If not, for how long it is put off and why ('budget', 'breaker')."""
+
+    go: bool
+    wait_seconds: float = 0.0
+    reason: str = ""
+    probe: str | None = None  # this poll is the breaker's probe
+
+
+def policy_of(settings: Settings) -> HostPolicy:
+    return HostPolicy(
+        rate_limit=settings.host_rate_limit,
+        burst=settings.host_burst_size,
+        cooldown_seconds=settings.host_breaker_cooldown,
+        probe_lease_seconds=settings.request_timeout + PROBE_LEASE_MARGIN,
+    )
+
+
+def failed(seen: Observation) -> bool:
+    """No answer, or a 5xx: what trips a breaker (a 4xx, 429 or a garbled body is an answer)."""
+    return seen.status is None and (seen.http_status is None or seen.http_status >= 500)
+
+
+class HostBudget:
+    def __init__(self, book: HostBook, policy: HostPolicy, rng: random.Random) -> None:
+        self.book = book
+        self.policy = policy
+        self.rng = rng
+        self._asks: WriteBatch[str, Admission] = WriteBatch(self._admit_all)
+        self._reports: dict[str, Report] = {}
+        self._tenants: dict[str, set[str]] = {}
+        self._noted: dict[tuple[str, str], float] = {}
+        self._id = secrets.token_hex(4)
+        self._takes = 0
+
+    async def admit(self, host: str) -> Admission:
+        """Ask for one request to `host` (raises the store's error: the caller puts it off)."""
+        return await self._asks.add(host)
+
+    async def _admit_all(self, hosts: list[str]) -> list[Admission]:
+        self._takes += 1
+        grants = await self.book.take(Counter(hosts), self.policy, f"{self._id}:{self._takes:x}")
+        asked: Counter[str] = Counter()
+        admissions = []
+        for host in hosts:
+            grant, place = grants[host], asked[host]
+            asked[host] += 1
+            if place < grant.granted:
+                admissions.append(Admission(True, probe=grant.probe if place == 0 else None))
+                continue
+            wait = grant.wait_ms / 1000
+            if grant.breaker == "closed":
+                wait += (place - grant.granted) / grant.budget
+                reason = "budget"
+            else:
+                reason = "breaker"
+            admissions.append(Admission(False, wait * self.rng.uniform(1, 1 + SPREAD), reason))
+        return admissions
+
+    def observe(self, tenant: str, host: str, seen: Observation, probe: str | None) -> None:
+        """Count what one poll of `host` saw, for the next report."""
+        report = self._reports.get(host)
+        if report is None:
+            report = self._reports[host] = Report()
+        bad = failed(seen)
+        if bad:
+            report.failed += 1
+        else:
+            report.ok += 1
+        if seen.http_status in THROTTLING:
+            report.throttled += 1
+            if seen.retry_after is not None and math.isfinite(seen.retry_after):
+                quiet_ms = int(min(max(seen.retry_after, 0.0), 86400.0) * 1000)
+                report.quiet_ms = max(report.quiet_ms, quiet_ms)
+        if probe is not None:
+            report.probe, report.probe_ok = probe, not bad
+        self._note(tenant, host)
+
+    def _note(self, tenant: str, host: str) -> None:
+        now = time.monotonic()
+        if now - self._noted.get((tenant, host), -math.inf) < NOTE_TENANT_EVERY:
+            return
+        if len(self._noted) >= NOTED_MAX:
+            self._noted.clear()
+        self._noted[tenant, host] = now
+        self._tenants.setdefault(tenant, set()).add(host)
+
+    def drain(self) -> tuple[list[ScriptCall], int]:
+        """The reports (and tenant notes) gathered since the last drain, as script calls for
+        the caller's pipeline; and how many of them, first, are reports."""
+        calls = [self.book.report_call(h, r, self.policy) for h, r in self._reports.items()]
+        reports = len(calls)
+        calls += [self.book.tenant_hosts_call(t, sorted(h)) for t, h in self._tenants.items()]
+        self._reports, self._tenants = {}, {}
+        return calls, reports
+
+    def settle(self, results: list[Any], reports: int) -> None:
+        """Count what the reports did; an error is logged (the budget reacts a little later)."""
+        for result in results:
+            if isinstance(result, Exception):
+                logger.warning("poller: a host report or note failed: %s", result)
+        for result in results[:reports]:
+            if isinstance(result, Exception):
+                continue
+            tripped, cut = HostBook.reported(result)
+            if tripped:
+                BREAKER_TRIPS.inc()
+            if cut:
+                HOST_BUDGET_CUTS.inc()
