@@ -64,7 +64,7 @@ class Settings(BaseSettings):
         ge=1,
         le=1_000_000,
         description="requests a quiet host may get at once above its rate (the bucket's size); "
-        "unset: a tenth of the rate limit, at least 1",
+        "unset: a twentieth of the rate limit, at least 1",
     )
     host_breaker_cooldown: float = Field(
         15.0,
@@ -75,10 +75,12 @@ class Settings(BaseSettings):
 
     @property
     def host_burst_size(self) -> float:
-        """The bucket's size: with the default, no second sees more than 110 % of the limit."""
+        """The bucket's size. The default keeps every second within 105 % of the limit as
+        granted, so requests that bunch on their way (a new connection, a busy event loop)
+        still arrive within 110 %."""
         if self.host_burst is not None:
             return self.host_burst
-        return max(1.0, self.host_rate_limit / 10)
+        return max(1.0, self.host_rate_limit / 20)
 
     @field_validator("api_keys", mode="before")
     @classmethod
