@@ -10,7 +10,14 @@ from .backoff import BackoffPolicy
 from .errors import ClientError, ConfigurationError
 from .learned import DurationHistogram, LearnedSchedule, ScheduleHistory, upstream_key
 from .polling import PollResult, StatusUpdate, VideoTranslationClient
-from .service import Event, ServiceAPIError, StatusSummary, Watch, WatchServiceClient
+from .service import (
+    Event,
+    HostStatus,
+    ServiceAPIError,
+    StatusSummary,
+    Watch,
+    WatchServiceClient,
+)
 from .upstream import TERMINAL, Observation, Status, classify_response, parse_retry_after
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
@@ -22,6 +29,7 @@ __all__ = [
     "ConfigurationError",
     "DurationHistogram",
     "Event",
+    "HostStatus",
     "LearnedSchedule",
     "Observation",
     "PollResult",

@@ -80,10 +80,28 @@ class Watch:
 
 
 @dataclass(frozen=True, slots=True)
+class HostStatus:
+    """An upstream host the tenant's watches polled, as the whole fleet sees it."""
+
+    host: str
+    budget: float
+    rate_limit: float
+    breaker: str  # closed, open or half_open
+    open_until: str | None
+    breaker_trips: int
+    last_polled_at: str
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> HostStatus:
+        return cls(**{name: body.get(name) for name in cls.__slots__})
+
+
+@dataclass(frozen=True, slots=True)
 class StatusSummary:
     total: int
     by_state: dict[str, int]
     webhooks: dict[str, int]
+    hosts: tuple[HostStatus, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +225,8 @@ class WatchServiceClient(OwnsSession):
 
     async def status(self) -> StatusSummary:
         body = await self._call("GET", "/v1/status")
-        return StatusSummary(body["total"], body["by_state"], body["webhooks"])
+        hosts = tuple(HostStatus.from_json(host) for host in body.get("hosts", ()))
+        return StatusSummary(body["total"], body["by_state"], body["webhooks"], hosts)
 
     async def events(self, watch_id: str) -> AsyncIterator[Event]:
         """The watch's events until it ends. A dropped connection, a restart or a passing 429 or

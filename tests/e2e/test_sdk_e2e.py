@@ -57,6 +57,8 @@ async def test_the_sdk_drives_the_whole_api(
         assert [w.id async for w in service.list(state="cancelled")] == [cancelled.id]
         summary = await service.status()
         assert summary.total == 6 and summary.by_state["cancelled"] == 1
+        (host,) = summary.hosts  # the simulator's, as the fleet's budget sees it
+        assert host.host == "127.0.0.1" and host.breaker == "closed" and host.budget > 0
 
         with pytest.raises(ServiceAPIError) as missing:
             await service.get("w_000000000000nosuchwatch")
