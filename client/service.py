@@ -93,7 +93,8 @@ class HostStatus:
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> HostStatus:
-        return cls(**{name: body.get(name) for name in cls.__slots__})
+        fields: dict[str, Any] = {name: body.get(name) for name in cls.__slots__}
+        return cls(**fields)
 
 
 @dataclass(frozen=True, slots=True)
