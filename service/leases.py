@@ -66,7 +66,9 @@ async def run_scripts(
     if missing:
         for script in {calls[i][0] for i in missing}:
             await redis.script_load(script.script)
-        again = await run_scripts(redis, [calls[i] for i in missing], raise_from=len(missing))
+        # The calls run again keep their order: those that were before `raise_from` come first.
+        again_raise_from = None if raise_from is None else sum(i < raise_from for i in missing)
+        again = await run_scripts(redis, [calls[i] for i in missing], raise_from=again_raise_from)
         for i, result in zip(missing, again, strict=True):
             results[i] = result
     limit = len(results) if raise_from is None else raise_from

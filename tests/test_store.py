@@ -23,7 +23,7 @@ from service.errors import (
     WatchConflict,
     WatchNotFound,
 )
-from service.leases import Claim, Claimed
+from service.leases import Claim, Claimed, run_scripts
 from service.store import Store
 
 TENANT = "acme"
@@ -335,6 +335,33 @@ async def test_save_mixes_records_and_finishes_and_survives_a_script_flush(store
     assert await store.redis.zscore(store.keys.schedule, first.id) == now + 60_000
     assert (await store.get(TENANT, second.id))["state"] == "completed"
     assert await counts(store) == {"pending": 2, "completed": 1}
+
+
+async def test_run_scripts_after_a_script_flush_raises_only_the_errors_it_would_have(
+    store: Store,
+) -> None:
+    """Reloaded after NOSCRIPT, the calls from `raise_from` on still return their errors: a
+    failing call after the caller's own (a host report) does not make an applied save look
+    failed."""
+    redis = store.redis
+    own = redis.register_script("return redis.call('SET', KEYS[1], ARGV[1]) and 1")
+    other = redis.register_script("return redis.call('HSET', KEYS[1], 'f', 'v')")
+    saved, wrong_type = store.keys.prefix + "saved", store.keys.prefix + "string"
+    await redis.set(wrong_type, "x")
+    calls = [(own, [saved], ["yes"]), (other, [wrong_type], [])]
+    for flushed in (False, True):
+        if flushed:
+            await redis.script_flush()
+        else:
+            await redis.script_load(own.script)
+            await redis.script_load(other.script)
+        results = await run_scripts(redis, calls, raise_from=1)
+        assert results[0] == 1 and isinstance(results[1], Exception), flushed
+    assert await redis.get(saved) == "yes"
+    await redis.script_flush()
+    with pytest.raises(Exception, match="WRONGTYPE"):
+        await run_scripts(redis, calls[::-1], raise_from=1)  # the failing call is the caller's
+    await redis.delete(saved, wrong_type)
 
 
 async def test_a_stale_token_changes_nothing(store: Store) -> None:
