@@ -40,14 +40,23 @@ MAX_QUEUED_IDS = 1000  # a tenant stream further behind is told to resync (`even
 class Follower:
     """What one stream waits on: `changed` is set at each notification, and the watch ids
     the notifications carried (a tenant's channel carries them; a watch's carries none) queue
-    in `ids`, up to `MAX_QUEUED_IDS`, past which `overflowed` is set instead."""
+    in `ids`. `overflowed` says some may be missing: more than `MAX_QUEUED_IDS` queued, or the
+    subscription was lost and made again (messages in between are gone)."""
 
-    __slots__ = ("changed", "ids", "overflowed")
+    __slots__ = ("changed", "ids", "live", "overflowed")
 
     def __init__(self) -> None:
         self.changed = asyncio.Event()
         self.ids: deque[str] = deque()
         self.overflowed = False
+        self.live = False  # its channel's subscription has started at least once
+
+    def subscribed(self) -> None:
+        """Its channel's subscription (re)started: wake it; after a gap, say so."""
+        if self.live:
+            self.overflowed = True
+        self.live = True
+        self.notify("")
 
     def notify(self, payload: str) -> None:
         if payload:
@@ -74,7 +83,7 @@ class EventHub:
         self.channel_prefix = channel_prefix
         self._waiting: dict[str, set[Follower]] = {}
         self._subscribed: set[str] = set()  # channels whose subscription is live
-        self._someone = asyncio.Event()  # set while anyone follows a watch
+        self._someone = asyncio.Event()  # set while anyone follows a channel
         self._resync = asyncio.Event()  # the set of followed watches changed
         self._listener: asyncio.Task[None] | None = None
         self.closed = False  # the server is shutting down: streams end
@@ -92,7 +101,7 @@ class EventHub:
         follower = Follower()
         self._waiting.setdefault(channel, set()).add(follower)
         if channel in self._subscribed:  # live already: nothing before this can be missed
-            follower.notify("")
+            follower.subscribed()
         self._someone.set()
         self._resync.set()
         if self._listener is None:
@@ -125,6 +134,7 @@ class EventHub:
                         if message is not None:
                             channel = message["channel"][len(self.channel_prefix) :]
                             self._wake(channel, message["data"])
+                    self._subscribed = set()  # before the connection closes: no one joins it
             except Exception as exc:
                 failures += 1
                 if failures == 1:
@@ -146,9 +156,10 @@ class EventHub:
             await pubsub.subscribe(*(self.channel_prefix + i for i in new))
             self._subscribed |= new
             for channel in new:  # anything saved before the subscription took
-                self._wake(channel)
+                for follower in self._waiting.get(channel, ()):
+                    follower.subscribed()
 
-    def _wake(self, channel: str | bytes, payload: str | bytes = "") -> None:
+    def _wake(self, channel: str | bytes, payload: str | bytes) -> None:
         key = channel.decode() if isinstance(channel, bytes) else channel
         data = payload.decode() if isinstance(payload, bytes) else str(payload)
         for follower in self._waiting.get(key, ()):

@@ -8,6 +8,7 @@ import copy
 import json
 from typing import Any
 
+import fakeredis
 import pytest
 
 from service.events import MAX_QUEUED_IDS, EventHub, Follower, parse_event_id, stream, tenant_stream
@@ -182,3 +183,31 @@ async def test_the_tenant_stream_route_needs_a_key(make_api: ApiFactory) -> None
     refused = await api.get("/v1/events")
 
     assert refused.status_code == 401
+
+
+def test_a_follower_resubscribed_after_a_gap_is_told_it_may_have_missed_changes() -> None:
+    follower = Follower()
+    follower.subscribed()
+    assert follower.changed.is_set() and not follower.overflowed  # the first start: `ready`
+    follower.changed.clear()
+
+    follower.subscribed()  # the connection was lost and made again
+
+    assert follower.changed.is_set() and follower.overflowed  # `resync`
+
+
+async def test_a_tenant_stream_says_resync_when_its_subscription_was_lost(store: Store) -> None:
+    if isinstance(store.redis, fakeredis.FakeAsyncRedis):
+        pytest.skip("fakeredis has no CLIENT KILL: the real Redis run covers this")
+    hub = EventHub(store.redis, store.keys.events_prefix)
+    chunks: list[str] = []
+    following = asyncio.create_task(collect(tenant_stream(store, hub, TENANT), chunks))
+    try:
+        await wait_for(lambda: "event: ready" in "".join(chunks))
+        await store.redis.client_kill_filter(_type="pubsub")  # a dropped connection
+        await wait_for(lambda: "event: resync" in "".join(chunks), 10)
+        doc, _ = await store.register(TENANT, SPEC, 3600)  # and live again after it
+        await wait_for(lambda: doc["id"] in "".join(chunks))
+    finally:
+        following.cancel()
+        await hub.aclose()

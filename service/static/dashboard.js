@@ -7,6 +7,7 @@
 const KEY = "vtwatch.apiKey";
 const STATES = ["pending", "completed", "error", "timeout", "cancelled"];
 const PAGE = 50;
+const WATCH_ID = /^[A-Za-z0-9_-]{1,64}$/;
 const $ = (id) => document.getElementById(id);
 
 const view = {
@@ -18,6 +19,8 @@ const view = {
   livePolls: [], // polls of the shown watch seen on its stream: {at, attempts, text}
   deliveries: [],
   detailStream: null, // AbortController of the shown watch's stream
+  feed: null, // AbortController of the tenant's stream
+  showing: 0, // the latest `show` call: an older one that answers later is dropped
 };
 
 class AuthError extends Error {}
@@ -217,8 +220,12 @@ async function setFilter(state) {
 async function show(id) {
   if (view.detailStream) view.detailStream.abort();
   view.detailStream = null;
+  const ticket = ++view.showing;
+  if (!WATCH_ID.test(id)) return report(new Error(`"${id.slice(0, 80)}" is not a watch id.`));
   try {
     const watch = await api(`/v1/watches/${encodeURIComponent(id)}`);
+    if (ticket !== view.showing) return; // another watch was asked for meanwhile
+    if (!watch || watch.id !== id) throw new Error(`No watch ${id} here.`);
     view.shown = watch;
     view.livePolls = [];
     view.deliveries = [];
@@ -268,7 +275,7 @@ async function followShown(id) {
         failures = 0;
         if (!view.shown || view.shown.id !== id) return;
         const watch = event.data;
-        if (event.event === "poll") view.livePolls.push(pollEntry(watch));
+        if (event.event === "poll") addPoll(watch);
         view.shown = watch;
         putRow(watch);
         renderDetail();
@@ -289,6 +296,13 @@ function webhookState(watch) {
 }
 
 const polls = (n) => `${n} ${n === 1 ? "poll" : "polls"}`;
+
+// A poll of the shown watch, once (its own stream and the tenant's may both bring it).
+function addPoll(watch) {
+  if (!view.livePolls.some((poll) => poll.attempts === watch.attempts)) {
+    view.livePolls.push(pollEntry(watch));
+  }
+}
 
 function pollEntry(watch) {
   let text = watch.last_error ? `failed: ${watch.last_error}` : (watch.last_result || "answered");
@@ -381,9 +395,7 @@ function applyWatch(watch) {
   putRow(watch);
   refreshCounts();
   if (view.shown && view.shown.id === watch.id) {
-    if (watch.attempts > view.shown.attempts && view.shown.state === "pending") {
-      view.livePolls.push(pollEntry(watch));
-    }
+    if (watch.attempts > view.shown.attempts && view.shown.state === "pending") addPoll(watch);
     view.shown = watch;
     renderDetail();
     loadDeliveries().catch(report);
@@ -391,10 +403,13 @@ function applyWatch(watch) {
 }
 
 async function followTenant() {
-  for (let delay = 500; ; delay = Math.min(delay * 2, 10000)) {
+  if (view.feed) view.feed.abort(); // one feed per page, whatever logged in again
+  const control = new AbortController();
+  view.feed = control;
+  for (let delay = 500; !control.signal.aborted; delay = Math.min(delay * 2, 10000)) {
     setLive("connecting");
     try {
-      for await (const event of events("/v1/events")) {
+      for await (const event of events("/v1/events", control.signal)) {
         delay = 500;
         if (event.event === "ready" || event.event === "resync") {
           // Subscribed (or behind): what is stored now, then every change after it.
@@ -406,6 +421,7 @@ async function followTenant() {
         }
       }
     } catch (error) {
+      if (control.signal.aborted) return;
       if (error instanceof AuthError) return askForKey("That key was refused.");
     }
     setLive("reconnecting");
@@ -430,6 +446,7 @@ function say(text) {
 }
 
 function askForKey(why = "") {
+  if (view.feed) view.feed.abort();
   sessionStorage.removeItem(KEY);
   view.key = null;
   $("app").hidden = true;

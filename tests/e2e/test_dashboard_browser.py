@@ -149,6 +149,9 @@ async def test_the_dashboard_follows_watches_live_and_acts_on_them(
         await expect(row(page, done["id"], "completed")).to_be_visible()
         await expect(row(page, other["id"])).to_have_count(0)
         await expect(page.locator('#counts a[data-state="completed"] .n')).to_have_text("1")
+        await page.goto(f"{api_url}/dashboard?watch=.")  # garbage in a link: said, not shown
+        await expect(page.locator("#message")).to_have_text('"." is not a watch id.')
+        await expect(page.locator("#detail")).to_be_hidden()
 
         # Readable on a phone: nothing wider than the screen.
         phone = await browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True)
