@@ -17,13 +17,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from client.simulator import (
-    DurationMix,
-    SimulatorConfig,
-    add_arguments,
-    config_from_args,
-    create_app,
-)
+from client.simulator import SimulatorConfig, add_arguments, config_from_args, create_app
+from client.workload import DurationMix
 
 Client = TestClient[web.Request, web.Application]
 
