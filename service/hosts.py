@@ -63,7 +63,7 @@ class Grant:
 
     granted: int
     wait_ms: int  # until the next request could be granted
-    budget: float  # requests/s now
+    budget: float  # requests/s now (unrounded: a tiny limit is no 0)
     breaker: str  # 'closed', 'open' or 'half_open'
     probe: str | None  # the id of the breaker's probe when the first granted request is it
 
@@ -128,7 +128,7 @@ class HostBook:
             host: Grant(
                 int(granted),
                 int(wait),
-                int(budget) / 1000,
+                float(budget),
                 _text(state),
                 _text(probe) or None,
             )

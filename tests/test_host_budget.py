@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -183,6 +184,23 @@ async def test_a_retry_after_holds_the_budget_down_until_it_has_passed(book: Hos
     await asyncio.sleep(0.2)
     await report(book, host, ok=5)
     assert (await state(book, host)).budget > LIMIT / 2
+
+
+async def test_a_tiny_budget_is_no_zero_and_puts_polls_off_without_dividing_by_it(
+    book: HostBook,
+) -> None:
+    """A limit under a thousandth of a request per second (or a budget cut that low) is
+    answered unrounded; polls over it are put off, in line, however long."""
+    tiny = policy(rate=0.0009, burst=1.0)
+    host = new_host()
+    grant = await take(book, host, 2, tiny)
+    assert grant.granted == 1 and grant.budget == pytest.approx(0.0009)
+
+    budget = HostBudget(book, tiny, random.Random(1))
+    first, second = await asyncio.gather(budget.admit(host), budget.admit(host))
+    assert not first.go and not second.go
+    assert first.reason == second.reason == "budget"
+    assert 0 < first.wait_seconds < second.wait_seconds < math.inf
 
 
 def test_garbage_retry_after_values_are_bounded_before_they_reach_redis() -> None:

@@ -34,6 +34,7 @@ THROTTLING = frozenset({429, 503})
 NOTE_TENANT_EVERY = 10.0  # seconds between notes that a tenant's watches poll a host
 NOTED_MAX = 100_000  # (tenant, host) pairs remembered before the memory is cleared
 PROBE_LEASE_MARGIN = 5.0  # seconds a probe may take beyond the request timeout
+MIN_RATE = 1e-6  # requests/s a budget counts as at least (never a division by zero)
 SPREAD = 0.1  # denied polls come back up to this share later, so they do not return together
 
 
@@ -90,7 +91,7 @@ class HostBudget:
                 continue
             wait = grant.wait_ms / 1000
             if grant.breaker == "closed":
-                wait += (place - grant.granted) / grant.budget
+                wait += (place - grant.granted) / max(grant.budget, MIN_RATE)
                 reason = "budget"
             else:
                 reason = "breaker"

@@ -5,8 +5,8 @@
 -- leaves budget unused (a lost probe's lease lapses and another request probes).
 -- KEYS: host state
 -- ARGV: host, n, limit (req/s), burst, probe id, probe lease ms, recheck ms, ttl ms
--- Returns {granted, wait ms for the rest, budget (milli-requests/s), breaker state, probe id
--- or ''}; breaker state: 'closed', 'open' or 'half_open'.
+-- Returns {granted, wait ms for the rest, budget (requests/s, as text: unrounded, however
+-- small), breaker state, probe id or ''}; breaker state: 'closed', 'open' or 'half_open'.
 local now = now_ms()
 local h = host_load(KEYS[1])
 local n, limit, burst = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -36,4 +36,4 @@ else
 end
 h.state = state
 host_save(KEYS[1], h, tonumber(ARGV[8]))
-return {granted, wait, math.floor(h.rate * 1000), state, probe}
+return {granted, wait, tostring(h.rate), state, probe}
