@@ -81,7 +81,8 @@ class Watch:
 
 @dataclass(frozen=True, slots=True)
 class HostStatus:
-    """An upstream host the tenant's watches polled, as the whole fleet sees it."""
+    """A host and port the tenant's watches polled, as the whole fleet sees it (the budget is
+    the host's, every port's; the breaker the port's)."""
 
     host: str
     budget: float
@@ -90,6 +91,7 @@ class HostStatus:
     open_until: str | None
     breaker_trips: int
     last_polled_at: str
+    port: int | None = None  # None from a service older than per-port breakers
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> HostStatus:

@@ -63,6 +63,7 @@ class Observation:
 
     `status` is None when the request failed transiently (the job's state is unknown);
     `error` says why. `retry_after`, `progress` and `eta_seconds` are the server's hints.
+    `internal`: the failure was ours (an exception nobody foresaw), not the upstream's.
     """
 
     status: Status | None
@@ -71,6 +72,7 @@ class Observation:
     progress: float | None = None
     eta_seconds: float | None = None
     retry_after: float | None = None
+    internal: bool = False
 
     def __post_init__(self) -> None:
         if self.error is not None:  # it is logged and stored: always valid UTF-8
@@ -205,7 +207,7 @@ async def fetch_status(
         logger.warning(
             "unexpected %s while polling; counted as a transient failure", name, exc_info=True
         )
-        return Observation(None, None, f"unexpected {name}")
+        return Observation(None, None, f"unexpected {name}", internal=True)
 
 
 @functools.lru_cache(maxsize=64)

@@ -1,6 +1,8 @@
-"""Fleet-wide state of upstream hosts in Redis: a request budget and a circuit breaker per host.
+"""Fleet-wide state of upstream hosts in Redis: a request budget per host, a circuit breaker per
+port of a host.
 
-Each normalised host has one hash (`Keys.host`, a hash tag of its own) that only the host
+Each normalised host has one hash (`Keys.host`, a hash tag of its own) and one per port its
+watches poll (`Keys.breaker`, under the same tag: one Redis Cluster slot) that only the host
 scripts touch, one host per call (`lua/_host.lua`, `host_*.lua`):
 
 * a token bucket refilled at the host's *budget* (requests/s for every worker together, at most
@@ -9,11 +11,12 @@ scripts touch, one host per call (`lua/_host.lua`, `host_*.lua`):
 * the budget follows the host's answers (AIMD): a 429 or 503 halves it (once per second for the
   whole fleet, never below a 64th of the limit), answers that are all good add back 5 % of the
   limit per second; a `Retry-After` holds the budget down until it has passed (at most 60 s);
-* a circuit breaker: when at least half of 10 or more polls within 10 s fail (no answer, or
-  5xx), the host is left alone for `VTW_HOST_BREAKER_COOLDOWN`, then one request fleet-wide
-  probes it; its answer closes the breaker or opens it for another cool-down.
+* a circuit breaker per host and port (a closed port of a host must not stop the polls of a
+  healthy one, another tenant's maybe): when at least half of 10 or more polls of it within
+  10 s fail (no answer, or 5xx), it is left alone for `VTW_HOST_BREAKER_COOLDOWN`, then one
+  request fleet-wide probes it; its answer closes the breaker or opens it for another cool-down.
 
-Times are Redis server time. The keys of the hosts a tenant's watches polled are noted apart
+Times are Redis server time. The hosts and ports a tenant's watches polled are noted apart
 (`Keys.tenant_hosts`), so `GET /v1/status` shows a tenant only the hosts it uses.
 """
 
@@ -64,13 +67,13 @@ class Grant:
     granted: int
     wait_ms: int  # until the next request could be granted
     budget: float  # requests/s now (unrounded: a tiny limit is no 0)
-    breaker: str  # 'closed', 'open' or 'half_open'
+    breaker: str  # the port's breaker: 'closed', 'open' or 'half_open'
     probe: str | None  # the id of the breaker's probe when the first granted request is it
 
 
 @dataclass(slots=True)
 class Report:
-    """What a worker's polls of one host saw since its last report."""
+    """What a worker's polls of one port of a host saw since its last report."""
 
     ok: int = 0  # answered (any HTTP status but 5xx), 429 included
     failed: int = 0  # no answer (connection error, timeout) or 5xx
@@ -83,6 +86,7 @@ class Report:
 @dataclass(frozen=True, slots=True)
 class HostState:
     host: str
+    port: int  # the breaker's; the budget is the host's, every port's
     budget: float  # requests/s now
     rate_limit: float
     breaker: str  # 'closed', 'open' or 'half_open'
@@ -101,57 +105,53 @@ class HostBook:
         self._scripts = load_scripts(redis, SCRIPTS, PRELUDES)
 
     async def take(
-        self, wants: Mapping[str, int], policy: HostPolicy, probe_id: str
-    ) -> dict[str, Grant]:
-        """Take `wants[host]` requests of each host's budget: one script call per host, all
-        in one round trip. Never retried: a repeat after a lost reply would take twice."""
+        self, wants: Mapping[str, Mapping[int, int]], policy: HostPolicy, probe_id: str
+    ) -> dict[str, dict[int, Grant]]:
+        """Take `wants[host][port]` requests of each host's budget, through each port's
+        breaker: one script call per host, all in one round trip. Never retried: a repeat after
+        a lost reply would take twice."""
         hosts = list(wants)
-        calls: list[ScriptCall] = [
-            (
-                self._scripts["host_take"],
-                [self.keys.host(host)],
-                [
-                    host,
-                    wants[host],
-                    policy.rate_limit,
-                    policy.burst,
-                    probe_id,
-                    int(policy.probe_lease_seconds * 1000),
-                    PROBE_RECHECK_MS,
-                    HOST_TTL_MS,
-                ],
-            )
-            for host in hosts
-        ]
+        calls: list[ScriptCall] = []
+        for host in hosts:
+            args: list[Any] = [
+                host,
+                policy.rate_limit,
+                policy.burst,
+                probe_id,
+                int(policy.probe_lease_seconds * 1000),
+                PROBE_RECHECK_MS,
+                HOST_TTL_MS,
+            ]
+            for port, n in wants[host].items():
+                args += [port, n]
+            breakers = [self.keys.breaker(host, port) for port in wants[host]]
+            calls.append((self._scripts["host_take"], [self.keys.host(host), *breakers], args))
         results = await run_scripts(self.redis, calls)
         return {
-            host: Grant(
-                int(granted),
-                int(wait),
-                float(budget),
-                _text(state),
-                _text(probe) or None,
-            )
-            for host, (granted, wait, budget, state, probe) in zip(hosts, results, strict=True)
+            host: _grants(list(wants[host]), result)
+            for host, result in zip(hosts, results, strict=True)
         }
 
-    def report_call(self, host: str, report: Report, policy: HostPolicy) -> ScriptCall:
-        """A report as a script call, for the caller's pipeline; its result is `(tripped,
-        cut)` (see `reported`)."""
-        quiet = max(0, min(MAX_QUIET_MS, report.quiet_ms))
+    def report_call(
+        self, host: str, reports: Mapping[int, Report], policy: HostPolicy
+    ) -> ScriptCall:
+        """The reports of a host's ports as one script call, for the caller's pipeline; its
+        result is `(breakers tripped, cut)` (see `reported`)."""
+        throttled = sum(r.throttled for r in reports.values())
+        quiet = max(0, min(MAX_QUIET_MS, max((r.quiet_ms for r in reports.values()), default=0)))
+        ports: list[Any] = []
+        for port, report in reports.items():
+            probe_ok = "1" if report.probe_ok else "0"
+            ports += [port, report.ok, report.failed, report.probe or "", probe_ok]
         return (
             self._scripts["host_report"],
-            [self.keys.host(host)],
+            [self.keys.host(host), *(self.keys.breaker(host, port) for port in reports)],
             [
                 host,
                 policy.rate_limit,
                 policy.burst,
-                report.ok,
-                report.failed,
-                report.throttled,
+                throttled,
                 quiet,
-                report.probe or "",
-                "1" if report.probe_ok else "0",
                 int(policy.cooldown_seconds * 1000),
                 HOST_TTL_MS,
                 CUT_FACTOR,
@@ -161,26 +161,27 @@ class HostBook:
                 BREAKER_WINDOW_MS,
                 BREAKER_MIN_POLLS,
                 BREAKER_FAILURE_RATIO,
+                *ports,
             ],
         )
 
     @staticmethod
-    def reported(result: Any) -> tuple[bool, bool]:
-        """(the report opened the breaker, it cut the budget) from a report call's result."""
+    def reported(result: Any) -> tuple[int, bool]:
+        """(the breakers the report opened, it cut the budget) from a report call's result."""
         tripped, cut = result
-        return bool(int(tripped)), bool(int(cut))
+        return int(tripped), bool(int(cut))
 
-    def tenant_hosts_call(self, tenant: str, hosts: Iterable[str]) -> ScriptCall:
-        """Note that `tenant`'s watches polled `hosts` (for the caller's pipeline)."""
+    def tenant_hosts_call(self, tenant: str, endpoints: Iterable[tuple[str, int]]) -> ScriptCall:
+        """Note that `tenant`'s watches polled these (host, port) (for the caller's pipeline)."""
         return (
             self._scripts["tenant_hosts"],
             [self.keys.tenant_hosts(tenant)],
-            [TENANT_HOSTS_MAX, TENANT_HOSTS_TTL_MS, *hosts],
+            [TENANT_HOSTS_MAX, TENANT_HOSTS_TTL_MS, *(f"{p} {h}" for h, p in endpoints)],
         )
 
-    async def read(self, host: str) -> HostState | None:
-        result = await self._scripts["host_read"](keys=[self.keys.host(host)])
-        return _state(result)
+    async def read(self, host: str, port: int) -> HostState | None:
+        keys = [self.keys.host(host), self.keys.breaker(host, port)]
+        return _state(port, await self._scripts["host_read"](keys=keys))
 
     async def of_tenant(self, tenant: str) -> list[HostState]:
         """The state of the hosts `tenant`'s watches polled in the last hour, the most recent
@@ -191,15 +192,21 @@ class HostBook:
                 self.keys.tenant_hosts(tenant), 0, STATUS_HOSTS - 1, withscores=True
             ),
         )
-        if not noted:
+        endpoints = []
+        for member, polled_ms in noted:
+            digits, _, host = _text(member).partition(" ")
+            if host and digits.isdigit():  # (a host noted before breakers were per port: left out)
+                endpoints.append((host, int(digits), polled_ms))
+        if not endpoints:
             return []
         calls: list[ScriptCall] = [
-            (self._scripts["host_read"], [self.keys.host(_text(host))], []) for host, _ in noted
+            (self._scripts["host_read"], [self.keys.host(h), self.keys.breaker(h, p)], [])
+            for h, p, _ in endpoints
         ]
         results = await run_scripts(self.redis, calls)
         states = []
-        for (_, polled_ms), result in zip(noted, results, strict=True):
-            state = _state(result)
+        for (_, port, polled_ms), result in zip(endpoints, results, strict=True):
+            state = _state(port, result)
             if state is not None and polled_ms >= state.now_ms - STATUS_SEEN_MS:
                 states.append(state)
         return states
@@ -209,12 +216,28 @@ def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _state(result: list[Any]) -> HostState | None:
+def _grants(ports: list[int], result: list[Any]) -> dict[int, Grant]:
+    """A take's answer for one host: its budget, then four values per port."""
+    budget = float(result[0])
+    return {
+        port: Grant(
+            int(result[1 + 4 * i]),
+            int(result[2 + 4 * i]),
+            budget,
+            _text(result[3 + 4 * i]),
+            _text(result[4 + 4 * i]) or None,
+        )
+        for i, port in enumerate(ports)
+    }
+
+
+def _state(port: int, result: list[Any]) -> HostState | None:
     if not result:
         return None
     host, budget, limit, breaker, open_until, trips, seen, now = result
     return HostState(
         host=_text(host),
+        port=port,
         budget=int(budget) / 1000,
         rate_limit=int(limit) / 1000,
         breaker=_text(breaker),

@@ -1,8 +1,11 @@
 """Every Redis key name of the service, in one place.
 
 All keys but the hosts' share the hash tag `{namespace}`, so every script's keys live in one
-Redis Cluster slot. Each upstream host has a key under a tag of its own (its state is fleet-wide,
-read and written by its own scripts, one host per call), so busy hosts spread over the slots.
+Redis Cluster slot. Each upstream host has keys under a tag of its own (its state is fleet-wide,
+read and written by its own scripts, one host per call), so busy hosts spread over the slots:
+
+    vtw:{ns/h/<digest>}:host           HASH  the host's request budget (a token bucket)
+    vtw:{ns/h/<digest>}:breaker:<port> HASH  the circuit breaker of one port of the host
 
     vtw:{ns}:schedule              ZSET  watch id -> due time (ms), or lease expiry while claimed
     vtw:{ns}:leases                HASH  claimed watch id -> fencing token (fixed at claim; the
@@ -98,9 +101,16 @@ class Keys:
         return self.tenant_prefix(tenant) + "hosts"
 
     def host(self, host: str) -> str:
-        """The state of one normalised upstream host, under a hash tag of its own."""
+        """The budget of one normalised upstream host, under a hash tag of its own."""
+        return self._host_tag(host) + "host"
+
+    def breaker(self, host: str, port: int) -> str:
+        """The circuit breaker of one port of a host: in its budget's hash slot (same tag)."""
+        return f"{self._host_tag(host)}breaker:{port}"
+
+    def _host_tag(self, host: str) -> str:
         digest = hashlib.sha256(host.encode()).hexdigest()[:20]
-        return f"vtw:{{{self.namespace}/h/{digest}}}:host"
+        return f"vtw:{{{self.namespace}/h/{digest}}}:"
 
     def idempotency(self, tenant: str, key: str) -> str:
         digest = hashlib.sha256(key.encode()).hexdigest()[:32]

@@ -141,17 +141,23 @@ class WebhookCounts(BaseModel):
 
 
 class HostStatus(BaseModel):
-    """An upstream host the tenant's watches polled, as the whole fleet sees it."""
+    """A host and port the tenant's watches polled, as the whole fleet sees it (every tenant's
+    polls of the host count)."""
 
     host: str = Field(description="the normalised host (lower case, no port or user info)")
-    budget: float = Field(description="requests/s the fleet may send it now (cut by 429/503)")
+    port: int = Field(description="the port polled (the scheme's when the URL has none)")
+    budget: float = Field(
+        description="requests/s the fleet may send the host now, every port together (cut by "
+        "429/503)"
+    )
     rate_limit: float = Field(description="the configured most requests/s (VTW_HOST_RATE_LIMIT)")
     breaker: Literal["closed", "open", "half_open"] = Field(
-        description="open: polls wait out a cool-down; half_open: one request probes the host"
+        description="this port's breaker: open: polls wait out a cool-down; half_open: one "
+        "request probes it"
     )
     open_until: datetime | None = Field(description="when an open breaker's cool-down ends")
     breaker_trips: int = Field(description="times the breaker opened (while the state is kept)")
-    last_polled_at: datetime = Field(description="the fleet's last poll of the host")
+    last_polled_at: datetime = Field(description="the fleet's last poll of the host (any port)")
 
 
 class StatusSummary(BaseModel):
@@ -200,6 +206,7 @@ def render_summary(counts: dict[str, int], hosts: Sequence[HostState] = ()) -> S
         hosts=[
             HostStatus(
                 host=h.host,
+                port=h.port,
                 budget=round(h.budget, 3),
                 rate_limit=h.rate_limit,
                 breaker=cast(Literal["closed", "open", "half_open"], h.breaker),

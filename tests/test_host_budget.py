@@ -14,6 +14,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -30,11 +31,12 @@ from service.settings import Settings
 from service.store import Store
 from tests.service_fixtures import ApiFactory, fake_redis
 from worker.budget import HostBudget, failed
-from worker.poller import Poller
+from worker.poller import Poller, unexpected
 
 from .test_store import TENANT, claim
 
 LIMIT = 10.0
+PORT = 443
 
 
 def policy(
@@ -58,18 +60,22 @@ def new_host() -> str:
     return f"up-{secrets.token_hex(4)}.example"
 
 
-async def take(book: HostBook, host: str, n: int, pol: HostPolicy | None = None) -> Any:
-    return (await book.take({host: n}, pol or policy(), secrets.token_hex(4)))[host]
+async def take(
+    book: HostBook, host: str, n: int, pol: HostPolicy | None = None, port: int = PORT
+) -> Any:
+    return (await book.take({host: {port: n}}, pol or policy(), secrets.token_hex(4)))[host][port]
 
 
-async def report(book: HostBook, host: str, pol: HostPolicy | None = None, **counts: Any) -> Any:
-    call = book.report_call(host, Report(**counts), pol or policy())
+async def report(
+    book: HostBook, host: str, pol: HostPolicy | None = None, port: int = PORT, **counts: Any
+) -> Any:
+    call = book.report_call(host, {port: Report(**counts)}, pol or policy())
     script, keys, args = call
     return HostBook.reported(await script(keys=keys, args=args))
 
 
-async def state(book: HostBook, host: str) -> Any:
-    found = await book.read(host)
+async def state(book: HostBook, host: str, port: int = PORT) -> Any:
+    found = await book.read(host, port)
     assert found is not None
     return found
 
@@ -118,6 +124,10 @@ async def test_hosts_have_separate_buckets_and_keys_of_their_own_slot(
     assert keys.host(first).count("{") == 1 and f"{{{keys.namespace}}}" not in keys.host(first)
     slots = {key_slot(keys.host(f"h{n}.example").encode()) for n in range(50)}
     assert len(slots) > 40
+    # A host's breakers (one per port) share its budget's slot: a take touches one slot.
+    breakers = {keys.breaker(first, port) for port in (9, 80, 443)}
+    assert len(breakers) == 3 and keys.host(first) not in breakers
+    assert {key_slot(k.encode()) for k in breakers} == {key_slot(keys.host(first).encode())}
 
 
 # -- backpressure: the budget moves with the host's answers (AIMD) ------------------------------
@@ -197,7 +207,7 @@ async def test_a_tiny_budget_is_no_zero_and_puts_polls_off_without_dividing_by_i
     assert grant.granted == 1 and grant.budget == pytest.approx(0.0009)
 
     budget = HostBudget(book, tiny, random.Random(1))
-    first, second = await asyncio.gather(budget.admit(host), budget.admit(host))
+    first, second = await asyncio.gather(budget.admit(host, PORT), budget.admit(host, PORT))
     assert not first.go and not second.go
     assert first.reason == second.reason == "budget"
     assert 0 < first.wait_seconds < second.wait_seconds < math.inf
@@ -213,15 +223,15 @@ def test_garbage_retry_after_values_are_bounded_before_they_reach_redis() -> Non
         Observation(None, 429, "HTTP 429", retry_after=1e300),
     ]
     for observation in seen:
-        budget.observe(TENANT, "h.example", observation, None)
-    gathered = budget._reports["h.example"]
+        budget.observe(TENANT, "h.example", PORT, observation, None)
+    gathered = budget._reports["h.example"][PORT]
     assert gathered.throttled == 4 and gathered.failed == 1 and gathered.ok == 3
     assert gathered.quiet_ms == 86_400_000  # the huge one, clamped here...
     book = HostBook.__new__(HostBook)
     book._scripts = {"host_report": None}  # type: ignore[dict-item]
     book.keys = Keys()
-    _, _, args = book.report_call("h.example", gathered, policy())
-    assert args[6] == MAX_QUIET_MS  # ...and to a minute in the report
+    _, _, args = book.report_call("h.example", {PORT: gathered}, policy())
+    assert args[4] == MAX_QUIET_MS  # ...and to a minute in the report
 
 
 @pytest.mark.parametrize(
@@ -235,6 +245,9 @@ def test_garbage_retry_after_values_are_bounded_before_they_reach_redis() -> Non
         (Observation(None, 200, "response body is not JSON"), False),
         (Observation(Status.ERROR, 404, "HTTP 404: job not found"), False),
         (Observation(Status.PENDING, 200), False),
+        # An internal error of ours (a bug while polling) is no failure of the host.
+        (Observation(None, None, "internal error while polling", internal=True), False),
+        (Observation(None, None, "unexpected KeyError", internal=True), False),
     ],
 )
 def test_what_counts_as_a_failed_poll_for_the_breaker(
@@ -246,11 +259,11 @@ def test_what_counts_as_a_failed_poll_for_the_breaker(
 # -- the circuit breaker -----------------------------------------------------------------------
 
 
-async def trip(book: HostBook, host: str, pol: HostPolicy | None = None) -> None:
-    """Open the host's breaker: 6 of 10 polls in the window failed."""
-    await take(book, host, 1, pol)
-    assert await report(book, host, pol, ok=4, failed=5) == (False, False)
-    assert await report(book, host, pol, failed=1) == (True, False)
+async def trip(book: HostBook, host: str, pol: HostPolicy | None = None, port: int = PORT) -> None:
+    """Open the breaker of `port` of the host: 6 of 10 polls in the window failed."""
+    await take(book, host, 1, pol, port)
+    assert await report(book, host, pol, port, ok=4, failed=5) == (False, False)
+    assert await report(book, host, pol, port, failed=1) == (True, False)
 
 
 async def test_mostly_failing_polls_open_the_breaker_and_one_probe_goes_after_the_cooldown(
@@ -314,6 +327,31 @@ async def test_a_probe_that_never_reports_frees_its_place_after_its_lease(
     assert again.granted == 1 and again.probe != lost.probe
 
 
+async def test_a_breaker_is_per_port_while_the_budget_is_the_hosts(book: HostBook) -> None:
+    """A closed port of a host (another tenant's, maybe) opens its own breaker only; the
+    healthy port of the same host is still polled, from the one budget of the host."""
+    host = new_host()
+    await trip(book, host, port=9)
+    assert (await state(book, host, port=9)).breaker == "open"
+    assert (await state(book, host)).breaker == "closed"
+
+    grants = await book.take({host: {9: 3, PORT: 3}}, policy(), secrets.token_hex(4))
+    assert grants[host][9].granted == 0 and grants[host][9].breaker == "open"
+    assert grants[host][PORT].granted >= 1 and grants[host][PORT].breaker == "closed"
+    # Every port draws on the host's one bucket: the budget per machine is no port's.
+    fresh = new_host()
+    grants = await book.take({fresh: {80: 3, PORT: 3}}, policy(burst=4.0), secrets.token_hex(4))
+    assert (grants[fresh][80].granted, grants[fresh][PORT].granted) == (3, 1)
+
+    # One report for both ports: each port's answers move its own breaker.
+    script, keys, args = book.report_call(
+        host, {9: Report(failed=1), PORT: Report(ok=20)}, policy()
+    )
+    assert HostBook.reported(await script(keys=keys, args=args)) == (0, False)
+    assert (await state(book, host)).breaker == "closed"
+    assert (await state(book, host, port=9)).trips == 1
+
+
 async def test_some_failures_do_not_trip_the_breaker(book: HostBook) -> None:
     host = new_host()
     for _ in range(5):
@@ -331,7 +369,7 @@ async def test_a_tenant_sees_only_the_hosts_its_own_watches_polled(book: HostBoo
     for host in (mine, theirs):
         await take(book, host, 1)
     for tenant, host in (("a", mine), ("b", theirs)):
-        script, keys, args = book.tenant_hosts_call(tenant, [host])
+        script, keys, args = book.tenant_hosts_call(tenant, [(host, PORT)])
         await script(keys=keys, args=args)
 
     assert [s.host for s in await book.of_tenant("a")] == [mine]
@@ -348,13 +386,13 @@ async def test_status_shows_the_tenants_hosts_with_budget_and_breaker(
     book = Store(redis).hosts
     host = "translate-1"
     await trip(book, host)
-    script, keys, args = book.tenant_hosts_call("a", [host])
+    script, keys, args = book.tenant_hosts_call("a", [(host, PORT)])
     await script(keys=keys, args=args)
 
     as_a = {"Authorization": "Bearer key-a-0123456789abcdef"}
     as_b = {"Authorization": "Bearer key-b-0123456789"}
     (shown,) = (await api.get("/v1/status", headers=as_a)).json()["hosts"]
-    assert shown["host"] == host and shown["breaker"] == "open"
+    assert shown["host"] == host and shown["port"] == PORT and shown["breaker"] == "open"
     assert shown["budget"] == LIMIT and shown["rate_limit"] == LIMIT
     assert shown["breaker_trips"] == 1 and shown["open_until"] is not None
     assert "hosts" not in (await api.get("/v1/status", headers=as_b)).json()
@@ -387,6 +425,12 @@ async def upstream() -> AsyncIterator[tuple[str, list[float]]]:
 
 def spec_of(url: str) -> dict[str, Any]:
     return WatchCreate.model_validate({"status_url": url}).spec()
+
+
+def port_of(url: str) -> int:
+    port = urlsplit(url).port
+    assert port is not None
+    return port
 
 
 def poller_settings(**values: Any) -> Settings:
@@ -427,7 +471,7 @@ async def test_a_watch_refused_at_its_deadline_ends_as_timeout_without_a_request
     store: Store, book: HostBook, upstream: tuple[str, list[float]]
 ) -> None:
     url, hits = upstream
-    await trip(book, "127.0.0.1", policy(cooldown=30))
+    await trip(book, "127.0.0.1", policy(cooldown=30), port_of(url))
     doc, _ = await store.register(TENANT, spec_of(url), 0.2)
     async with aiohttp.ClientSession() as session:
         poller = Poller(store, session, poller_settings(host_breaker_cooldown=30))
@@ -464,8 +508,51 @@ async def test_the_poller_reports_what_it_saw_with_its_next_save(
 
     assert (await store.get(TENANT, doc["id"]))["attempts"] == 1
     (shown,) = await book.of_tenant(TENANT)
-    assert shown.host == "127.0.0.1" and shown.breaker == "closed"
+    assert shown.host == "127.0.0.1" and shown.port == port_of(url)
+    assert shown.breaker == "closed"
     assert shown.rate_limit == 20.0
+
+
+async def test_a_closed_port_of_one_tenant_does_not_stop_another_tenants_polls_of_the_host(
+    store: Store, book: HostBook, upstream: tuple[str, list[float]]
+) -> None:
+    """Mallory's watches poll a closed port of the host that serves the victim's jobs: that
+    port's breaker opens; the victim's watch on the healthy port is still polled."""
+    url, hits = upstream
+    settings = poller_settings(host_rate_limit=1000, host_burst=100, host_breaker_cooldown=30)
+    for _ in range(12):
+        await store.register("mallory", spec_of("http://127.0.0.1:9/status"), 60)
+    async with aiohttp.ClientSession() as session:
+        poller = Poller(store, session, settings)
+        leased = await claim(store, 50)
+        poller.sync_clock(leased.now_ms)
+        for claimed in leased.watches:
+            poller.keeper.hold(claimed)
+        await asyncio.gather(*(poller._handle(c) for c in leased.watches))
+        assert (await state(book, "127.0.0.1", port=9)).breaker == "open"
+
+        victim, _ = await store.register("victim", spec_of(url), 60)
+        leased = await claim(store, 50)
+        poller.sync_clock(leased.now_ms)
+        (claimed,) = [c for c in leased.watches if c.doc["tenant"] == "victim"]
+        poller.keeper.hold(claimed)
+        await poller._handle(claimed)
+
+    assert len(hits) == 1
+    assert (await store.get("victim", victim["id"]))["attempts"] == 1
+    (shown,) = await book.of_tenant("victim")
+    assert (shown.port, shown.breaker) == (port_of(url), "closed")
+    (theirs,) = await book.of_tenant("mallory")
+    assert (theirs.port, theirs.breaker) == (9, "open")
+
+
+def test_an_internal_error_while_polling_counts_neither_for_nor_against_the_host() -> None:
+    budget = HostBudget.__new__(HostBudget)
+    budget._reports, budget._tenants, budget._noted = {}, {}, {}
+    for _ in range(20):
+        budget.observe(TENANT, "h.example", PORT, unexpected("polling the upstream"), None)
+    assert budget._reports == {}
+    assert budget._tenants == {TENANT: {("h.example", PORT)}}
 
 
 async def test_a_store_error_while_taking_the_budget_puts_the_poll_off(

@@ -1,13 +1,13 @@
 """The poller's side of the fleet-wide host budgets and breakers (`service.hosts`).
 
 Admission: every poll asks before its request; the asks of one event-loop turn (a claimed
-batch) go to Redis together, one script call per host in one round trip. Denied polls are put
-off in line: the k-th denied one waits for the k-th next token, so they come back at the rate
-the budget allows, not all at once.
+batch) go to Redis together, one script call per host (for all its ports) in one round trip.
+Denied polls are put off in line: the k-th denied one of a host waits for the k-th next token,
+so they come back at the rate the budget allows, not all at once.
 
 Reports: what each poll saw (answered, failed, throttled, the probe's answer) is summed per host
-and sent with the poller's next batched save, in the same pipeline: at most once (a report lost
-with a failed save is not sent again; the budget only reacts a little later).
+and port and sent with the poller's next batched save, in the same pipeline: at most once (a
+report lost with a failed save is not sent again; the budget only reacts a little later).
 """
 
 from __future__ import annotations
@@ -58,7 +58,10 @@ def policy_of(settings: Settings) -> HostPolicy:
 
 
 def failed(seen: Observation) -> bool:
-    """No answer, or a 5xx: what trips a breaker (a 4xx, 429 or a garbled body is an answer)."""
+    """No answer, or a 5xx: what trips a breaker (a 4xx, 429 or a garbled body is an answer;
+    an internal error of ours says nothing of the host)."""
+    if seen.internal:
+        return False
     return seen.status is None and (seen.http_status is None or seen.http_status >= 500)
 
 
@@ -67,42 +70,54 @@ class HostBudget:
         self.book = book
         self.policy = policy
         self.rng = rng
-        self._asks: WriteBatch[str, Admission] = WriteBatch(self._admit_all)
-        self._reports: dict[str, Report] = {}
-        self._tenants: dict[str, set[str]] = {}
-        self._noted: dict[tuple[str, str], float] = {}
+        self._asks: WriteBatch[tuple[str, int], Admission] = WriteBatch(self._admit_all)
+        self._reports: dict[str, dict[int, Report]] = {}
+        self._tenants: dict[str, set[tuple[str, int]]] = {}
+        self._noted: dict[tuple[str, str, int], float] = {}
         self._id = secrets.token_hex(4)
         self._takes = 0
 
-    async def admit(self, host: str) -> Admission:
-        """Ask for one request to `host` (raises the store's error: the caller puts it off)."""
-        return await self._asks.add(host)
+    async def admit(self, host: str, port: int) -> Admission:
+        """Ask for one request to `port` of `host` (raises the store's error: the caller puts
+        it off)."""
+        return await self._asks.add((host, port))
 
-    async def _admit_all(self, hosts: list[str]) -> list[Admission]:
+    async def _admit_all(self, asks: list[tuple[str, int]]) -> list[Admission]:
         self._takes += 1
-        grants = await self.book.take(Counter(hosts), self.policy, f"{self._id}:{self._takes:x}")
-        asked: Counter[str] = Counter()
+        wants: dict[str, Counter[int]] = {}
+        for host, port in asks:
+            wants.setdefault(host, Counter())[port] += 1
+        grants = await self.book.take(wants, self.policy, f"{self._id}:{self._takes:x}")
+        asked: Counter[tuple[str, int]] = Counter()
+        in_line: Counter[str] = Counter()  # denied for the host's budget so far
         admissions = []
-        for host in hosts:
-            grant, place = grants[host], asked[host]
-            asked[host] += 1
+        for host, port in asks:
+            grant, place = grants[host][port], asked[host, port]
+            asked[host, port] += 1
             if place < grant.granted:
                 admissions.append(Admission(True, probe=grant.probe if place == 0 else None))
                 continue
             wait = grant.wait_ms / 1000
             if grant.breaker == "closed":
-                wait += (place - grant.granted) / max(grant.budget, MIN_RATE)
+                wait += in_line[host] / max(grant.budget, MIN_RATE)
+                in_line[host] += 1
                 reason = "budget"
             else:
                 reason = "breaker"
             admissions.append(Admission(False, wait * self.rng.uniform(1, 1 + SPREAD), reason))
         return admissions
 
-    def observe(self, tenant: str, host: str, seen: Observation, probe: str | None) -> None:
-        """Count what one poll of `host` saw, for the next report."""
-        report = self._reports.get(host)
+    def observe(
+        self, tenant: str, host: str, port: int, seen: Observation, probe: str | None
+    ) -> None:
+        """Count what one poll of `port` of `host` saw, for the next report (an internal error
+        of ours counts neither way; a probe that met one is not reported: its lease lapses)."""
+        self._note(tenant, host, port)
+        if seen.internal:
+            return
+        report = self._reports.setdefault(host, {}).get(port)
         if report is None:
-            report = self._reports[host] = Report()
+            report = self._reports[host][port] = Report()
         bad = failed(seen)
         if bad:
             report.failed += 1
@@ -115,16 +130,15 @@ class HostBudget:
                 report.quiet_ms = max(report.quiet_ms, quiet_ms)
         if probe is not None:
             report.probe, report.probe_ok = probe, not bad
-        self._note(tenant, host)
 
-    def _note(self, tenant: str, host: str) -> None:
+    def _note(self, tenant: str, host: str, port: int) -> None:
         now = time.monotonic()
-        if now - self._noted.get((tenant, host), -math.inf) < NOTE_TENANT_EVERY:
+        if now - self._noted.get((tenant, host, port), -math.inf) < NOTE_TENANT_EVERY:
             return
         if len(self._noted) >= NOTED_MAX:
             self._noted.clear()
-        self._noted[tenant, host] = now
-        self._tenants.setdefault(tenant, set()).add(host)
+        self._noted[tenant, host, port] = now
+        self._tenants.setdefault(tenant, set()).add((host, port))
 
     def drain(self) -> tuple[list[ScriptCall], int]:
         """The reports (and tenant notes) gathered since the last drain, as script calls for
@@ -145,6 +159,6 @@ class HostBudget:
                 continue
             tripped, cut = HostBook.reported(result)
             if tripped:
-                BREAKER_TRIPS.inc()
+                BREAKER_TRIPS.inc(tripped)
             if cut:
                 HOST_BUDGET_CUTS.inc()

@@ -169,14 +169,14 @@ class Poller(ClaimLoop):
         """One request if the host's budget and breaker admit it; else the poll is put off
         (`Deferred`), or, at the deadline, the reason it was refused is returned."""
         try:
-            admission = await self.budget.admit(spec.host)
+            admission = await self.budget.admit(spec.host, spec.port)
         except Exception as exc:  # no budget known: no request (the store is likely failing)
             raise Deferred(self._budget_failures.failed(exc), "budget") from None
         self._budget_failures.succeeded()
         if not admission.go:
             return self._refuse(claimed.doc, admission)
         seen = await self._fetch(claimed, spec)
-        self.budget.observe(claimed.doc["tenant"], spec.host, seen, admission.probe)
+        self.budget.observe(claimed.doc["tenant"], spec.host, spec.port, seen, admission.probe)
         return seen
 
     def _refuse(self, doc: WatchDoc, admission: Admission) -> str:
@@ -213,4 +213,4 @@ class Poller(ClaimLoop):
 
 
 def unexpected(during: str) -> Observation:
-    return Observation(None, error=f"internal error while {during}")
+    return Observation(None, error=f"internal error while {during}", internal=True)

@@ -19,7 +19,8 @@ class WatchSpec:
     """What a poll or a delivery needs of a watch's spec."""
 
     status_url: str
-    host: str  # the status URL's normalised host: what per-host limits count
+    host: str  # the status URL's normalised host: what per-host limits and budgets count
+    port: int  # the status URL's port (the scheme's when absent): a breaker is per host and port
     webhook_url: str | None
     webhook_host: str | None
     backoff: BackoffPolicy
@@ -38,6 +39,20 @@ def normalized_host(url: str) -> str:
         return host.encode("idna").decode("ascii")
     except UnicodeError:
         return host
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def endpoint_port(url: str) -> int:
+    """The port a URL reaches: its own, else its scheme's (so `h` and `h:443` are one
+    endpoint for an https URL)."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return port if port is not None else DEFAULT_PORTS.get(parts.scheme.lower(), 0)
 
 
 class SpecCache:
@@ -79,6 +94,7 @@ class SpecCache:
         return WatchSpec(
             status_url=spec["status_url"],
             host=normalized_host(spec["status_url"]),
+            port=endpoint_port(spec["status_url"]),
             webhook_url=webhook_url,
             webhook_host=normalized_host(webhook_url) if webhook_url else None,
             backoff=backoff,

@@ -1,6 +1,7 @@
 -- Prepended (after _prelude.lua) to the host scripts of `service.hosts`: one upstream host's
--- fleet-wide state in one hash - a token bucket whose rate (the budget) moves with the host's
--- answers, and a circuit breaker. Every host script takes that one key and nothing else.
+-- fleet-wide state - a hash with a token bucket whose rate (the budget) moves with the host's
+-- answers, and a circuit breaker per port of the host, a hash each under the same hash tag.
+-- Every host script takes the keys of one host only.
 
 -- A stored number, or `default` when missing or not a finite number.
 local function num(value, default)
