@@ -106,10 +106,11 @@ class HostBook:
 
     async def take(
         self, wants: Mapping[str, Mapping[int, int]], policy: HostPolicy, probe_id: str
-    ) -> dict[str, dict[int, Grant]]:
+    ) -> dict[str, dict[int, Grant] | Exception]:
         """Take `wants[host][port]` requests of each host's budget, through each port's
-        breaker: one script call per host, all in one round trip. Never retried: a repeat after
-        a lost reply would take twice."""
+        breaker: one script call per host, all in one round trip. A host whose call failed gets
+        its error (the other hosts their grants); a failed round trip raises. Never retried: a
+        repeat after a lost reply would take twice."""
         hosts = list(wants)
         calls: list[ScriptCall] = []
         for host in hosts:
@@ -126,9 +127,9 @@ class HostBook:
                 args += [port, n]
             breakers = [self.keys.breaker(host, port) for port in wants[host]]
             calls.append((self._scripts["host_take"], [self.keys.host(host), *breakers], args))
-        results = await run_scripts(self.redis, calls)
+        results = await run_scripts(self.redis, calls, raise_from=0)
         return {
-            host: _grants(list(wants[host]), result)
+            host: result if isinstance(result, Exception) else _grants(list(wants[host]), result)
             for host, result in zip(hosts, results, strict=True)
         }
 

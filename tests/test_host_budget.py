@@ -555,6 +555,32 @@ def test_an_internal_error_while_polling_counts_neither_for_nor_against_the_host
     assert budget._tenants == {TENANT: {("h.example", PORT)}}
 
 
+async def test_a_host_whose_state_cannot_be_read_puts_off_its_own_polls_only(
+    store: Store, book: HostBook, upstream: tuple[str, list[float]]
+) -> None:
+    """One host's script fails (its key is not a hash: as if its slot were down): its polls
+    are put off, without an attempt; the other hosts' polls of the same batch go."""
+    url, hits = upstream
+    await store.redis.set(store.keys.host("127.0.0.2"), "corrupt")
+    healthy, _ = await store.register(TENANT, spec_of(url), 60)
+    broken, _ = await store.register(TENANT, spec_of("http://127.0.0.2:9/status"), 60)
+    unavailable = POLLS_DEFERRED.labels("budget_unavailable")._value.get()
+    async with aiohttp.ClientSession() as session:
+        poller = Poller(store, session, poller_settings())
+        leased = await claim(store)
+        poller.sync_clock(leased.now_ms)
+        for claimed in leased.watches:
+            poller.keeper.hold(claimed)
+        await asyncio.gather(*(poller._handle(c) for c in leased.watches))
+
+    assert len(hits) == 1
+    assert (await store.get(TENANT, healthy["id"]))["attempts"] == 1
+    assert (await store.get(TENANT, broken["id"]))["attempts"] == 0
+    assert POLLS_DEFERRED.labels("budget_unavailable")._value.get() - unavailable == 1
+    due = await store.redis.zscore(store.keys.schedule, broken["id"])
+    assert due is not None and due - leased.now_ms < 5_000  # put off briefly, not to its lease
+
+
 async def test_a_store_error_while_taking_the_budget_puts_the_poll_off(
     store: Store, book: HostBook, upstream: tuple[str, list[float]]
 ) -> None:

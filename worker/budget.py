@@ -28,6 +28,7 @@ from service.metrics import BREAKER_TRIPS, HOST_BUDGET_CUTS
 from service.settings import Settings
 
 from .loop import WriteBatch
+from .retry import outage_backoff
 
 logger = logging.getLogger(__name__)
 THROTTLING = frozenset({429, 503})
@@ -40,7 +41,8 @@ SPREAD = 0.1  # denied polls come back up to this share later, so they do not re
 
 @dataclass(frozen=True, slots=True)
 class Admission:
-    """May a poll go now? If not, for how long it is put off and why ('budget', 'breaker')."""
+    """May a poll go now? If not, for how long it is put off and why ('budget', 'breaker', or
+    'budget_unavailable': the host's state could not be read; no request without it)."""
 
     go: bool
     wait_seconds: float = 0.0
@@ -76,6 +78,7 @@ class HostBudget:
         self._noted: dict[tuple[str, str, int], float] = {}
         self._id = secrets.token_hex(4)
         self._takes = 0
+        self._failing: dict[str, int] = {}  # hosts whose take failed: failures in a row
 
     async def admit(self, host: str, port: int) -> Admission:
         """Ask for one request to `port` of `host` (raises the store's error: the caller puts
@@ -90,9 +93,19 @@ class HostBudget:
         grants = await self.book.take(wants, self.policy, f"{self._id}:{self._takes:x}")
         asked: Counter[tuple[str, int]] = Counter()
         in_line: Counter[str] = Counter()  # denied for the host's budget so far
+        unavailable = {h: self._failed(h, e) for h, e in grants.items() if isinstance(e, Exception)}
+        for host in grants.keys() - unavailable.keys():
+            if self._failing.pop(host, 0):
+                logger.info("poller: the budget of host %s can be taken again", host)
         admissions = []
         for host, port in asks:
-            grant, place = grants[host][port], asked[host, port]
+            if host in unavailable:  # this host only: the others' polls go on
+                wait = unavailable[host] * self.rng.uniform(1, 1 + SPREAD)
+                admissions.append(Admission(False, wait, "budget_unavailable"))
+                continue
+            by_port = grants[host]
+            assert not isinstance(by_port, Exception)
+            grant, place = by_port[port], asked[host, port]
             asked[host, port] += 1
             if place < grant.granted:
                 admissions.append(Admission(True, probe=grant.probe if place == 0 else None))
@@ -106,6 +119,16 @@ class HostBudget:
                 reason = "breaker"
             admissions.append(Admission(False, wait * self.rng.uniform(1, 1 + SPREAD), reason))
         return admissions
+
+    def _failed(self, host: str, error: Exception) -> float:
+        """Count a failed take of `host`'s budget (logged once per streak); how long its polls
+        are put off."""
+        if len(self._failing) >= NOTED_MAX:
+            self._failing.clear()
+        failures = self._failing[host] = self._failing.get(host, 0) + 1
+        log = logger.warning if failures == 1 else logger.debug
+        log("poller: taking the budget of host %s failed (%d in a row): %s", host, failures, error)
+        return outage_backoff(failures)
 
     def observe(
         self, tenant: str, host: str, port: int, seen: Observation, probe: str | None

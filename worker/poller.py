@@ -44,13 +44,18 @@ logger = logging.getLogger(__name__)
 POLL_OUTCOMES = {
     name: POLLS.labels(name) for name in ("pending", "completed", "error", "transient")
 }
-DEFERRED = {name: POLLS_DEFERRED.labels(name) for name in ("budget", "breaker", "host_share")}
+DEFERRED = {
+    name: POLLS_DEFERRED.labels(name)
+    for name in ("budget", "budget_unavailable", "breaker", "host_share")
+}
 # A poll over the host's budget may wait this long past the deadline for its last request (less
 # than a request timeout); one refused by an open breaker may not (the host is failing anyway).
 DEADLINE_GRACE_MS = 5_000
 REFUSED = {
     "budget": "no request at the deadline: the host's request budget was used up",
     "breaker": "no request at the deadline: the host's circuit breaker was open",
+    "budget_unavailable": "no request at the deadline: the host's request budget could not be "
+    "read (the store failed)",
 }
 
 
