@@ -581,6 +581,40 @@ async def test_a_host_whose_state_cannot_be_read_puts_off_its_own_polls_only(
     assert due is not None and due - leased.now_ms < 5_000  # put off briefly, not to its lease
 
 
+@pytest.mark.parametrize("failing", ["the host's state", "the round trip"])
+async def test_a_budget_that_cannot_be_taken_still_ends_the_watch_at_its_deadline(
+    store: Store, book: HostBook, upstream: tuple[str, list[float]], failing: str
+) -> None:
+    url, hits = upstream
+    doc, _ = await store.register(TENANT, spec_of(url), 0.3)
+    async with aiohttp.ClientSession() as session:
+        poller = Poller(store, session, poller_settings())
+        if failing == "the host's state":
+            await store.redis.set(store.keys.host("127.0.0.1"), "corrupt")
+        else:
+
+            async def down(*args: Any) -> Any:
+                raise RedisConnectionError("Connection reset by peer")
+
+            poller.budget.book.take = down  # type: ignore[method-assign]
+        ended = doc
+        deadline = time.monotonic() + 5
+        while ended["state"] == "pending" and time.monotonic() < deadline:
+            leased = await claim(store)
+            poller.sync_clock(leased.now_ms)
+            for claimed in leased.watches:
+                poller.keeper.hold(claimed)
+                await poller._handle(claimed)
+            ended = await store.get(TENANT, doc["id"])
+            await asyncio.sleep(0.02)
+
+    assert not hits
+    assert ended["state"] == "timeout" and ended["reason"] == "deadline reached"
+    assert ended["attempts"] == 0
+    assert "budget could not be read" in ended["last_error"]
+    assert ended["finished_at"] - ended["deadline"] < 1000
+
+
 async def test_a_store_error_while_taking_the_budget_puts_the_poll_off(
     store: Store, book: HostBook, upstream: tuple[str, list[float]]
 ) -> None:

@@ -176,8 +176,10 @@ class Poller(ClaimLoop):
         try:
             admission = await self.budget.admit(spec.host, spec.port)
         except Exception as exc:  # no budget known: no request (the store is likely failing)
-            raise Deferred(self._budget_failures.failed(exc), "budget") from None
-        self._budget_failures.succeeded()
+            wait = self._budget_failures.failed(exc)
+            admission = Admission(False, wait, "budget_unavailable")
+        else:
+            self._budget_failures.succeeded()
         if not admission.go:
             return self._refuse(claimed.doc, admission)
         seen = await self._fetch(claimed, spec)
