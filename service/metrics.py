@@ -62,8 +62,9 @@ HTTP_DURATION = Histogram(
 POLLS_DEFERRED = Counter(
     "vtwatch_polls_deferred",
     "Polls put off without a request (no attempt spent), by reason: budget (the host's "
-    "fleet-wide budget is used up), breaker (its circuit breaker is open), host_share (it holds "
-    "half of this worker's slots)",
+    "fleet-wide budget is used up), budget_unavailable (the budget could not be taken: a store "
+    "error), breaker (its circuit breaker is open), host_share (it holds half of this worker's "
+    "slots)",
     ["reason"],
 )
 BREAKER_TRIPS = Counter(

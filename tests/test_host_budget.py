@@ -621,6 +621,7 @@ async def test_a_store_error_while_taking_the_budget_puts_the_poll_off(
     """Fail closed: no request without a budget; the worker carries on, no attempt spent."""
     url, hits = upstream
     doc, _ = await store.register(TENANT, spec_of(url), 60)
+    deferred = {r: POLLS_DEFERRED.labels(r)._value.get() for r in ("budget", "budget_unavailable")}
     async with aiohttp.ClientSession() as session:
         poller = Poller(store, session, poller_settings())
 
@@ -639,3 +640,9 @@ async def test_a_store_error_while_taking_the_budget_puts_the_poll_off(
     due = await store.redis.zscore(store.keys.schedule, doc["id"])
     assert due is not None and due - leased.now_ms < 5_000  # released, not left to its lease
     assert await store.redis.hget(store.keys.leases, doc["id"]) is None
+    # Counted apart from polls over budget: a store error is no sign of a busy host.
+    assert POLLS_DEFERRED.labels("budget")._value.get() == deferred["budget"]
+    assert (
+        POLLS_DEFERRED.labels("budget_unavailable")._value.get()
+        == deferred["budget_unavailable"] + 1
+    )
