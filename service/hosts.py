@@ -15,6 +15,7 @@ scripts touch, one host per call (`lua/_host.lua`, `host_*.lua`):
   healthy one, another tenant's maybe): when at least half of 10 or more polls of it within
   10 s fail (no answer, or 5xx), it is left alone for `VTW_HOST_BREAKER_COOLDOWN`, then one
   request fleet-wide probes it; its answer closes the breaker or opens it for another cool-down.
+  While the probe is out, the other polls wait for its lease to end, at most a cool-down.
 
 Times are Redis server time. The hosts and ports a tenant's watches polled are noted apart
 (`Keys.tenant_hosts`), so `GET /v1/status` shows a tenant only the hosts it uses.
@@ -43,7 +44,6 @@ MAX_QUIET_MS = 60_000  # the longest Retry-After that holds the budget down
 BREAKER_WINDOW_MS = 10_000
 BREAKER_MIN_POLLS = 10
 BREAKER_FAILURE_RATIO = 0.5
-PROBE_RECHECK_MS = 1_000  # while a probe is out, others ask again this often
 TENANT_HOSTS_MAX = 50  # hosts kept per tenant
 TENANT_HOSTS_TTL_MS = 86_400_000
 STATUS_HOSTS = 20  # hosts `GET /v1/status` shows: the tenant's most recently polled
@@ -120,7 +120,7 @@ class HostBook:
                 policy.burst,
                 probe_id,
                 int(policy.probe_lease_seconds * 1000),
-                PROBE_RECHECK_MS,
+                int(policy.cooldown_seconds * 1000),
                 HOST_TTL_MS,
             ]
             for port, n in wants[host].items():

@@ -23,7 +23,7 @@ from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from client.upstream import Observation, Status
-from service.hosts import MAX_QUIET_MS, HostBook, HostPolicy, Report
+from service.hosts import MAX_QUIET_MS, Grant, HostBook, HostPolicy, Report
 from service.keys import Keys
 from service.metrics import POLLS_DEFERRED
 from service.models import WatchCreate
@@ -297,6 +297,44 @@ async def test_mostly_failing_polls_open_the_breaker_and_one_probe_goes_after_th
     assert (await state(book, host)).breaker == "closed"
     assert (await take(book, host, 1)).granted == 1
     assert (await state(book, host)).trips == 1  # a failed probe reopens; it is no new trip
+
+
+async def test_while_a_probe_is_out_the_others_wait_for_its_lease_at_most_a_cooldown(
+    book: HostBook,
+) -> None:
+    """No asking again every second while the probe is out (10 000 watches of a dead host
+    would be 10 000 takes a second): the others wait out the probe's lease, at most a
+    cool-down."""
+    host = new_host()
+    slow = policy(cooldown=1.2, probe_lease=2.0)
+    await trip(book, host, slow)
+    await asyncio.sleep(1.25)
+    probing = await asyncio.gather(*(take(book, host, 3, slow) for _ in range(3)))
+    assert sum(g.granted for g in probing) == 1
+    assert all(1100 <= g.wait_ms <= 1200 for g in probing), probing  # the cool-down, not 1 s
+    await asyncio.sleep(1.0)
+    later = await take(book, host, 1, slow)
+    assert later.granted == 0 and later.breaker == "half_open"
+    assert 700 <= later.wait_ms <= 1000  # the rest of the probe's lease
+
+
+def test_polls_refused_by_a_breaker_come_back_spread_over_a_fifth_of_their_wait() -> None:
+    class Book:
+        async def take(self, wants: Any, pol: HostPolicy, probe_id: str) -> Any:
+            wait_ms = 10_000
+            return {
+                h: {p: Grant(0, wait_ms, LIMIT, "half_open", None) for p in ports}
+                for h, ports in wants.items()
+            }
+
+    budget = HostBudget(Book(), policy(), random.Random(7))  # type: ignore[arg-type]
+
+    async def ask_all() -> list[Any]:
+        return await asyncio.gather(*(budget.admit("h.example", PORT) for _ in range(500)))
+
+    waits = [a.wait_seconds for a in asyncio.run(ask_all())]
+    assert all(10.0 <= w <= 12.0 for w in waits)
+    assert max(waits) - min(waits) > 1.8  # not all back at once
 
 
 async def test_a_probe_reported_twice_counts_once(book: HostBook) -> None:

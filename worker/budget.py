@@ -37,6 +37,9 @@ NOTED_MAX = 100_000  # (tenant, host) pairs remembered before the memory is clea
 PROBE_LEASE_MARGIN = 5.0  # seconds a probe may take beyond the request timeout
 MIN_RATE = 1e-6  # requests/s a budget counts as at least (never a division by zero)
 SPREAD = 0.1  # denied polls come back up to this share later, so they do not return together
+# ...and those of an open breaker up to this share (they wait a cool-down or a probe's lease,
+# every watch of the host at once: spread them wider)
+BREAKER_SPREAD = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,9 +118,10 @@ class HostBudget:
                 wait += in_line[host] / max(grant.budget, MIN_RATE)
                 in_line[host] += 1
                 reason = "budget"
+                spread = SPREAD
             else:
-                reason = "breaker"
-            admissions.append(Admission(False, wait * self.rng.uniform(1, 1 + SPREAD), reason))
+                reason, spread = "breaker", BREAKER_SPREAD
+            admissions.append(Admission(False, wait * self.rng.uniform(1, 1 + spread), reason))
         return admissions
 
     def _failed(self, host: str, error: Exception) -> float:

@@ -2,10 +2,12 @@
 -- port's breaker. Closed breaker: as many as the bucket holds (one bucket for every port of the
 -- host); the rest wait until the next token. Open: none until the cool-down ends; then one
 -- request (the probe) and, while it is out (half-open), none until it reports or its lease
--- lapses. A call repeated after its reply was lost only leaves budget unused (a lost probe's
+-- lapses: the others are told to wait for the lease to end, at most a cool-down (so that the
+-- polls of a host that stays down come back once per cool-down, not every second). A call
+-- repeated after its reply was lost only leaves budget unused (a lost probe's
 -- lease lapses and another request probes).
 -- KEYS: host state (the budget), then the breaker of each port asked for (the same hash tag)
--- ARGV: host, limit (req/s), burst, probe id, probe lease ms, recheck ms, ttl ms, then for
+-- ARGV: host, limit (req/s), burst, probe id, probe lease ms, cooldown ms, ttl ms, then for
 --       each breaker key: its port, n
 -- Returns {budget (requests/s, as text: unrounded, however small), then per port: granted,
 -- wait ms for the rest, breaker state, probe id or ''}; breaker state: 'closed', 'open' or
@@ -13,7 +15,7 @@
 local now = now_ms()
 local h = host_load(KEYS[1])
 local limit, burst = tonumber(ARGV[2]), tonumber(ARGV[3])
-local lease, recheck, ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local lease, cooldown, ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 h.host, h.limit, h.burst, h.seen = ARGV[1], limit, burst, now
 host_refill(h, now, limit, burst)
 local out = {tostring(h.rate)}
@@ -34,13 +36,13 @@ for i = 2, #KEYS do
     if now < wait_until then
       wait = wait_until - now
       if state == 'half_open' then
-        wait = math.min(wait, recheck)
+        wait = math.min(wait, cooldown)
       end
     else
       granted, probe, state = 1, ARGV[4], 'half_open'
       b.probe = probe
       b.wait_until = now + lease
-      wait = recheck
+      wait = math.min(lease, cooldown)
     end
   end
   b.state = state
