@@ -23,14 +23,18 @@ Times are Redis server time. The hosts and ports a tenant's watches polled are n
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from .keys import Keys
 from .leases import ScriptCall, load_scripts, run_scripts
+
+logger = logging.getLogger(__name__)
 
 SCRIPTS = ("host_take", "host_report", "host_read", "tenant_hosts")
 PRELUDES = ("_prelude", "_host")
@@ -48,6 +52,8 @@ TENANT_HOSTS_MAX = 50  # hosts kept per tenant
 TENANT_HOSTS_TTL_MS = 86_400_000
 STATUS_HOSTS = 20  # hosts `GET /v1/status` shows: the tenant's most recently polled
 STATUS_SEEN_MS = 3_600_000  # ...within the last hour
+BREAKER_STATES = frozenset({"closed", "open", "half_open"})
+LAST_TIME_MS = 253_402_300_799_000  # 9999-12-31T23:59:59Z: a stored time shown must be a date
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,13 +192,19 @@ class HostBook:
 
     async def of_tenant(self, tenant: str) -> list[HostState]:
         """The state of the hosts `tenant`'s watches polled in the last hour, the most recent
-        first, at most `STATUS_HOSTS` (a host whose state expired is left out)."""
-        noted = cast(
-            list[tuple[str | bytes, float]],
-            await self.redis.zrevrange(
-                self.keys.tenant_hosts(tenant), 0, STATUS_HOSTS - 1, withscores=True
-            ),
-        )
+        first, at most `STATUS_HOSTS` (a host whose state expired is left out). A host whose
+        state cannot be read or makes no sense is left out too (logged at debug level): the
+        status of the others is still shown; only a store that cannot be asked at all raises."""
+        try:
+            noted = cast(
+                list[tuple[str | bytes, float]],
+                await self.redis.zrevrange(
+                    self.keys.tenant_hosts(tenant), 0, STATUS_HOSTS - 1, withscores=True
+                ),
+            )
+        except ResponseError as exc:  # the list itself is unreadable: no hosts to show
+            logger.debug("status: the hosts of tenant %s cannot be read: %s", tenant, exc)
+            return []
         endpoints = []
         for member, polled_ms in noted:
             digits, _, host = _text(member).partition(" ")
@@ -204,12 +216,20 @@ class HostBook:
             (self._scripts["host_read"], [self.keys.host(h), self.keys.breaker(h, p)], [])
             for h, p, _ in endpoints
         ]
-        results = await run_scripts(self.redis, calls)
-        states = []
-        for (_, port, polled_ms), result in zip(endpoints, results, strict=True):
-            state = _state(port, result)
+        results = await run_scripts(self.redis, calls, raise_from=0)
+        states, unreadable = [], []
+        for (host, port, polled_ms), result in zip(endpoints, results, strict=True):
+            try:
+                if isinstance(result, Exception):
+                    raise result
+                state = _state(port, result)
+            except Exception as exc:
+                unreadable.append(f"{host}:{port} ({type(exc).__name__}: {exc})")
+                continue
             if state is not None and polled_ms >= state.now_ms - STATUS_SEEN_MS:
                 states.append(state)
+        if unreadable:
+            logger.debug("status: left out hosts whose state cannot be read: %s", unreadable)
         return states
 
 
@@ -236,6 +256,11 @@ def _state(port: int, result: list[Any]) -> HostState | None:
     if not result:
         return None
     host, budget, limit, breaker, open_until, trips, seen, now = result
+    if _text(breaker) not in BREAKER_STATES:
+        raise ValueError(f"breaker state {_text(breaker)[:20]!r}")
+    for ms in (open_until, seen, now):
+        if not 0 <= int(ms) <= LAST_TIME_MS:
+            raise ValueError(f"time {int(ms)} ms")
     return HostState(
         host=_text(host),
         port=port,

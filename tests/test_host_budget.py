@@ -23,6 +23,7 @@ from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from client.upstream import Observation, Status
+from service.auth import OPEN_TENANT
 from service.hosts import MAX_QUIET_MS, Grant, HostBook, HostPolicy, Report
 from service.keys import Keys
 from service.metrics import POLLS_DEFERRED
@@ -434,6 +435,44 @@ async def test_status_shows_the_tenants_hosts_with_budget_and_breaker(
     assert shown["budget"] == LIMIT and shown["rate_limit"] == LIMIT
     assert shown["breaker_trips"] == 1 and shown["open_until"] is not None
     assert "hosts" not in (await api.get("/v1/status", headers=as_b)).json()
+
+
+async def test_a_host_whose_state_cannot_be_read_is_left_out_of_the_tenants_view(
+    book: HostBook, store: Store
+) -> None:
+    good, unreadable, garbled = new_host(), new_host(), new_host()
+    for host in (good, garbled):
+        await take(book, host, 1)
+    await store.redis.set(store.keys.host(unreadable), "corrupt")  # WRONGTYPE for its script
+    await store.redis.hset(store.keys.breaker(garbled, PORT), "state", "exploded")
+    script, keys, args = book.tenant_hosts_call("a", [(h, PORT) for h in (good, unreadable)])
+    await script(keys=keys, args=args)
+    script, keys, args = book.tenant_hosts_call("a", [(garbled, PORT)])
+    await script(keys=keys, args=args)
+
+    assert [s.host for s in await book.of_tenant("a")] == [good]
+
+
+async def test_status_answers_without_the_hosts_it_cannot_read(make_api: ApiFactory) -> None:
+    redis = fake_redis()
+    api = await make_api(redis=redis)
+    book = Store(redis).hosts
+    await take(book, "good.example", 1)
+    await redis.set(book.keys.host("bad.example"), "corrupt")
+    script, keys, args = book.tenant_hosts_call(
+        OPEN_TENANT, [("good.example", PORT), ("bad.example", PORT)]
+    )
+    await script(keys=keys, args=args)
+
+    answer = await api.get("/v1/status")
+    assert answer.status_code == 200, answer.text
+    assert [h["host"] for h in answer.json()["hosts"]] == ["good.example"]
+
+    await redis.delete(book.keys.tenant_hosts(OPEN_TENANT))
+    await redis.set(book.keys.tenant_hosts(OPEN_TENANT), "corrupt")  # the list itself
+    answer = await api.get("/v1/status")
+    assert answer.status_code == 200, answer.text
+    assert "hosts" not in answer.json() and answer.json()["total"] == 0
 
 
 # -- the poller ------------------------------------------------------------------------------
