@@ -25,6 +25,7 @@ LOOPBACK = "127.0.0.0/8,::1/128"
 JOB_SECONDS = 86_400.0  # simulator jobs stay pending for the whole run
 DEADLINE_SECONDS = 86_400.0
 REGISTER_PARALLEL = 64
+HOST_RATE_LIMIT = 1_000_000.0  # the settings' maximum (burst: a twentieth of it)
 
 
 class Simulator:
@@ -93,7 +94,8 @@ async def release_leases(store: Store) -> int:
 
 
 def worker_settings(cfg: Config, redis_url: str, namespace: str) -> dict[str, Any]:
-    """The worker's `Settings` fields for a run: loopback admitted, concurrency C."""
+    """The worker's `Settings` fields for a run: loopback admitted, concurrency C, the host
+    budget on but far above what one worker can poll."""
     return {
         "redis_url": redis_url,
         "namespace": namespace,
@@ -101,12 +103,19 @@ def worker_settings(cfg: Config, redis_url: str, namespace: str) -> dict[str, An
         "worker_concurrency": cfg.concurrency,
         "per_host_concurrency": cfg.host_limit,
         "min_poll_interval": 0.01,  # the saturating policy polls every 0.05 s
+        # The host budget is on (a token take per batch, a report per save) but never the
+        # limit: every watch polls one loopback host, thousands of times a second.
+        "host_rate_limit": HOST_RATE_LIMIT,
     }
 
 
 def worker_env(cfg: Config, redis_url: str, namespace: str) -> dict[str, str]:
     """The same settings as the `VTW_*` environment of a worker process."""
-    fields = worker_settings(cfg, redis_url, namespace)
+    return settings_env(worker_settings(cfg, redis_url, namespace))
+
+
+def settings_env(fields: dict[str, Any]) -> dict[str, str]:
+    """`Settings` fields as the `VTW_*` environment of a child process (no other `VTW_*`)."""
     return child_env({f"VTW_{name.upper()}": str(value) for name, value in fields.items()})
 
 

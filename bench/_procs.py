@@ -157,10 +157,11 @@ def vtwatch(*args: str) -> list[str]:
     return [str(Path(sys.executable).with_name("vtwatch")), *args]
 
 
-def start_simulator(folder: Path) -> tuple[Proc, str]:
-    """The upstream simulator (`vtwatch simulate`) on a free loopback port, and its base URL."""
+def start_simulator(folder: Path, *options: str) -> tuple[Proc, str]:
+    """The upstream simulator (`vtwatch simulate`, more `options` if given) on a free loopback
+    port, and its base URL."""
     port = free_port()
-    argv = vtwatch("simulate", "--host", "127.0.0.1", "--port", str(port))
+    argv = vtwatch("simulate", "--host", "127.0.0.1", "--port", str(port), *options)
     proc = Proc("simulator", argv, folder / "simulator.log", child_env({}))
     return proc, f"http://127.0.0.1:{port}"
 
