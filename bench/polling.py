@@ -63,7 +63,7 @@ import aiohttp
 
 from client import ScheduleHistory, VideoTranslationClient
 from client.backoff import MAX_INTERVAL
-from client.simulator import MIXES, DurationMix
+from client.workload import MIXES, DurationMix
 
 BASE_URL = "http://upstream.invalid"
 MIN_DURATION = 1.0
