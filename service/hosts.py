@@ -13,7 +13,8 @@ scripts touch, one host per call (`lua/_host.lua`, `host_*.lua`):
   limit per second; a `Retry-After` holds the budget down until it has passed (at most 60 s);
 * a circuit breaker per host and port (a closed port of a host must not stop the polls of a
   healthy one, another tenant's maybe): when at least half of 10 or more polls of it within
-  10 s fail (no answer, or 5xx), it is left alone for `VTW_HOST_BREAKER_COOLDOWN`, then one
+  10 s fail (no answer, or 5xx), or 5 in a row do (a budget cut to its floor by 503s sends
+  fewer than 10 in 10 s), it is left alone for `VTW_HOST_BREAKER_COOLDOWN`, then one
   request fleet-wide probes it; its answer closes the breaker or opens it for another cool-down.
   While the probe is out, the other polls wait for its lease to end, at most a cool-down.
 
@@ -48,6 +49,7 @@ MAX_QUIET_MS = 60_000  # the longest Retry-After that holds the budget down
 BREAKER_WINDOW_MS = 10_000
 BREAKER_MIN_POLLS = 10
 BREAKER_FAILURE_RATIO = 0.5
+BREAKER_STREAK = 5  # failed polls in a row (fleet-wide, however slowly) that open a breaker
 TENANT_HOSTS_MAX = 50  # hosts kept per tenant
 TENANT_HOSTS_TTL_MS = 86_400_000
 STATUS_HOSTS = 20  # hosts `GET /v1/status` shows: the tenant's most recently polled
@@ -168,6 +170,7 @@ class HostBook:
                 BREAKER_WINDOW_MS,
                 BREAKER_MIN_POLLS,
                 BREAKER_FAILURE_RATIO,
+                BREAKER_STREAK,
                 *ports,
             ],
         )

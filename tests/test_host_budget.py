@@ -400,6 +400,23 @@ async def test_some_failures_do_not_trip_the_breaker(book: HostBook) -> None:
     assert (await take(book, host, 1)).granted == 1
 
 
+async def test_failed_polls_in_a_row_open_the_breaker_however_slowly_they_come(
+    book: HostBook,
+) -> None:
+    # A budget cut to its floor by 503s sends fewer than the window's 10 polls: a streak of 5
+    # failures still opens the breaker; a good answer in between ends the streak.
+    slow, mixed = new_host(), new_host()
+    for _ in range(4):
+        assert await report(book, slow, failed=1) == (False, False)
+    assert (await state(book, slow)).breaker == "closed"
+    assert await report(book, slow, failed=1) == (True, False)
+    assert (await state(book, slow)).breaker == "open"
+
+    for answered in ({"failed": 4}, {"ok": 1}, {"failed": 4}):
+        assert await report(book, mixed, **answered) == (False, False)
+    assert (await state(book, mixed)).breaker == "closed"
+
+
 # -- the tenant's view -------------------------------------------------------------------------
 
 

@@ -6,15 +6,16 @@
 --   of the limit per second since the previous report, at most one second's worth), never
 --   above the limit (a port that does not answer at all says nothing of the host's load);
 -- * per port, closed breaker: within a window, enough polls that mostly failed (no answer, or
---   5xx) open it for the cool-down; half-open: the probe's answer closes it, or opens it again.
+--   5xx), or a streak of failed polls however slow, open it for the cool-down; half-open: the
+--   probe's answer closes it, or opens it again.
 -- A report is sent once, never retried. Run twice, the cut interval and the time-based growth
 -- keep the budget as if run once, and the probe's answer counts once (its id is cleared); only
 -- the breaker's window would count those polls twice.
 -- KEYS: host state (the budget), then the breaker of each port reported (the same hash tag)
 -- ARGV: host, limit, burst, throttled, quiet ms, cooldown ms, ttl ms, cut factor, cut interval
 --       ms, growth per second (share of the limit), floor (share of the limit), window ms, min
---       polls, failure ratio, then for each breaker key: port, ok, failed, probe id or '',
---       probe ok ('1')
+--       polls, failure ratio, failed polls in a row that open a breaker, then for each breaker
+--       key: port, ok, failed, probe id or '', probe ok ('1')
 -- Returns {breakers this report opened, 1 if it cut the budget else 0}
 local now = now_ms()
 local h = host_load(KEYS[1])
@@ -22,12 +23,13 @@ local limit, burst = tonumber(ARGV[2]), tonumber(ARGV[3])
 local throttled = tonumber(ARGV[4])
 local cooldown, ttl = tonumber(ARGV[6]), tonumber(ARGV[7])
 local window, min_polls, ratio = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
+local streak_max = tonumber(ARGV[15])
 h.host, h.limit, h.burst, h.seen = ARGV[1], limit, burst, now
 host_refill(h, now, limit, burst)
 
 local tripped, cut, answered_well = 0, 0, false
 for i = 2, #KEYS do
-  local at = 15 + 5 * (i - 2)
+  local at = 16 + 5 * (i - 2)
   local ok, failed = tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
   local probe, probe_ok = ARGV[at + 3], ARGV[at + 4] == '1'
   if ok > 0 and failed == 0 then
@@ -40,7 +42,7 @@ for i = 2, #KEYS do
     b.probe = ''
     if probe_ok then
       state, b.wait_until = 'closed', 0
-      b.wok, b.wfail, b.wstart = 0, 0, now
+      b.wok, b.wfail, b.wstart, b.streak = 0, 0, now, 0
     else
       state, b.wait_until = 'open', now + cooldown
     end
@@ -52,11 +54,13 @@ for i = 2, #KEYS do
     b.wstart = wstart
     b.wok = num(b.wok, 0) + ok
     b.wfail = num(b.wfail, 0) + failed
+    -- A report with any good answer ends a streak (its polls' order is not known).
+    b.streak = ok > 0 and 0 or num(b.streak, 0) + failed
     local polls = b.wok + b.wfail
-    if polls >= min_polls and b.wfail >= ratio * polls then
+    if (polls >= min_polls and b.wfail >= ratio * polls) or b.streak >= streak_max then
       state, b.wait_until = 'open', now + cooldown
       b.trips = num(b.trips, 0) + 1
-      b.wok, b.wfail, b.wstart = 0, 0, now
+      b.wok, b.wfail, b.wstart, b.streak = 0, 0, now, 0
       tripped = tripped + 1
     end
   end
