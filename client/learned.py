@@ -16,7 +16,9 @@ the policy's bounds (floor, `max_interval`, a last poll at the deadline) and onl
 pending answers (no hints).
 
 `ScheduleHistory` is what the library's caller keeps and persists (`to_json`/`from_json`); the
-watch service keeps the same histograms (`to_dict`/`from_dict`) under one field per upstream.
+watch service keeps the same histograms in Redis, one per upstream, shared by its workers
+(`service.durations`: samples spread by `spread`, decayed by `DurationHistogram.decay`, read
+back through `from_dict`).
 """
 
 from __future__ import annotations
@@ -76,6 +78,25 @@ def _bin(seconds: float) -> int:
     return min(BIN_COUNT - 1, max(0, bisect.bisect_right(EDGES, seconds) - 1))
 
 
+def spread(ended_after: float, ended_by: float) -> list[tuple[int, float]]:
+    """The bins of one job that ended within (ended_after, ended_by] seconds of its start, each
+    with its share of the sample (evenly over that interval; the shares sum to 1)."""
+    low, high = sorted((max(0.0, ended_after), max(0.0, ended_by)))
+    if not math.isfinite(high):
+        raise ValueError(f"a duration must be finite, got {ended_by!r}")
+    high = min(high, EDGES[-1])
+    low = min(low, high)
+    first, last = _bin(low), _bin(high)
+    if high - low < 1e-9 or first == last:
+        return [(first, 1.0)]
+    shares = []
+    for i in range(first, last + 1):
+        overlap = min(high, EDGES[i + 1]) - max(low, EDGES[i])
+        if overlap > 0:
+            shares.append((i, overlap / (high - low)))
+    return shares
+
+
 class DurationHistogram:
     """Decayed weights of job durations in fixed log-spaced bins (see the module docstring)."""
 
@@ -91,23 +112,19 @@ class DurationHistogram:
         """Effective number of samples (decayed)."""
         return sum(self.weights)
 
+    @property
+    def decay(self) -> float:
+        """What every older weight is multiplied by when a sample is added."""
+        return float(2 ** (-1 / self.half_life))
+
     def add(self, ended_after: float, ended_by: float) -> None:
         """Count one job that ended within (ended_after, ended_by] seconds of its start: older
-        samples decay, and the new one is spread evenly over that interval."""
-        low, high = sorted((max(0.0, ended_after), max(0.0, ended_by)))
-        if not math.isfinite(high):
-            raise ValueError(f"a duration must be finite, got {ended_by!r}")
-        decay = 2 ** (-1 / self.half_life)
+        samples decay, and the new one is spread evenly over that interval (`spread`)."""
+        shares = spread(ended_after, ended_by)
+        decay = self.decay
         self.weights = [w * decay for w in self.weights]
-        high = min(high, EDGES[-1])
-        low = min(low, high)
-        first, last = _bin(low), _bin(high)
-        if high - low < 1e-9 or first == last:
-            self.weights[first] += 1.0
-        else:
-            for i in range(first, last + 1):
-                overlap = min(high, EDGES[i + 1]) - max(low, EDGES[i])
-                self.weights[i] += max(0.0, overlap) / (high - low)
+        for i, share in shares:
+            self.weights[i] += share
         self._ended_by = None
 
     def merged(self, other: DurationHistogram) -> DurationHistogram:

@@ -67,3 +67,4 @@ class WatchDoc(TypedDict):
     finished_at: int | None
     webhook: WebhookDoc
     cancel_request: NotRequired[str]  # the request id of the cancel that ended it
+    pending_at: NotRequired[int]  # when the last poll that saw the job pending was sent

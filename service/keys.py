@@ -1,11 +1,15 @@
 """Every Redis key name of the service, in one place.
 
-All keys but the hosts' share the hash tag `{namespace}`, so every script's keys live in one
-Redis Cluster slot. Each upstream host has keys under a tag of its own (its state is fleet-wide,
-read and written by its own scripts, one host per call), so busy hosts spread over the slots:
+All keys but the hosts' and the upstreams' share the hash tag `{namespace}`, so every script's
+keys live in one Redis Cluster slot. Each upstream host, and each upstream (host and path
+template, `client.learned.upstream_key`), has keys under a tag of its own (its state is
+fleet-wide, read and written by its own scripts, one per call), so busy ones spread over the
+slots:
 
     vtw:{ns/h/<digest>}:host           HASH  the host's request budget (a token bucket)
     vtw:{ns/h/<digest>}:breaker:<port> HASH  the circuit breaker of one port of the host
+    vtw:{ns/u/<digest>}:durations      HASH  one upstream's learned job durations: bin -> weight
+                                             x scale, `scale`, `upstream` (`durations.py`)
 
     vtw:{ns}:schedule              ZSET  watch id -> due time (ms), or lease expiry while claimed
     vtw:{ns}:leases                HASH  claimed watch id -> fencing token (fixed at claim; the
@@ -25,6 +29,7 @@ read and written by its own scripts, one host per call), so busy hosts spread ov
     vtw:{ns}:events:<id>           PUBSUB channel (not a key): a message per save of the watch
     vtw:{ns}:events:@<tenant>      PUBSUB channel: a watch id per registration, end or webhook
                                          attempt of the tenant's watches
+    vtw:{ns}:t:<tenant>:hosts      ZSET  hosts the tenant's watches polled -> when (ms)
 """
 
 from __future__ import annotations
@@ -111,6 +116,11 @@ class Keys:
     def _host_tag(self, host: str) -> str:
         digest = hashlib.sha256(host.encode()).hexdigest()[:20]
         return f"vtw:{{{self.namespace}/h/{digest}}}:"
+
+    def durations(self, upstream: str) -> str:
+        """The learned job durations of one upstream (`upstream_key`), under a tag of its own."""
+        digest = hashlib.sha256(upstream.encode()).hexdigest()[:20]
+        return f"vtw:{{{self.namespace}/u/{digest}}}:durations"
 
     def idempotency(self, tenant: str, key: str) -> str:
         digest = hashlib.sha256(key.encode()).hexdigest()[:32]

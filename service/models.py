@@ -46,6 +46,12 @@ class Policy(BaseModel):
     max_attempts: int | None = Field(
         None, ge=1, le=100_000, description="most requests; null: only the deadline limits"
     )
+    adaptive: bool = Field(
+        True,
+        strict=True,
+        description="poll where this upstream's jobs usually end, learned from its past jobs "
+        "(within the bounds above; hints still win); false: the backoff alone",
+    )
 
 
 class WatchCreate(BaseModel):

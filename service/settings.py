@@ -72,6 +72,13 @@ class Settings(BaseSettings):
         le=3600,
         description="seconds a host whose polls mostly fail is left alone before one probe",
     )
+    learned_refresh_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="seconds a worker uses an upstream's learned durations before reading "
+        "them again",
+    )
 
     @property
     def host_burst_size(self) -> float:

@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 
 from .connection import retry_idempotent
 from .domain import WatchDoc, WatchState, WebhookState, new_watch_id
+from .durations import DurationBook
 from .errors import (
     IdempotencyConflict,
     IdempotencyKeyExpired,
@@ -74,6 +75,8 @@ class Store:
             redis, self.keys.schedule, self.keys.leases, self.keys.watch_prefix
         )
         self.hosts = HostBook(redis, self.keys)
+        # An upstream's learned durations outlive its last completed job by the retention.
+        self.durations = DurationBook(redis, self.keys, retention_seconds)
 
     async def ping(self) -> None:
         await self.redis.ping()

@@ -31,6 +31,7 @@ DEFAULT_POLICY = {
     "max_interval": 60,
     "max_wait_time": 3600,
     "max_attempts": None,
+    "adaptive": True,
 }
 
 
@@ -99,6 +100,7 @@ async def test_register_keeps_every_field_it_was_given(api: httpx.AsyncClient) -
         "max_interval": 10,
         "max_wait_time": 120,
         "max_attempts": 7,
+        "adaptive": False,
     }
     body = {
         "status_url": "https://translate-2.example/jobs/42/status",
@@ -292,6 +294,8 @@ OUTSIDE_BOUNDS = [
     ("max_attempts", 100_001),
     ("max_attempts", 1.5),
     ("jitter", "lots"),
+    ("adaptive", "yes"),
+    ("adaptive", 1),
 ]
 
 
@@ -324,7 +328,7 @@ async def test_policy_at_its_bounds_is_accepted(api: httpx.AsyncClient, end: int
 
     watch = await create(api, with_policy(**policy))
 
-    assert watch["policy"] == policy
+    assert watch["policy"] == {**policy, "adaptive": True}
 
 
 async def test_metadata_of_exactly_4_kib_is_accepted(api: httpx.AsyncClient) -> None:

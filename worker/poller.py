@@ -8,6 +8,11 @@ over budget, or of a host whose breaker is open, is put off without spending an 
 past the deadline (a short grace for the budget), and a watch still refused then ends as
 `timeout` without a request. Whatever an upstream sends, and whatever fails inside a poll, the
 poll ends as an observation, so every watch meets its deadline.
+
+Adaptive watches (`policy.adaptive`) are scheduled from what the fleet learned of their
+upstream's job durations (`schedules.py`): the first poll may wait (no request until jobs there
+start ending), later ones are placed where jobs usually end; `next_poll_delay` holds them to the
+policy's bounds and lets hints win. Every job seen to completion teaches its upstream.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import cast
 
 import aiohttp
 
-from client.backoff import next_poll_delay
+from client.backoff import Planner, first_poll_delay, next_poll_delay
 from client.upstream import Observation, Status, fetch_status
 from service.domain import WatchDoc, WatchState, WebhookState
 from service.leases import Claimed
@@ -38,6 +43,7 @@ from service.store import Store
 from .budget import Admission, HostBudget, policy_of
 from .loop import ClaimLoop, Deferred, LeaseLost, WriteBatch
 from .retry import FailureStreak
+from .schedules import LearnedSchedules, completion_sample
 from .spec import SpecCache, WatchSpec
 
 logger = logging.getLogger(__name__)
@@ -60,24 +66,57 @@ REFUSED = {
 
 
 def advance(
-    doc: WatchDoc, spec: WatchSpec, seen: Observation, now_ms: int, rng: random.Random
+    doc: WatchDoc,
+    spec: WatchSpec,
+    seen: Observation,
+    now_ms: int,
+    rng: random.Random,
+    *,
+    planner: Planner | None = None,
+    sent_ms: int | None = None,
 ) -> WatchDoc:
-    """The watch after one poll saw `seen`: a new document, due again or ended."""
+    """The watch after one poll (sent at `sent_ms`, answered by `now_ms`) saw `seen`: a new
+    document, due again (when the `planner`, if any, says within the rules) or ended."""
     new = cast(WatchDoc, {**doc, "webhook": {**doc["webhook"]}})
     new["attempts"] += 1
     new["last_polled_at"] = new["updated_at"] = now_ms
     new["last_error"] = seen.error
     if seen.status is not None:
         new["last_result"] = seen.status.value
+    if seen.status is Status.PENDING:
+        new["pending_at"] = now_ms if sent_ms is None else sent_ms
     if seen.progress is not None:
         new["progress"] = round(seen.progress, 2)
     remaining = (new["deadline"] - now_ms) / 1000
-    delay = next_poll_delay(spec.backoff, seen, new["attempts"], remaining, spec.max_attempts, rng)
+    delay = next_poll_delay(
+        spec.backoff,
+        seen,
+        new["attempts"],
+        remaining,
+        spec.max_attempts,
+        rng,
+        planner=planner,
+        elapsed=(now_ms - new["created_at"]) / 1000,
+    )
     if delay is None:
         end(new, seen, spec.webhook_url, now_ms)
     else:
         new["next_poll_at"] = now_ms + int(delay * 1000)
     return new
+
+
+def plan_first_poll(
+    doc: WatchDoc, spec: WatchSpec, planner: Planner, now_ms: int, rng: random.Random
+) -> WatchDoc | None:
+    """A new watch due later than now, at its learned first poll (no request before it); None:
+    poll now (its first poll is already planned, or not worth putting off)."""
+    if doc["attempts"] or doc["next_poll_at"] != doc["created_at"]:
+        return None
+    remaining = (doc["deadline"] - doc["created_at"]) / 1000
+    due = doc["created_at"] + int(first_poll_delay(spec.backoff, remaining, rng, planner) * 1000)
+    if due <= now_ms:
+        return None
+    return cast(WatchDoc, {**doc, "next_poll_at": due, "updated_at": now_ms})
 
 
 def refused(doc: WatchDoc, spec: WatchSpec, reason: str, now_ms: int) -> WatchDoc:
@@ -130,6 +169,7 @@ class Poller(ClaimLoop):
         self.rng = rng or random.Random()
         self.specs = SpecCache(settings.min_poll_interval)
         self.budget = HostBudget(store.hosts, policy_of(settings), self.rng)
+        self.schedules = LearnedSchedules(store.durations, settings.learned_refresh_seconds)
         self._budget_failures = FailureStreak(f"{self.name}: taking host budgets", logger)
         self.writes: WriteBatch[tuple[Claimed, WatchDoc], bool] = WriteBatch(self._save)
         self.polls = 0
@@ -143,20 +183,29 @@ class Poller(ClaimLoop):
             lateness_ms = self.server_now_ms() - doc["next_poll_at"]
             self.lateness_ms.append(lateness_ms)
             SCHEDULE_LAG.observe(max(0, lateness_ms) / 1000)
+        planner = await self.schedules.planner(spec.upstream) if spec.adaptive else None
+        if planner is not None:
+            put_off = plan_first_poll(doc, spec, planner, self.server_now_ms(), self.rng)
+            if put_off is not None:
+                await self._write(claimed, put_off)
+                return
         try:
-            seen = await self.limited(spec.host, lambda: self._poll(claimed, spec))
+            polled = await self.limited(spec.host, lambda: self._poll(claimed, spec))
         except Deferred as deferred:
             DEFERRED[deferred.reason].inc()
             raise
         if self.keeper.taken(claimed):
             raise LeaseLost(claimed.id)
         now_ms = self.server_now_ms()
-        if isinstance(seen, str):
-            updated = refused(doc, spec, seen, now_ms)
+        if isinstance(polled, str):
+            updated = refused(doc, spec, polled, now_ms)
         else:
+            seen, sent_ms = polled
             POLL_OUTCOMES[seen.status.value if seen.status is not None else "transient"].inc()
             try:
-                updated = advance(doc, spec, seen, now_ms, self.rng)
+                updated = advance(
+                    doc, spec, seen, now_ms, self.rng, planner=planner, sent_ms=sent_ms
+                )
             except Exception:
                 logger.exception(
                     "poller: applying a poll of %s failed",
@@ -165,14 +214,20 @@ class Poller(ClaimLoop):
                 )
                 updated = advance(doc, spec, unexpected("applying the poll"), now_ms, self.rng)
             self.polls += 1
-        if not await self.write_while_held(claimed, lambda: self.writes.add((claimed, updated))):
-            raise LeaseLost(claimed.id)
+            if updated["state"] == WatchState.COMPLETED:
+                self.schedules.observe(spec.upstream, completion_sample(doc, now_ms))
+        await self._write(claimed, updated)
         if updated["state"] != WatchState.PENDING:
             WATCHES_FINISHED.labels(updated["state"]).inc()
 
-    async def _poll(self, claimed: Claimed, spec: WatchSpec) -> Observation | str:
-        """One request if the host's budget and breaker admit it; else the poll is put off
-        (`Deferred`), or, at the deadline, the reason it was refused is returned."""
+    async def _write(self, claimed: Claimed, updated: WatchDoc) -> None:
+        if not await self.write_while_held(claimed, lambda: self.writes.add((claimed, updated))):
+            raise LeaseLost(claimed.id)
+
+    async def _poll(self, claimed: Claimed, spec: WatchSpec) -> tuple[Observation, int] | str:
+        """One request if the host's budget and breaker admit it: what it saw, and when it was
+        sent (Redis time); else the poll is put off (`Deferred`), or, at the deadline, the
+        reason it was refused is returned."""
         try:
             admission = await self.budget.admit(spec.host, spec.port)
         except Exception as exc:  # no budget known: no request (the store is likely failing)
@@ -182,9 +237,10 @@ class Poller(ClaimLoop):
             self._budget_failures.succeeded()
         if not admission.go:
             return self._refuse(claimed.doc, admission)
+        sent_ms = self.server_now_ms()
         seen = await self._fetch(claimed, spec)
         self.budget.observe(claimed.doc["tenant"], spec.host, spec.port, seen, admission.probe)
-        return seen
+        return seen, sent_ms
 
     def _refuse(self, doc: WatchDoc, admission: Admission) -> str:
         """Put the poll off for as long as the admission says, never past its last chance;
@@ -197,10 +253,13 @@ class Poller(ClaimLoop):
         raise Deferred(min(admission.wait_seconds, left_ms / 1000), admission.reason)
 
     async def _save(self, polls: list[tuple[Claimed, WatchDoc]]) -> list[bool]:
-        """Save a batch of polls, the host reports gathered meanwhile in the same pipeline."""
-        calls, reports = self.budget.drain()
-        saved, results = await self.store.save_with(polls, calls)
-        self.budget.settle(results, reports)
+        """Save a batch of polls, the host reports and completions gathered meanwhile in the
+        same pipeline."""
+        host_calls, reports = self.budget.drain()
+        records = self.schedules.drain()
+        saved, results = await self.store.save_with(polls, [*host_calls, *records])
+        self.budget.settle(results[: len(host_calls)], reports)
+        self.schedules.settle(results[len(host_calls) :])
         return saved
 
     async def _fetch(self, claimed: Claimed, spec: WatchSpec) -> Observation:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from client.backoff import BackoffPolicy
+from client.learned import upstream_key
 
 # The cache is bounded by the size of the spec texts it keys on (metadata may take 4 KiB each).
 CACHE_BUDGET_BYTES = 16 * 1024 * 1024
@@ -25,6 +26,8 @@ class WatchSpec:
     webhook_host: str | None
     backoff: BackoffPolicy
     max_attempts: int | None
+    upstream: str  # host and path template: whose learned durations the watch shares
+    adaptive: bool  # polls follow the upstream's learned durations (policy.adaptive)
 
 
 def normalized_host(url: str) -> str:
@@ -99,4 +102,6 @@ class SpecCache:
             webhook_host=normalized_host(webhook_url) if webhook_url else None,
             backoff=backoff,
             max_attempts=policy["max_attempts"],
+            upstream=upstream_key(spec["status_url"]),
+            adaptive=policy.get("adaptive", True),  # watches registered before it: the default
         )
