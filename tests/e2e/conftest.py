@@ -66,12 +66,17 @@ async def shared_redis() -> AsyncIterator[aioredis.Redis]:
 
 @pytest.fixture
 async def namespace(shared_redis: aioredis.Redis) -> AsyncIterator[str]:
-    """A fresh `VTW_NAMESPACE` in the shared Redis; its keys are deleted afterwards."""
+    """A fresh `VTW_NAMESPACE` in the shared Redis; its keys (and its hosts' and upstreams',
+    under tags of their own) are deleted afterwards."""
     ns = "e2e" + secrets.token_hex(6)
     try:
         yield ns
     finally:
-        keys = [key async for key in shared_redis.scan_iter(match=f"vtw:{{{ns}}}:*", count=1000)]
+        keys = [
+            key
+            for pattern in (f"vtw:{{{ns}}}:*", f"vtw:{{{ns}/*")
+            async for key in shared_redis.scan_iter(match=pattern, count=1000)
+        ]
         for start in range(0, len(keys), 1000):
             await shared_redis.delete(*keys[start : start + 1000])
 
