@@ -24,6 +24,7 @@ from .metrics import DUE_BACKLOG, OLDEST_DUE_AGE
 from .models import Health
 from .observe import RequestIds, TimeRequests
 from .outbox import Outbox
+from .replication import Replication
 from .settings import Settings
 from .store import Store
 from .validation import invalid_input
@@ -40,15 +41,24 @@ def create_app(settings: Settings | None = None, redis: aioredis.Redis | None = 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = redis if redis is not None else connect(settings)
         app.state.settings = settings
+        replication = Replication(client, settings.wait_replicas, settings.wait_timeout_ms)
         app.state.store = Store(
             client,
             retention_seconds=settings.retention_seconds,
             idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
             namespace=settings.namespace,
+            partitions=settings.partitions,
+            replication=replication,
             max_active_watches=settings.max_active_watches,
         )
-        app.state.outbox = Outbox(client, namespace=settings.namespace)
+        app.state.outbox = Outbox(
+            client, namespace=settings.namespace, partitions=settings.partitions
+        )
         app.state.events = EventHub(client, app.state.store.keys.events_prefix)
+        try:
+            await app.state.store.check_partitions()  # a mismatch stops the start here
+        except (RedisError, OSError) as exc:  # not reachable yet: /readyz says so; workers check
+            logger.warning("could not check the store's partition count: %s", exc)
         try:
             yield
         finally:

@@ -1,10 +1,16 @@
-"""Connecting to Redis, or to the embedded in-memory store when no URL is configured, and
-retrying what is safe to repeat.
+"""Connecting to Redis, to a Redis Cluster, or to the embedded in-memory store when no URL is
+configured, and retrying what is safe to repeat.
 
 redis-py's own retry is off: it would send again a command that timed out or lost its reply,
 which may have run (a second claim, rotation or cancel). Commands that are safe to repeat (by
 id or request id) go through `retry_idempotent`; the rest surface their error, and the caller
 decides (the API answers 503, a worker loop backs off and tries again).
+
+On a cluster (`VTW_REDIS_CLUSTER`), redirects are followed by the client: `MOVED` and `ASK`
+(a slot that moved or is moving) and `TRYAGAIN` (a multi-key call during a migration) mean the
+command did not run, so it is sent to the right node. A failover's errors (`CLUSTERDOWN`, a lost
+connection, `READONLY`) are not retried blindly: they surface like a lost single Redis, the
+client refreshes its slot map before its next command, and the callers ride them out as above.
 """
 
 from __future__ import annotations
@@ -12,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -33,9 +40,22 @@ IDEMPOTENT_RETRY_DELAY = 0.05
 
 
 def connect(settings: Settings) -> aioredis.Redis:
-    """A Redis client with a blocking pool (waits for a connection instead of failing)."""
+    """A Redis client with a blocking pool (waits for a connection instead of failing), or a
+    cluster client (one pool per node), typed as one Redis: every call the store makes names
+    its keys, all in one slot, so a cluster answers it like one Redis."""
     if settings.redis_url is None:
         return embedded()
+    if settings.redis_cluster:
+        cluster = RedisCluster.from_url(
+            settings.redis_url,
+            max_connections=max(64, settings.worker_concurrency),
+            decode_responses=True,
+            socket_connect_timeout=2,
+            socket_timeout=5,
+            health_check_interval=15,
+            retry=Retry(NoBackoff(), retries=0),
+        )
+        return cast(aioredis.Redis, cluster)
     pool = aioredis.BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=max(16, settings.worker_concurrency // 4),

@@ -27,10 +27,26 @@ class WebhookState(StrEnum):
     FAILED = "failed"
 
 
-def new_watch_id(now_ms: int) -> str:
-    """`w_` + 12 hex digits of milliseconds (Redis time) + 16 random hex digits: ids sort by
-    creation time, whichever API host made them."""
-    return f"w_{now_ms:012x}{secrets.token_hex(8)}"
+PARTITION_DIGITS = 3
+MAX_PARTITIONS = 16**PARTITION_DIGITS
+
+
+def new_watch_id(now_ms: int, partition: int = 0) -> str:
+    """`w_` + 12 hex digits of milliseconds (Redis time) + 13 random hex digits + the watch's
+    partition in 3 hex digits: ids sort by creation time, whichever API host made them, and
+    name their partition (`partition_of`) with no lookup."""
+    return f"w_{now_ms:012x}{secrets.token_hex(7)[:13]}{partition:0{PARTITION_DIGITS}x}"
+
+
+def partition_of(watch_id: str, partitions: int) -> int:
+    """The partition a watch id names; an id that names none (not ours) gets partition 0, where
+    its document is simply not found."""
+    if partitions == 1:
+        return 0
+    try:
+        return int(watch_id[-PARTITION_DIGITS:], 16) % partitions
+    except ValueError:
+        return 0
 
 
 class WebhookDoc(TypedDict):

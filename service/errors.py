@@ -6,7 +6,9 @@ ServiceError
  ├── IdempotencyConflict    an Idempotency-Key reused with another body
  ├── IdempotencyKeyExpired  an Idempotency-Key whose watch has ended and been deleted
  ├── TooManyWatches         the tenant has VTW_MAX_ACTIVE_WATCHES pending watches already
- └── StoreUnavailable       Redis cannot be reached; the request may be retried
+ ├── StoreUnavailable       Redis cannot be reached; the request may be retried
+ └── PartitionsMismatch     VTW_PARTITIONS differs from what the store was created with (the
+                            process refuses to start)
 
 Each carries the HTTP status the API answers it with (`status_code`).
 """
@@ -70,3 +72,15 @@ class StoreUnavailable(ServiceError):
     """Redis could not be reached."""
 
     status_code = 503
+
+
+class PartitionsMismatch(ServiceError):
+    status_code = 500
+
+    def __init__(self, configured: int, stored: int, namespace: str) -> None:
+        super().__init__(
+            f"VTW_PARTITIONS is {configured} but the store of namespace {namespace!r} was created "
+            f"with {stored} partitions: set VTW_PARTITIONS={stored}. Changing it is not "
+            "supported: it needs an empty store (drain every watch first) or a migration"
+        )
+        self.configured, self.stored = configured, stored

@@ -1,35 +1,48 @@
 """Every Redis key name of the service, in one place.
 
-All keys but the hosts' and the upstreams' share the hash tag `{namespace}`, so every script's
-keys live in one Redis Cluster slot. Each upstream host, and each upstream (host and path
-template, `client.learned.upstream_key`), has keys under a tag of its own (its state is
-fleet-wide, read and written by its own scripts, one per call), so busy ones spread over the
-slots:
+The scheduler's keys are split into P partitions (`VTW_PARTITIONS`, fixed for a deployment);
+each partition's keys share one hash tag, so every script touches one Redis Cluster slot, and
+the partitions spread over a cluster's masters. With P = 1 the tag is `{ns}` (the key names of
+a single-partition deployment), else `{ns:p}` for partition p. A watch's partition is written
+in its id (`domain.partition_of`); a registration with an Idempotency-Key goes to the partition
+of (tenant, key), so its idempotency record and its document share a slot.
+
+Per partition (`<tag>` = `{ns}` or `{ns:p}`):
+
+    vtw:<tag>:schedule              ZSET  watch id -> due time (ms), or lease expiry while claimed
+    vtw:<tag>:leases                HASH  claimed watch id -> fencing token (fixed at claim; the
+                                          lease expiry in `schedule` is extended, the token never)
+    vtw:<tag>:expiry                ZSET  terminal watch id -> when retention ends (ms)
+    vtw:<tag>:outbox                ZSET  watch id -> when its webhook is due (ms), or lease expiry
+    vtw:<tag>:outbox:leases         HASH  webhook being delivered -> fencing token
+    vtw:<tag>:w:<id>                STRING the watch document (JSON, `service.docs`)
+    vtw:<tag>:d:<id>                LIST  webhook delivery attempts (JSON), newest last
+    vtw:<tag>:t:<tenant>:idx        ZSET  the tenant's watch ids (lexicographic, ids sort by time)
+    vtw:<tag>:t:<tenant>:idx:<st>   ZSET  the same, per state
+    vtw:<tag>:t:<tenant>:counts     HASH  state -> count, and wh:<state> -> count
+    vtw:<tag>:idem:<tenant>:<hash>  STRING idempotency key -> "<id> <body fingerprint>"
+
+Global, under `{ns}`:
+
+    vtw:{ns}:meta                  HASH  `partitions` -> P, written at first start; a process
+                                         configured otherwise refuses to start
+    vtw:{ns}:workers               ZSET  worker id -> its last heartbeat (Redis time, ms)
+    vtw:{ns}:t:<tenant>:secret     HASH  webhook signing secrets: `current`, `old:<secret>` ->
+                                         until when (ms) a rotated-out one still signs, `rotation`
+                                         -> the request id of the last rotation
+    vtw:{ns}:t:<tenant>:hosts      ZSET  upstream hosts the tenant's watches polled -> when
+    vtw:{ns}:events:<id>           PUBSUB channel (not a key): a message per save of the watch
+    vtw:{ns}:events:@<tenant>      PUBSUB channel: a watch id per registration, end or webhook
+                                         attempt of the tenant's watches
+
+Each upstream host, and each upstream (host and path template, `client.learned.upstream_key`),
+has keys under a tag of its own (its state is fleet-wide, read and written by its own scripts,
+one per call), so busy ones spread over the slots:
 
     vtw:{ns/h/<digest>}:host           HASH  the host's request budget (a token bucket)
     vtw:{ns/h/<digest>}:breaker:<port> HASH  the circuit breaker of one port of the host
     vtw:{ns/u/<digest>}:durations      HASH  one upstream's learned job durations: bin -> weight
                                              x scale, `scale`, `upstream` (`durations.py`)
-
-    vtw:{ns}:schedule              ZSET  watch id -> due time (ms), or lease expiry while claimed
-    vtw:{ns}:leases                HASH  claimed watch id -> fencing token (fixed at claim; the
-                                         lease expiry in `schedule` is extended, the token never)
-    vtw:{ns}:expiry                ZSET  terminal watch id -> when retention ends (ms)
-    vtw:{ns}:outbox                ZSET  watch id -> when its webhook is due (ms), or lease expiry
-    vtw:{ns}:outbox:leases         HASH  webhook being delivered -> fencing token
-    vtw:{ns}:w:<id>                STRING the watch document (JSON)
-    vtw:{ns}:d:<id>                LIST  webhook delivery attempts (JSON), newest last
-    vtw:{ns}:t:<tenant>:idx        ZSET  the tenant's watch ids (lexicographic, ids sort by time)
-    vtw:{ns}:t:<tenant>:idx:<st>   ZSET  the same, per state
-    vtw:{ns}:t:<tenant>:counts     HASH  state -> count, and wh:<state> -> count
-    vtw:{ns}:t:<tenant>:secret     HASH  webhook signing secrets: `current`, `old:<secret>` ->
-                                         until when (ms) a rotated-out one still signs, `rotation`
-                                         -> the request id of the last rotation
-    vtw:{ns}:idem:<tenant>:<hash>  STRING idempotency key -> "<id> <body fingerprint>"
-    vtw:{ns}:events:<id>           PUBSUB channel (not a key): a message per save of the watch
-    vtw:{ns}:events:@<tenant>      PUBSUB channel: a watch id per registration, end or webhook
-                                         attempt of the tenant's watches
-    vtw:{ns}:t:<tenant>:hosts      ZSET  hosts the tenant's watches polled -> when (ms)
 """
 
 from __future__ import annotations
@@ -37,19 +50,20 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
+from typing import Literal
+
+from .domain import MAX_PARTITIONS, partition_of
 
 NAMESPACE_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+QueueKind = Literal["schedule", "outbox"]
 
 
 @dataclass(frozen=True, slots=True)
-class Keys:
-    namespace: str = "vtw"
-    prefix: str = field(init=False)
+class Partition:
+    """The keys of one partition (one hash tag)."""
 
-    def __post_init__(self) -> None:
-        if not NAMESPACE_PATTERN.match(self.namespace):
-            raise ValueError(f"namespace {self.namespace!r} must match {NAMESPACE_PATTERN.pattern}")
-        object.__setattr__(self, "prefix", f"vtw:{{{self.namespace}}}:")
+    number: int
+    prefix: str
 
     @property
     def schedule(self) -> str:
@@ -60,10 +74,6 @@ class Keys:
         return self.prefix + "leases"
 
     @property
-    def outbox_leases(self) -> str:
-        return self.prefix + "outbox:leases"
-
-    @property
     def expiry(self) -> str:
         return self.prefix + "expiry"
 
@@ -72,32 +82,85 @@ class Keys:
         return self.prefix + "outbox"
 
     @property
-    def events_prefix(self) -> str:
-        return self.prefix + "events:"
+    def outbox_leases(self) -> str:
+        return self.prefix + "outbox:leases"
 
-    @property
-    def watch_prefix(self) -> str:
-        return self.prefix + "w:"
+    def queue(self, kind: QueueKind) -> tuple[str, str]:
+        """The leased schedule `kind` of this partition: (its ZSET, its leases)."""
+        if kind == "schedule":
+            return self.schedule, self.leases
+        return self.outbox, self.outbox_leases
 
     def watch(self, watch_id: str) -> str:
-        return self.watch_prefix + watch_id
-
-    @property
-    def deliveries_prefix(self) -> str:
-        return self.prefix + "d:"
+        return f"{self.prefix}w:{watch_id}"
 
     def deliveries(self, watch_id: str) -> str:
-        return self.deliveries_prefix + watch_id
-
-    def tenant_prefix(self, tenant: str) -> str:
-        return f"{self.prefix}t:{tenant}:"
+        return f"{self.prefix}d:{watch_id}"
 
     def index(self, tenant: str, state: str | None = None) -> str:
-        base = self.tenant_prefix(tenant) + "idx"
+        base = f"{self.prefix}t:{tenant}:idx"
         return base if state is None else f"{base}:{state}"
 
     def counts(self, tenant: str) -> str:
-        return self.tenant_prefix(tenant) + "counts"
+        return f"{self.prefix}t:{tenant}:counts"
+
+    def idempotency(self, tenant: str, key: str) -> str:
+        digest = hashlib.sha256(key.encode()).hexdigest()[:32]
+        return f"{self.prefix}idem:{tenant}:{digest}"
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    namespace: str = "vtw"
+    partitions: int = 1
+    prefix: str = field(init=False)
+    parts: tuple[Partition, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not NAMESPACE_PATTERN.match(self.namespace):
+            raise ValueError(f"namespace {self.namespace!r} must match {NAMESPACE_PATTERN.pattern}")
+        if not 1 <= self.partitions <= MAX_PARTITIONS:
+            raise ValueError(f"partitions must be 1 to {MAX_PARTITIONS}, not {self.partitions}")
+        prefix = f"vtw:{{{self.namespace}}}:"
+        object.__setattr__(self, "prefix", prefix)
+        parts = (
+            (Partition(0, prefix),)
+            if self.partitions == 1
+            else tuple(
+                Partition(p, f"vtw:{{{self.namespace}:{p}}}:") for p in range(self.partitions)
+            )
+        )
+        object.__setattr__(self, "parts", parts)
+
+    def of(self, watch_id: str) -> Partition:
+        """The partition of a watch, read from its id."""
+        return self.parts[partition_of(watch_id, self.partitions)]
+
+    def of_idempotency(self, tenant: str, key: str) -> Partition:
+        """The partition of a registration with an Idempotency-Key (every retry lands there)."""
+        digest = hashlib.sha256(f"{tenant}\0{key}".encode()).digest()
+        return self.parts[int.from_bytes(digest[:4], "big") % self.partitions]
+
+    def watch(self, watch_id: str) -> str:
+        return self.of(watch_id).watch(watch_id)
+
+    def deliveries(self, watch_id: str) -> str:
+        return self.of(watch_id).deliveries(watch_id)
+
+    @property
+    def meta(self) -> str:
+        return self.prefix + "meta"
+
+    @property
+    def workers(self) -> str:
+        return self.prefix + "workers"
+
+    @property
+    def events_prefix(self) -> str:
+        return self.prefix + "events:"
+
+    def tenant_prefix(self, tenant: str) -> str:
+        return f"{self.prefix}t:{tenant}:"
 
     def secret(self, tenant: str) -> str:
         return self.tenant_prefix(tenant) + "secret"
@@ -121,7 +184,3 @@ class Keys:
         """The learned job durations of one upstream (`upstream_key`), under a tag of its own."""
         digest = hashlib.sha256(upstream.encode()).hexdigest()[:20]
         return f"vtw:{{{self.namespace}/u/{digest}}}:durations"
-
-    def idempotency(self, tenant: str, key: str) -> str:
-        digest = hashlib.sha256(key.encode()).hexdigest()[:32]
-        return f"{self.prefix}idem:{tenant}:{digest}"

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, cast
 
-import orjson
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
+from .docs import unpack
 from .domain import WatchDoc
+from .keys import Keys, QueueKind
 
 # A script, its keys and its arguments: one EVALSHA of a pipeline (`run_scripts`).
 ScriptCall = tuple[AsyncScript, list[str], list[Any]]
@@ -84,38 +85,55 @@ async def server_time_ms(redis: aioredis.Redis) -> int:
     return int(seconds) * 1000 + int(micros) // 1000
 
 
-def decode(raw: str | bytes) -> Any:
-    return orjson.loads(raw)
-
-
 class LeasedQueue:
-    """One leased schedule: `claim`, `extend` and `release` (claim.lua, extend.lua)."""
+    """One leased schedule (the poller's or the outbox), in every partition: `claim` from one
+    partition, `extend` and `release` items of any (claim.lua, extend.lua)."""
 
-    def __init__(
-        self, redis: aioredis.Redis, schedule: str, leases: str, watch_prefix: str
-    ) -> None:
-        self.schedule, self.leases, self.watch_prefix = schedule, leases, watch_prefix
+    def __init__(self, redis: aioredis.Redis, keys: Keys, kind: QueueKind) -> None:
+        self.redis, self.keys, self.kind = redis, keys, kind
         scripts = load_scripts(redis, ("claim", "extend"))
         self._claim, self._extend = scripts["claim"], scripts["extend"]
 
+    @property
+    def partitions(self) -> int:
+        return self.keys.partitions
+
     async def claim(
-        self, limit: int, lease_seconds: float, token: str, lost_token: str | None = None
+        self,
+        limit: int,
+        lease_seconds: float,
+        token: str,
+        lost_token: str | None = None,
+        partition: int = 0,
     ) -> Claim:
-        """Lease up to `limit` due items with `token`. `lost_token`: a claim whose reply never
-        arrived (its items are made due again first)."""
+        """Lease up to `limit` due items of `partition` with `token`, and read their documents
+        (a second round trip, same slot). `lost_token`: a claim whose reply never arrived (its
+        items are made due again first)."""
+        part = self.keys.parts[partition]
         reply = await self._claim(
-            keys=[self.schedule, self.leases],
-            args=[self.watch_prefix, limit, int(lease_seconds * 1000), token, lost_token or ""],
+            keys=list(part.queue(self.kind)),
+            args=[limit, int(lease_seconds * 1000), token, lost_token or ""],
         )
-        now, next_due = int(reply[0]), int(reply[1])
-        watches = [
-            Claimed(reply[i], token, cast(WatchDoc, decode(reply[i + 1])))
-            for i in range(2, len(reply), 2)
-        ]
+        now, next_due, ids = int(reply[0]), int(reply[1]), cast(list[str], reply[2:])
+        raws = await self.redis.mget([part.watch(i) for i in ids]) if ids else []
+        found = list(zip(ids, raws, strict=True))
+        watches = [Claimed(i, token, unpack(raw)) for i, raw in found if raw]
+        gone = [Claimed(i, token, cast(WatchDoc, {})) for i, raw in found if not raw]
+        if gone:  # deleted meanwhile (retention): off the schedule, under our lease
+            await self._call_extend(gone, 0, "drop")
         return Claim(now, next_due if next_due >= 0 else None, watches)
 
+    async def heads(self, partitions: list[int]) -> list[float | None]:
+        """When the first item of each partition's schedule is due, or its lease expires (ms;
+        None for an empty one): one pipelined round trip of cheap reads."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for number in partitions:
+                pipe.zrange(self.keys.parts[number].queue(self.kind)[0], 0, 0, withscores=True)
+            replies = await pipe.execute()
+        return [float(reply[0][1]) if reply else None for reply in replies]
+
     async def extend(self, items: list[Claimed], lease_seconds: float) -> list[bool]:
-        """Extend the leases still held, in one call; False for each one lost."""
+        """Extend the leases still held, in one round trip; False for each one lost."""
         return await self._call_extend(items, lease_seconds, "extend")
 
     async def release(self, items: list[Claimed], delay_seconds: float = 0.0) -> None:
@@ -123,10 +141,21 @@ class LeasedQueue:
         await self._call_extend(items, delay_seconds, "release")
 
     async def _call_extend(self, items: list[Claimed], seconds: float, how: str) -> list[bool]:
+        """One extend.lua call per partition of `items`, all in one pipeline."""
         if not items:
             return []
-        args: list[str | int] = [int(seconds * 1000), how]
-        for claimed in items:
-            args += [claimed.id, claimed.token]
-        kept = await self._extend(keys=[self.schedule, self.leases], args=args)
-        return [bool(flag) for flag in kept]
+        by_partition: dict[int, list[int]] = {}
+        for index, claimed in enumerate(items):
+            by_partition.setdefault(self.keys.of(claimed.id).number, []).append(index)
+        calls: list[ScriptCall] = []
+        for number, indexes in by_partition.items():
+            args: list[Any] = [int(seconds * 1000), how]
+            for index in indexes:
+                args += [items[index].id, items[index].token]
+            calls.append((self._extend, list(self.keys.parts[number].queue(self.kind)), args))
+        kept = [False] * len(items)
+        results = await run_scripts(self.redis, calls)
+        for indexes, flags in zip(by_partition.values(), results, strict=True):
+            for index, flag in zip(indexes, flags, strict=True):
+                kept[index] = bool(flag)
+        return kept

@@ -73,3 +73,13 @@ BREAKER_TRIPS = Counter(
 HOST_BUDGET_CUTS = Counter(
     "vtwatch_host_budget_cuts", "Cuts of a host's fleet-wide budget after a 429 or 503"
 )
+REPLICA_WAIT = Histogram(
+    "vtwatch_replica_wait_seconds",
+    "Time a promised write (a registration, a delivered webhook) waited for replicas (WAIT)",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
+REPLICA_WAIT_SHORT = Counter(
+    "vtwatch_replica_wait_short",
+    "Promised writes that fewer replicas than VTW_REDIS_WAIT_REPLICAS acknowledged in time",
+)
+PARTITIONS_OWNED = Gauge("vtwatch_partitions_owned", "Partitions this worker owns (rendezvous)")

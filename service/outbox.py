@@ -19,6 +19,7 @@ from .connection import retry_idempotent
 from .errors import WatchConflict, WatchNotFound
 from .keys import Keys
 from .leases import Claimed, LeasedQueue, load_scripts, server_time_ms
+from .replication import Replication
 
 SCRIPTS = ("deliver", "redeliver", "rotate")
 ROTATION_GRACE_SECONDS = 24 * 3600
@@ -42,13 +43,19 @@ class Secrets:
 
 
 class Outbox:
-    def __init__(self, redis: aioredis.Redis, *, namespace: str = "vtw") -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        namespace: str = "vtw",
+        partitions: int = 1,
+        replication: Replication | None = None,
+    ) -> None:
         self.redis = redis
-        self.keys = Keys(namespace)
+        self.keys = Keys(namespace, partitions)
+        self.replication = replication or Replication(redis)
         self._scripts = load_scripts(redis, SCRIPTS)
-        self.queue = LeasedQueue(
-            redis, self.keys.outbox, self.keys.outbox_leases, self.keys.watch_prefix
-        )
+        self.queue = LeasedQueue(redis, self.keys, "outbox")
 
     async def record_attempt(
         self,
@@ -59,17 +66,18 @@ class Outbox:
     ) -> bool:
         """Log an attempt and move the delivery on (delivered, failed, or retry after a delay);
         False when the lease was lost (nothing recorded)."""
-        k, tenant = self.keys, claimed.doc["tenant"]
+        part, tenant = self.keys.of(claimed.id), claimed.doc["tenant"]
         code = attempt.get("status_code")
-        done = await self._scripts["deliver"](
-            keys=[
-                k.outbox,
-                k.outbox_leases,
-                k.watch(claimed.id),
-                k.deliveries(claimed.id),
-                k.counts(tenant),
+        done = await self.replication.run(
+            self._scripts["deliver"],
+            [
+                part.outbox,
+                part.outbox_leases,
+                part.watch(claimed.id),
+                part.deliveries(claimed.id),
+                part.counts(tenant),
             ],
-            args=[
+            [
                 claimed.id,
                 claimed.token,
                 json.dumps(attempt),
@@ -77,8 +85,9 @@ class Outbox:
                 int(delay_seconds * 1000),
                 "" if code is None else code,
                 DELIVERY_LOG_LENGTH,
-                k.events_prefix,
+                self.keys.events_prefix,
             ],
+            durable=outcome == "delivered",
         )
         return bool(done)
 
@@ -89,11 +98,11 @@ class Outbox:
     async def redeliver(self, tenant: str, watch_id: str) -> None:
         """Queue the watch's terminal webhook again, due now (after the attempt in flight, if
         one is)."""
-        k = self.keys
+        part = self.keys.of(watch_id)
         outcome = await retry_idempotent(
             lambda: self._scripts["redeliver"](
-                keys=[k.watch(watch_id), k.outbox, k.outbox_leases, k.counts(tenant)],
-                args=[watch_id, tenant, k.events_prefix],
+                keys=[part.watch(watch_id), part.outbox, part.outbox_leases, part.counts(tenant)],
+                args=[watch_id, tenant, self.keys.events_prefix],
             )
         )
         if outcome == "missing":

@@ -9,6 +9,7 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .domain import MAX_PARTITIONS
 from .keys import NAMESPACE_PATTERN
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -34,6 +35,23 @@ class Settings(BaseSettings):
         default_factory=list, description="CIDRs the SSRF guard admits, comma-separated"
     )
     namespace: str = Field("vtw", pattern=NAMESPACE_PATTERN.pattern)
+    redis_cluster: bool = Field(False, description="VTW_REDIS_URL names a node of a Redis Cluster")
+    partitions: int = Field(
+        1,
+        ge=1,
+        le=MAX_PARTITIONS,
+        description="schedule partitions, each under its own hash tag; fixed for a deployment",
+    )
+    redis_wait_replicas: int | None = Field(
+        None,
+        ge=0,
+        le=16,
+        description="replicas that must acknowledge a registration or a delivered webhook "
+        "before it is answered (WAIT); unset: 1 on a cluster, else 0",
+    )
+    redis_wait_timeout: float = Field(
+        1.0, gt=0, le=60, description="seconds a promised write waits for its replicas at most"
+    )
     lease_seconds: float = Field(30.0, gt=0.5, le=3600)
     worker_concurrency: int = Field(256, ge=1, le=100_000)
     per_host_concurrency: int = Field(64, ge=1, le=100_000)
@@ -79,6 +97,16 @@ class Settings(BaseSettings):
         description="seconds a worker uses an upstream's learned durations before reading "
         "them again",
     )
+
+    @property
+    def wait_timeout_ms(self) -> int:
+        return int(self.redis_wait_timeout * 1000)
+
+    @property
+    def wait_replicas(self) -> int:
+        if self.redis_wait_replicas is not None:
+            return self.redis_wait_replicas
+        return 1 if self.redis_cluster else 0
 
     @property
     def host_burst_size(self) -> float:

@@ -1,42 +1,47 @@
 """The Redis store: every read and atomic write of watches, through the Lua scripts in `lua/`.
 
-Watches are JSON documents (`WatchDoc`); their scheduling state lives in a leased schedule
-(`leases.LeasedQueue`, see `keys.py`). Times are Redis server milliseconds. A worker's writes
+Watches are JSON documents (`WatchDoc`, stored compact by `docs`); their scheduling state lives
+in a leased schedule (`leases.LeasedQueue`, see `keys.py`), split into partitions: each script
+call touches one partition, and reads that span a tenant (its list, its counts) gather every
+partition in one pipelined round trip. Times are Redis server milliseconds. A worker's writes
 (`save`) carry the fencing token of its claim and change nothing once its lease passed to another.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
+import random
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-import orjson
 import redis.asyncio as aioredis
 
 from .connection import retry_idempotent
+from .docs import pack, unpack
 from .domain import WatchDoc, WatchState, WebhookState, new_watch_id
 from .durations import DurationBook
 from .errors import (
     IdempotencyConflict,
     IdempotencyKeyExpired,
+    PartitionsMismatch,
     TooManyWatches,
     WatchConflict,
     WatchNotFound,
 )
 from .hosts import HostBook
-from .keys import Keys
+from .keys import Keys, Partition
 from .leases import (
     Claimed,
     LeasedQueue,
     ScriptCall,
-    decode,
     load_scripts,
     run_scripts,
     server_time_ms,
 )
+from .replication import Replication
 
 SCRIPTS = ("register", "record", "finish", "cancel", "forget")
 # A finished watch whose webhook is still being delivered outlives its retention: checked again
@@ -50,36 +55,41 @@ class Page:
     next_cursor: str | None
 
 
-def encode(value: Any) -> str:
-    """Compact JSON of a document we built (orjson: the poll loop's hottest path)."""
-    return orjson.dumps(value).decode()
-
-
 class Store:
     def __init__(
         self,
         redis: aioredis.Redis,
         *,
         namespace: str = "vtw",
+        partitions: int = 1,
+        replication: Replication | None = None,
         retention_seconds: float = 7 * 86400,
         idempotency_ttl_seconds: int = 86400,
         max_active_watches: int = 100_000,
     ) -> None:
         self.redis = redis
-        self.keys = Keys(namespace)
+        self.keys = Keys(namespace, partitions)
+        self.replication = replication or Replication(redis)
         self.retention_ms = int(retention_seconds * 1000)
         self.idempotency_ttl = idempotency_ttl_seconds
         self.max_active_watches = max_active_watches
         self._scripts = load_scripts(redis, SCRIPTS)
-        self.schedule = LeasedQueue(
-            redis, self.keys.schedule, self.keys.leases, self.keys.watch_prefix
-        )
+        self.schedule = LeasedQueue(redis, self.keys, "schedule")
         self.hosts = HostBook(redis, self.keys)
         # An upstream's learned durations outlive its last completed job by the retention.
         self.durations = DurationBook(redis, self.keys, retention_seconds)
 
     async def ping(self) -> None:
         await self.redis.ping()
+
+    async def check_partitions(self) -> None:
+        """Note this deployment's partition count at its first start; refuse another one later
+        (`PartitionsMismatch`): watch ids and keys are laid out by it."""
+        meta, configured = self.keys.meta, self.keys.partitions
+        await retry_idempotent(lambda: self.redis.hsetnx(meta, "partitions", configured))
+        stored = int(await retry_idempotent(lambda: self.redis.hget(meta, "partitions")) or 0)
+        if stored != configured:
+            raise PartitionsMismatch(configured, stored, self.keys.namespace)
 
     # -- the API's side ---------------------------------------------------------------------
 
@@ -94,7 +104,13 @@ class Store:
     ) -> tuple[WatchDoc, bool]:
         """Create a watch; returns (doc, created). A repeated idempotent request returns the
         earlier watch with created=False; a reused key with another body raises."""
-        watch_id = new_watch_id(await retry_idempotent(self.server_time_ms))
+        k = self.keys
+        part = (
+            k.of_idempotency(tenant, idempotency_key)
+            if idempotency_key is not None
+            else random.choice(k.parts)
+        )
+        watch_id = new_watch_id(await retry_idempotent(self.server_time_ms), part.number)
         doc = {
             "id": watch_id,
             "tenant": tenant,
@@ -111,61 +127,88 @@ class Store:
             # A webhook becomes "pending" when the watch ends (see `save`).
             "webhook": {"state": WebhookState.NONE.value, "attempts": 0, "last_status_code": None},
         }
-        k = self.keys
         keys = [
-            k.watch(watch_id),
-            k.schedule,
-            k.index(tenant),
-            k.index(tenant, WatchState.PENDING),
-            k.counts(tenant),
+            part.watch(watch_id),
+            part.schedule,
+            part.index(tenant),
+            part.index(tenant, WatchState.PENDING),
+            part.counts(tenant),
         ]
         if idempotency_key is not None:
-            keys.append(k.idempotency(tenant, idempotency_key))
+            keys.append(part.idempotency(tenant, idempotency_key))
         args: list[str | int] = [
             watch_id,
-            encode(doc),
+            pack(cast(WatchDoc, doc)),
             int(max_wait_seconds * 1000),
             fingerprint,
             self.idempotency_ttl,
-            k.watch_prefix,
-            self.max_active_watches,
+            await self._pending_allowance(tenant, part),
             k.events_prefix,
         ]
+        call = self._scripts["register"]
         outcome, payload = await retry_idempotent(
-            lambda: self._scripts["register"](keys=keys, args=args)
+            lambda: self.replication.run(call, keys, args, durable=True)
         )
         if outcome == "conflict":
             raise IdempotencyConflict(payload)
-        if outcome == "gone":
-            raise IdempotencyKeyExpired(payload)
+        if outcome == "earlier":
+            raw = await self.redis.get(part.watch(payload))
+            if raw is None:  # its watch ended and was deleted (retention): never a second one
+                raise IdempotencyKeyExpired(payload)
+            return unpack(raw), False
         if outcome == "over_limit":
             raise TooManyWatches(int(payload), self.max_active_watches)
-        return cast(WatchDoc, decode(payload)), outcome == "created"
+        return unpack(payload), True
+
+    async def _pending_allowance(self, tenant: str, part: Partition) -> int:
+        """How many pending watches the tenant may have in `part`: the limit less those pending
+        in its other partitions (read just before; registrations racing it may pass the limit
+        by their number, never more)."""
+        if self.keys.partitions == 1:
+            return self.max_active_watches
+        pending = await self._gather_counts(tenant, field="pending")
+        others = sum(n for i, n in enumerate(pending) if i != part.number)
+        return max(0, self.max_active_watches - others)
 
     async def get(self, tenant: str, watch_id: str) -> WatchDoc:
         raw = await self.redis.get(self.keys.watch(watch_id))
-        doc: WatchDoc | None = decode(raw) if raw else None
+        doc: WatchDoc | None = unpack(raw) if raw else None
         if doc is None or doc["tenant"] != tenant:
             raise WatchNotFound(watch_id)
         return doc
 
     async def get_many(self, tenant: str, watch_ids: Sequence[str]) -> list[WatchDoc]:
         """The tenant's watches among `watch_ids`, in that order (missing ones left out)."""
-        raws = await self.redis.mget([self.keys.watch(i) for i in watch_ids]) if watch_ids else []
-        docs: list[WatchDoc] = [decode(raw) for raw in raws if raw]
+        if not watch_ids:
+            return []
+        by_partition: dict[int, list[int]] = {}
+        for index, watch_id in enumerate(watch_ids):
+            by_partition.setdefault(self.keys.of(watch_id).number, []).append(index)
+        raws: list[str | None] = [None] * len(watch_ids)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for number, indexes in by_partition.items():
+                part = self.keys.parts[number]
+                pipe.mget([part.watch(watch_ids[i]) for i in indexes])
+            replies = await pipe.execute()
+        for indexes, reply in zip(by_partition.values(), replies, strict=True):
+            for index, raw in zip(indexes, reply, strict=True):
+                raws[index] = raw
+        docs = [unpack(raw) for raw in raws if raw]
         return [doc for doc in docs if doc["tenant"] == tenant]
 
     async def page(
         self, tenant: str, state: WatchState | None, limit: int, cursor: str | None
     ) -> Page:
-        """The tenant's watches, newest first; `cursor` is the last id of the previous page."""
+        """The tenant's watches, newest first; `cursor` is the last id of the previous page.
+        Each partition's index gives its newest `limit + 1` past the cursor; merged, the newest
+        `limit + 1` of all say the page and whether another follows."""
         start = f"({cursor}" if cursor else "+"
-        ids = cast(
-            list[str],
-            await self.redis.zrevrangebylex(
-                self.keys.index(tenant, state), start, "-", start=0, num=limit + 1
-            ),
-        )
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for part in self.keys.parts:
+                pipe.zrevrangebylex(part.index(tenant, state), start, "-", start=0, num=limit + 1)
+            per_partition = cast(list[list[str]], await pipe.execute())
+        merged = heapq.merge(*per_partition, reverse=True)
+        ids = [watch_id for _, watch_id in zip(range(limit + 1), merged, strict=False)]
         page_ids = ids[:limit]
         docs = await self.get_many(tenant, page_ids)
         return Page(docs, page_ids[-1] if len(ids) > limit else None)
@@ -183,7 +226,7 @@ class Store:
         result = await retry_idempotent(lambda: self._scripts["cancel"](keys=keys, args=args))
         if result[0] == "missing":
             raise WatchNotFound(watch_id)
-        doc: WatchDoc = decode(result[1])
+        doc = unpack(result[1])
         if result[0] == "conflict":
             raise WatchConflict(watch_id, f"has already ended: it is {doc['state']}")
         return doc
@@ -192,15 +235,35 @@ class Store:
         """How many watches are due and unclaimed, and how long the oldest has waited (s)."""
         now = await self.server_time_ms()
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zcount(self.keys.schedule, "-inf", now)
-            pipe.zrange(self.keys.schedule, 0, 0, withscores=True)
-            count, head = await pipe.execute()
-        oldest = (now - head[0][1]) / 1000 if head and head[0][1] <= now else 0.0
-        return int(count), oldest
+            for part in self.keys.parts:
+                pipe.zcount(part.schedule, "-inf", now)
+                pipe.zrange(part.schedule, 0, 0, withscores=True)
+            replies = await pipe.execute()
+        count, oldest = 0, 0.0
+        for due, head in zip(replies[::2], replies[1::2], strict=True):
+            count += int(due)
+            if head and head[0][1] <= now:
+                oldest = max(oldest, (now - head[0][1]) / 1000)
+        return count, oldest
 
     async def counts(self, tenant: str) -> dict[str, int]:
-        raw = cast(dict[str, str], await self.redis.hgetall(self.keys.counts(tenant)))
-        return {field: int(value) for field, value in raw.items()}
+        """The tenant's counts (state -> n, wh:<state> -> n), summed over the partitions."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for part in self.keys.parts:
+                pipe.hgetall(part.counts(tenant))
+            replies = cast(list[dict[str, str]], await pipe.execute())
+        total: dict[str, int] = {}
+        for reply in replies:
+            for field, value in reply.items():
+                total[field] = total.get(field, 0) + int(value)
+        return total
+
+    async def _gather_counts(self, tenant: str, field: str) -> list[int]:
+        """One count of the tenant in each partition, in partition order."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for part in self.keys.parts:
+                pipe.hget(part.counts(tenant), field)
+            return [int(value or 0) for value in await pipe.execute()]
 
     # -- the worker's side ------------------------------------------------------------------
 
@@ -223,32 +286,40 @@ class Store:
         pending = [i for i, (_, doc) in enumerate(polls) if doc["state"] == WatchState.PENDING]
         ended = [i for i, (_, doc) in enumerate(polls) if doc["state"] != WatchState.PENDING]
         calls = [self._finish(*polls[i]) for i in ended]
-        if pending:
-            args: list[Any] = [self.keys.watch_prefix, self.keys.events_prefix]
-            for claimed, doc in (polls[i] for i in pending):
-                args += [claimed.id, claimed.token, doc["next_poll_at"], encode(doc)]
-            calls.append((self._scripts["record"], [self.keys.schedule, self.keys.leases], args))
+        by_partition: dict[int, list[int]] = {}
+        for i in pending:
+            by_partition.setdefault(self.keys.of(polls[i][0].id).number, []).append(i)
+        for number, indexes in by_partition.items():
+            part = self.keys.parts[number]
+            keys = [part.schedule, part.leases]
+            args: list[Any] = [self.keys.events_prefix]
+            for claimed, doc in (polls[i] for i in indexes):
+                keys.append(part.watch(claimed.id))
+                args += [claimed.id, claimed.token, doc["next_poll_at"], pack(doc)]
+            calls.append((self._scripts["record"], keys, args))
         own = len(calls)
         results = await run_scripts(self.redis, [*calls, *also], raise_from=own)
         saved = [False] * len(polls)
         for i, done in zip(ended, results, strict=False):
             saved[i] = bool(done)
-        for i, done in zip(pending, results[own - 1] if pending else [], strict=True):
-            saved[i] = bool(done)
+        recorded = results[len(ended) : own]
+        for indexes, flags in zip(by_partition.values(), recorded, strict=True):
+            for i, done in zip(indexes, flags, strict=True):
+                saved[i] = bool(done)
         return saved, results[own:]
 
     def _end_keys(self, watch_id: str, tenant: str, state: str) -> list[str]:
         """The keys of `end_watch` in the Lua prelude (finish.lua, cancel.lua)."""
-        k = self.keys
+        part = self.keys.of(watch_id)
         return [
-            k.schedule,
-            k.leases,
-            k.watch(watch_id),
-            k.index(tenant, WatchState.PENDING),
-            k.index(tenant, state),
-            k.counts(tenant),
-            k.expiry,
-            k.outbox,
+            part.schedule,
+            part.leases,
+            part.watch(watch_id),
+            part.index(tenant, WatchState.PENDING),
+            part.index(tenant, state),
+            part.counts(tenant),
+            part.expiry,
+            part.outbox,
         ]
 
     def _finish(self, claimed: Claimed, doc: WatchDoc) -> ScriptCall:
@@ -256,7 +327,7 @@ class Store:
         args = [
             claimed.id,
             claimed.token,
-            encode(doc),
+            pack(doc),
             doc["state"],
             self.retention_ms,
             "1" if has_webhook else "0",
@@ -270,29 +341,34 @@ class Store:
         )
 
     async def forget_expired(self, limit: int = 500) -> int:
-        """Delete terminal watches past their retention whose webhooks have settled; returns
-        how many."""
-        k = self.keys
+        """Delete terminal watches past their retention whose webhooks have settled, up to
+        `limit` per partition; returns how many."""
         now = await self.server_time_ms()
-        ids = cast(
-            list[str], await self.redis.zrangebyscore(k.expiry, "-inf", now, start=0, num=limit)
-        )
-        raws = await self.redis.mget([k.watch(i) for i in ids]) if ids else []
         forgotten = 0
-        for watch_id, raw in zip(ids, raws, strict=True):
-            doc = decode(raw) if raw else {"tenant": "", "state": ""}
-            forgotten += await self._scripts["forget"](
-                keys=[
-                    k.expiry,
-                    k.watch(watch_id),
-                    k.deliveries(watch_id),
-                    k.index(doc["tenant"]),
-                    k.index(doc["tenant"], doc["state"]),
-                    k.counts(doc["tenant"]),
-                ],
-                args=[watch_id, doc["state"], RETENTION_RECHECK_MS],
+        for part in self.keys.parts:
+            ids = cast(
+                list[str],
+                await self.redis.zrangebyscore(part.expiry, "-inf", now, start=0, num=limit),
             )
+            raws = await self.redis.mget([part.watch(i) for i in ids]) if ids else []
+            for watch_id, raw in zip(ids, raws, strict=True):
+                tenant, state = (doc["tenant"], doc["state"]) if (doc := _doc(raw)) else ("", "")
+                forgotten += await self._scripts["forget"](
+                    keys=[
+                        part.expiry,
+                        part.watch(watch_id),
+                        part.deliveries(watch_id),
+                        part.index(tenant),
+                        part.index(tenant, state),
+                        part.counts(tenant),
+                    ],
+                    args=[watch_id, state, RETENTION_RECHECK_MS],
+                )
         return forgotten
 
     async def server_time_ms(self) -> int:
         return await server_time_ms(self.redis)
+
+
+def _doc(raw: str | bytes | None) -> WatchDoc | None:
+    return unpack(raw) if raw else None

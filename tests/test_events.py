@@ -65,7 +65,7 @@ async def test_a_stream_follows_a_watch_from_pending_to_completed(store: Store) 
         await wait_for(lambda: len(parse("".join(chunks))) == 2)
         again = (await store.schedule.claim(10, 30, "t2", None)).watches
         assert again == []  # not due: finish it through a fresh claim after making it due
-        await store.redis.zadd(store.keys.schedule, {claimed.id: now})
+        await store.redis.zadd(store.keys.of(claimed.id).schedule, {claimed.id: now})
         second = await claim_one(store)
         done = copy.deepcopy(second.doc)
         later = await store.server_time_ms() + 1

@@ -554,7 +554,7 @@ async def test_polls_over_budget_are_put_off_in_line_without_spending_an_attempt
     assert POLLS_DEFERRED.labels("budget")._value.get() - deferred_before == 3
     put_off = [d["id"] for d in docs if d["attempts"] == 0]
     due = sorted(
-        [await store.redis.zscore(store.keys.schedule, i) - leased.now_ms for i in put_off]
+        [await store.redis.zscore(store.keys.of(i).schedule, i) - leased.now_ms for i in put_off]
     )
     # In line at 2/s: about 0.5 s, 1 s and 1.5 s from now (+10 % spread).
     for place, wait_ms in enumerate(due):
@@ -671,7 +671,7 @@ async def test_a_host_whose_state_cannot_be_read_puts_off_its_own_polls_only(
     assert (await store.get(TENANT, healthy["id"]))["attempts"] == 1
     assert (await store.get(TENANT, broken["id"]))["attempts"] == 0
     assert POLLS_DEFERRED.labels("budget_unavailable")._value.get() - unavailable == 1
-    due = await store.redis.zscore(store.keys.schedule, broken["id"])
+    due = await store.redis.zscore(store.keys.of(broken["id"]).schedule, broken["id"])
     assert due is not None and due - leased.now_ms < 5_000  # put off briefly, not to its lease
 
 
@@ -731,9 +731,9 @@ async def test_a_store_error_while_taking_the_budget_puts_the_poll_off(
 
     assert not hits
     assert (await store.get(TENANT, doc["id"]))["attempts"] == 0
-    due = await store.redis.zscore(store.keys.schedule, doc["id"])
+    due = await store.redis.zscore(store.keys.of(doc["id"]).schedule, doc["id"])
     assert due is not None and due - leased.now_ms < 5_000  # released, not left to its lease
-    assert await store.redis.hget(store.keys.leases, doc["id"]) is None
+    assert await store.redis.hget(store.keys.of(doc["id"]).leases, doc["id"]) is None
     # Counted apart from polls over budget: a store error is no sign of a busy host.
     assert POLLS_DEFERRED.labels("budget")._value.get() == deferred["budget"]
     assert (

@@ -210,8 +210,8 @@ async def test_a_new_watch_is_due_at_once_and_a_claim_leases_it(store: Store) ->
     assert [(c.id, c.doc, c.token) for c in leased.watches] == [(doc["id"], doc, "tok-1")]
     expires = leased.now_ms + LONG_LEASE * 1000
     assert leased.next_due_ms == expires
-    assert await store.redis.zscore(store.keys.schedule, doc["id"]) == expires
-    assert await store.redis.hget(store.keys.leases, doc["id"]) == "tok-1"
+    assert await store.redis.zscore(store.keys.of(doc["id"]).schedule, doc["id"]) == expires
+    assert await store.redis.hget(store.keys.of(doc["id"]).leases, doc["id"]) == "tok-1"
     assert (await claim(store)).watches == []
 
 
@@ -219,7 +219,9 @@ async def test_claim_returns_only_due_watches(store: Store) -> None:
     later = await register(store)
     claimed = await claim_one(store)
     assert await record_in(store, claimed, claimed.doc, 60)  # next poll in a minute
-    assert not await store.redis.hexists(store.keys.leases, claimed.id)  # lease given back
+    assert not await store.redis.hexists(
+        store.keys.of(claimed.id).leases, claimed.id
+    )  # lease given back
     due = await register(store)
 
     leased = await claim(store)
@@ -227,7 +229,10 @@ async def test_claim_returns_only_due_watches(store: Store) -> None:
     assert [c.id for c in leased.watches] == [due["id"]]
     # the earliest thing in the schedule is now that new lease (30 s), not `later` (60 s)
     assert leased.next_due_ms == leased.now_ms + LONG_LEASE * 1000
-    assert await store.redis.zscore(store.keys.schedule, later["id"]) > leased.next_due_ms
+    assert (
+        await store.redis.zscore(store.keys.of(later["id"]).schedule, later["id"])
+        > leased.next_due_ms
+    )
     assert (await claim(store)).watches == []
 
 
@@ -260,7 +265,7 @@ async def test_extend_moves_the_expiry_and_keeps_the_token(store: Store) -> None
 
     assert await store.schedule.extend([claimed], LONG_LEASE) == [True]
 
-    assert await store.redis.hget(store.keys.leases, claimed.id) == claimed.token
+    assert await store.redis.hget(store.keys.of(claimed.id).leases, claimed.id) == claimed.token
     await asyncio.sleep(0.1)  # the first lease would have expired by now
     assert (await claim(store)).watches == []
     # The token held since the claim still writes: an extension never voids a write in flight.
@@ -272,11 +277,11 @@ async def test_an_extension_after_the_write_changes_nothing(store: Store) -> Non
     await register(store)
     claimed = await claim_one(store)
     assert await record_in(store, claimed, claimed.doc, 60) is True
-    due = await store.redis.zscore(store.keys.schedule, claimed.id)
+    due = await store.redis.zscore(store.keys.of(claimed.id).schedule, claimed.id)
 
     assert await store.schedule.extend([claimed], LONG_LEASE) == [False]
 
-    assert await store.redis.zscore(store.keys.schedule, claimed.id) == due
+    assert await store.redis.zscore(store.keys.of(claimed.id).schedule, claimed.id) == due
 
 
 async def test_release_makes_a_leased_watch_due_at_once(store: Store) -> None:
@@ -300,7 +305,7 @@ async def test_a_claim_whose_reply_was_lost_is_handed_back_by_the_next(store: St
 
     assert {c.id for c in recovered.watches} == ids
     assert {c.token for c in recovered.watches} == {"next-token"}
-    assert await store.redis.hvals(store.keys.leases) == ["next-token"] * 3
+    assert await store.redis.hvals(store.keys.parts[0].leases) == ["next-token"] * 3
 
 
 async def test_record_with_the_current_token_saves_and_reschedules(store: Store) -> None:
@@ -332,7 +337,7 @@ async def test_save_mixes_records_and_finishes_and_survives_a_script_flush(store
 
     assert saved == [True, True, False]
     assert await store.get(TENANT, first.id) == polled
-    assert await store.redis.zscore(store.keys.schedule, first.id) == now + 60_000
+    assert await store.redis.zscore(store.keys.of(first.id).schedule, first.id) == now + 60_000
     assert (await store.get(TENANT, second.id))["state"] == "completed"
     assert await counts(store) == {"pending": 2, "completed": 1}
 
@@ -369,7 +374,7 @@ async def test_a_stale_token_changes_nothing(store: Store) -> None:
     stale = await claim_one(store, lease_seconds=0.05)
     current = (await claim_within(store, seconds=2.0)).watches[0]
     before = await raw_doc(store, stale.id)
-    schedule_before = await store.redis.zscore(store.keys.schedule, stale.id)
+    schedule_before = await store.redis.zscore(store.keys.of(stale.id).schedule, stale.id)
     changed = {**stale.doc, "attempts": 99}
 
     assert await record_in(store, stale, changed, 0) is False
@@ -379,9 +384,9 @@ async def test_a_stale_token_changes_nothing(store: Store) -> None:
     assert await record_in(store, wrong, changed, 0) is False
 
     assert await raw_doc(store, stale.id) == before
-    assert await store.redis.zscore(store.keys.schedule, stale.id) == schedule_before
-    assert await store.redis.hget(store.keys.leases, stale.id) == current.token
-    assert not await in_zset(store, store.keys.outbox, stale.id)
+    assert await store.redis.zscore(store.keys.of(stale.id).schedule, stale.id) == schedule_before
+    assert await store.redis.hget(store.keys.of(stale.id).leases, stale.id) == current.token
+    assert not await in_zset(store, store.keys.of(stale.id).outbox, stale.id)
     assert await counts(store) == {"pending": 1}
 
 
@@ -403,12 +408,12 @@ async def test_finish_moves_the_watch_to_its_terminal_state(
 
     k = store.keys
     assert await store.get(TENANT, claimed.id) == done
-    assert not await in_zset(store, k.schedule, claimed.id)
-    assert not await in_zset(store, k.index(TENANT, "pending"), claimed.id)
-    assert await in_zset(store, k.index(TENANT, state), claimed.id)
-    assert await in_zset(store, k.index(TENANT), claimed.id)
-    assert await in_zset(store, k.expiry, claimed.id)
-    queued = await in_zset(store, k.outbox, claimed.id)
+    assert not await in_zset(store, k.of(claimed.id).schedule, claimed.id)
+    assert not await in_zset(store, k.of(claimed.id).index(TENANT, "pending"), claimed.id)
+    assert await in_zset(store, k.of(claimed.id).index(TENANT, state), claimed.id)
+    assert await in_zset(store, k.of(claimed.id).index(TENANT), claimed.id)
+    assert await in_zset(store, k.of(claimed.id).expiry, claimed.id)
+    queued = await in_zset(store, k.of(claimed.id).outbox, claimed.id)
     assert queued is (webhook_state == "pending")
     expected = {state: 1, "wh:pending": 1} if queued else {state: 1}
     assert await counts(store) == expected
@@ -430,11 +435,11 @@ async def test_cancel_ends_a_pending_watch_and_fences_its_worker(store: Store) -
     assert await store.get(TENANT, doc["id"]) == cancelled
     assert await counts(store) == {"cancelled": 1}
     k = store.keys
-    assert not await in_zset(store, k.schedule, doc["id"])
-    assert not await in_zset(store, k.index(TENANT, "pending"), doc["id"])
-    assert await in_zset(store, k.index(TENANT, "cancelled"), doc["id"])
-    assert await in_zset(store, k.expiry, doc["id"])
-    assert not await in_zset(store, k.outbox, doc["id"])
+    assert not await in_zset(store, k.of(doc["id"]).schedule, doc["id"])
+    assert not await in_zset(store, k.of(doc["id"]).index(TENANT, "pending"), doc["id"])
+    assert await in_zset(store, k.of(doc["id"]).index(TENANT, "cancelled"), doc["id"])
+    assert await in_zset(store, k.of(doc["id"]).expiry, doc["id"])
+    assert not await in_zset(store, k.of(doc["id"]).outbox, doc["id"])
     assert (await claim(store)).watches == []
     assert await save(store, holder, terminal(holder, "completed", "pending")) is False
     assert await record_in(store, holder, holder.doc, 0) is False
@@ -480,11 +485,16 @@ async def test_cancel_of_another_tenants_or_unknown_watch_is_not_found(store: St
 
 
 async def test_forget_expired_deletes_ended_watches_and_their_traces(store: Store) -> None:
-    short = Store(store.redis, namespace=store.keys.namespace, retention_seconds=0.001)
+    short = Store(
+        store.redis,
+        namespace=store.keys.namespace,
+        partitions=store.keys.partitions,
+        retention_seconds=0.001,
+    )
     finished = await register(short)
     claimed = await claim_one(short)
     assert await save(short, claimed, terminal(claimed, "completed", "delivered"))
-    await short.redis.hset(short.keys.counts(TENANT), "wh:delivered", 1)
+    await short.redis.hset(short.keys.of(finished["id"]).counts(TENANT), "wh:delivered", 1)
     cancelled = await register(short)
     await short.cancel(TENANT, cancelled["id"])
     kept = await register(short)
@@ -506,12 +516,14 @@ async def test_forget_expired_deletes_ended_watches_and_their_traces(store: Stor
     assert forgotten == 2
     for gone in (cancelled["id"], finished["id"]):
         assert await raw_doc(short, gone) is None
-        assert not await in_zset(short, k.index(TENANT), gone)
-        assert not await in_zset(short, k.expiry, gone)
+        assert not await in_zset(short, k.of(gone).index(TENANT), gone)
+        assert not await in_zset(short, k.of(gone).expiry, gone)
         with pytest.raises(WatchNotFound):
             await short.get(TENANT, gone)
-    assert not await in_zset(short, k.index(TENANT, "cancelled"), cancelled["id"])
-    assert not await in_zset(short, k.index(TENANT, "completed"), finished["id"])
+    assert not await in_zset(
+        short, k.of(cancelled["id"]).index(TENANT, "cancelled"), cancelled["id"]
+    )
+    assert not await in_zset(short, k.of(finished["id"]).index(TENANT, "completed"), finished["id"])
     assert not await short.redis.exists(k.deliveries(finished["id"]))
     assert await counts(short) == {"pending": 1}
     assert await short.get(TENANT, kept["id"]) == kept
@@ -532,7 +544,12 @@ async def test_forget_expired_keeps_watches_within_retention(store: Store) -> No
 
 async def test_retention_keeps_a_watch_until_its_webhook_settles(store: Store) -> None:
     """A finished watch whose webhook is still retried is not swept (item 18b of #8)."""
-    short = Store(store.redis, namespace=store.keys.namespace, retention_seconds=0.001)
+    short = Store(
+        store.redis,
+        namespace=store.keys.namespace,
+        partitions=store.keys.partitions,
+        retention_seconds=0.001,
+    )
     await register(short)
     claimed = await claim_one(short)
     assert await save(short, claimed, terminal(claimed, "completed", "pending"))
@@ -542,7 +559,7 @@ async def test_retention_keeps_a_watch_until_its_webhook_settles(store: Store) -
 
     assert (await short.get(TENANT, claimed.id))["webhook"]["state"] == "pending"
     assert await counts(short) == {"completed": 1, "wh:pending": 1}
-    recheck = await short.redis.zscore(short.keys.expiry, claimed.id)
+    recheck = await short.redis.zscore(short.keys.of(claimed.id).expiry, claimed.id)
     assert recheck > await short.server_time_ms() + 3_000_000  # looked at again in an hour
 
 
@@ -550,7 +567,12 @@ async def test_an_idempotency_key_whose_watch_was_swept_never_creates_another(
     store: Store,
 ) -> None:
     """Same key and body after retention must not give a second watch with 201 (item 18c)."""
-    short = Store(store.redis, namespace=store.keys.namespace, retention_seconds=0.001)
+    short = Store(
+        store.redis,
+        namespace=store.keys.namespace,
+        partitions=store.keys.partitions,
+        retention_seconds=0.001,
+    )
     first = await register(short, idempotency_key="k1", fingerprint="f1")
     await short.cancel(TENANT, first["id"])
     await asyncio.sleep(0.01)
@@ -564,7 +586,12 @@ async def test_an_idempotency_key_whose_watch_was_swept_never_creates_another(
 
 
 async def test_registration_beyond_the_tenants_cap_is_refused(store: Store) -> None:
-    capped = Store(store.redis, namespace=store.keys.namespace, max_active_watches=2)
+    capped = Store(
+        store.redis,
+        namespace=store.keys.namespace,
+        partitions=store.keys.partitions,
+        max_active_watches=2,
+    )
     first = await register(capped, idempotency_key="k1", fingerprint="f1")
     await register(capped)
 

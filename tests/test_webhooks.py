@@ -518,7 +518,7 @@ class Harness:
 
     async def queued(self, watch_id: str) -> float | None:
         """The watch's score in the outbox: None when no delivery is due or in flight."""
-        score: float | None = await self.redis.zscore(self.keys.outbox, watch_id)
+        score: float | None = await self.redis.zscore(self.keys.of(watch_id).outbox, watch_id)
         return score
 
 

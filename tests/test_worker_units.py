@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from client.backoff import BackoffPolicy
 from client.upstream import Observation
+from service.keys import Keys
 from service.leases import Claim, Claimed, LeasedQueue
 from service.models import WatchCreate
 from service.outbox import Outbox
@@ -67,7 +68,7 @@ async def test_the_keeper_notices_a_lease_taken_by_another(store: Store) -> None
     await keeper.extend_all()
 
     assert not keeper.holds(claimed) and keeper.lost == 1
-    assert await store.redis.hget(store.keys.leases, taken.id) == taken.token
+    assert await store.redis.hget(store.keys.of(taken.id).leases, taken.id) == taken.token
 
 
 # -- the claim loop --------------------------------------------------------------------------
@@ -85,9 +86,15 @@ class BlockedLoop(ClaimLoop):
 class OneItemQueue(LeasedQueue):
     def __init__(self) -> None:
         self.claims = 0
+        self.keys = Keys()
 
     async def claim(
-        self, limit: int, lease_seconds: float, token: str, lost_token: str | None = None
+        self,
+        limit: int,
+        lease_seconds: float,
+        token: str,
+        lost_token: str | None = None,
+        partition: int = 0,
     ) -> Claim:
         self.claims += 1
         doc: Any = {"id": f"w{self.claims}"}
@@ -157,7 +164,12 @@ class FailingQueue(OneItemQueue):
         self.tokens: list[tuple[str, str | None]] = []
 
     async def claim(
-        self, limit: int, lease_seconds: float, token: str, lost_token: str | None = None
+        self,
+        limit: int,
+        lease_seconds: float,
+        token: str,
+        lost_token: str | None = None,
+        partition: int = 0,
     ) -> Claim:
         self.tokens.append((token, lost_token))
         raise self.error

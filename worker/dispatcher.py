@@ -27,6 +27,7 @@ from service.outbox import Outbox, Outcome
 from service.settings import Settings
 
 from .loop import ClaimLoop, LeaseLost
+from .partitions import Assignment
 from .spec import SpecCache
 
 logger = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ class Dispatcher(ClaimLoop):
         settings: Settings,
         *,
         rng: random.Random | None = None,
+        assignment: Assignment | None = None,
     ) -> None:
         # A POST starts only on a lease confirmed for its whole timeout (see `_send`): a lease
         # of twice the timeout leaves the keeper room to confirm it between its ticks.
@@ -103,6 +105,7 @@ class Dispatcher(ClaimLoop):
             settings.worker_concurrency,
             max(settings.lease_seconds, 2 * settings.webhook_timeout),
             settings.per_host_concurrency,
+            assignment,
         )
         self.outbox = outbox
         self.session = session

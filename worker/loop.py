@@ -1,9 +1,10 @@
 """The claim loop shared by the poller and the webhook dispatcher.
 
-Claim up to the free slots from a leased schedule, run each claimed item in its own task (its
-lease kept alive by the loop's `LeaseKeeper` until its result is written), nap until the next
-item is due (at most `idle_sleep`, which bounds lateness), ride out any store error with backoff,
-and on stop drain in-flight work within a grace period, then give back what is left.
+Claim up to the free slots from a leased schedule, from the partition its `PartitionPicker`
+says is due (`partitions.py`), run each claimed item in its own task (its lease kept alive by
+the loop's `LeaseKeeper` until its result is written), nap until the next item is due (at most
+`idle_sleep`, which bounds lateness), ride out any store error with backoff, and on stop drain
+in-flight work within a grace period, then give back what is left.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from service.logs import watch_fields
 from service.metrics import LEASES_LOST
 
 from .leases import LeaseKeeper
+from .partitions import Assignment, PartitionPicker
 from .retry import FailureStreak, outage_backoff
 
 logger = logging.getLogger(__name__)
@@ -128,8 +130,12 @@ class ClaimLoop(ABC):
         concurrency: int,
         lease_seconds: float,
         host_limit: int | None = None,
+        assignment: Assignment | None = None,
     ) -> None:
         self.queue = queue
+        self.picker = PartitionPicker(
+            assignment or Assignment(None, queue.partitions), queue, self.idle_sleep * 1000
+        )
         self.concurrency = concurrency
         self.lease_seconds = lease_seconds
         self.keeper = LeaseKeeper(queue, lease_seconds, self.name)
@@ -180,8 +186,9 @@ class ClaimLoop(ABC):
             await self.keeper.release_all()
 
     async def _claim_until_stopped(self) -> None:
-        token, lost_token = self._next_token(), None
+        token, lost_token, lost_partition = self._next_token(), None, None
         clock = asyncio.get_running_loop().time
+        picker = self.picker
         while not self.stopping.is_set():
             self.heartbeat = clock()
             free = self.concurrency - len(self.in_flight)
@@ -189,29 +196,42 @@ class ClaimLoop(ABC):
                 self._slot_free.clear()
                 await self._slot_free.wait()
                 continue
+            # A claim whose reply was lost is followed by one on its partition, with its token.
+            partition = lost_partition
+            if partition is None:
+                partition = picker.pick(self.server_now_ms())
+            if partition is None:
+                await self._idle()
+                continue
             sent_at = clock()
             try:
-                claim = await self.queue.claim(free, self.lease_seconds, token, lost_token)
+                claim = await self.queue.claim(
+                    free, self.lease_seconds, token, lost_token, partition
+                )
             except Exception as exc:
                 # The claim may have run with its reply lost: the next one, with the same token,
                 # first hands back whatever this token leased.
-                lost_token = token
+                lost_token, lost_partition = token, partition
                 await self._nap(self._claim_failures.failed(exc))
                 continue
             self._claim_failures.succeeded()
-            token, lost_token = self._next_token(), None
+            token, lost_token, lost_partition = self._next_token(), None, None
             self.sync_clock(claim.now_ms)
             for claimed in claim.watches:
                 self.keeper.hold(claimed, since=sent_at)
                 task = asyncio.create_task(self._handle(claimed))
                 self.in_flight.add(task)
                 task.add_done_callback(self._done)
-            if len(claim.watches) < free:
-                wait_ms = self.idle_sleep * 1000
-                if claim.next_due_ms is not None:
-                    wait_ms = min(wait_ms, claim.next_due_ms - claim.now_ms)
-                if wait_ms > 0:
-                    await self._nap(wait_ms / 1000)
+            picker.claimed(partition, claim.now_ms, claim.next_due_ms, len(claim.watches) >= free)
+
+    async def _idle(self) -> None:
+        """No partition worth a claim now: help an overdue one, or nap until one is due."""
+        try:
+            await self.picker.help(self.server_now_ms(), asyncio.get_running_loop().time() * 1000)
+        except Exception as exc:  # helping is optional; claiming reports Redis trouble
+            logger.debug("%s: reading other partitions failed: %s", self.name, exc)
+        if self.picker.pick(self.server_now_ms()) is None:
+            await self._nap(max(0.001, self.picker.wait_ms(self.server_now_ms()) / 1000))
 
     def _next_token(self) -> str:
         self._claims += 1

@@ -42,6 +42,7 @@ from service.store import Store
 
 from .budget import Admission, HostBudget, policy_of
 from .loop import ClaimLoop, Deferred, LeaseLost, WriteBatch
+from .partitions import Assignment
 from .retry import FailureStreak
 from .schedules import LearnedSchedules, completion_sample
 from .spec import SpecCache, WatchSpec
@@ -156,12 +157,14 @@ class Poller(ClaimLoop):
         settings: Settings,
         *,
         rng: random.Random | None = None,
+        assignment: Assignment | None = None,
     ) -> None:
         super().__init__(
             store.schedule,
             settings.worker_concurrency,
             settings.lease_seconds,
             settings.per_host_concurrency,
+            assignment,
         )
         self.store = store
         self.session = session
@@ -219,6 +222,8 @@ class Poller(ClaimLoop):
         await self._write(claimed, updated)
         if updated["state"] != WatchState.PENDING:
             WATCHES_FINISHED.labels(updated["state"]).inc()
+        elif updated["next_poll_at"] is not None:
+            self.picker.scheduled(self.store.keys.of(claimed.id).number, updated["next_poll_at"])
 
     async def _write(self, claimed: Claimed, updated: WatchDoc) -> None:
         if not await self.write_while_held(claimed, lambda: self.writes.add((claimed, updated))):

@@ -17,9 +17,12 @@ from collections.abc import Iterable
 
 import aiohttp
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from service.connection import connect
 from service.outbox import Outbox
+from service.replication import Replication
+from service.roster import Roster
 from service.settings import Settings
 from service.ssrf import guarded_connector
 from service.store import Store
@@ -27,6 +30,7 @@ from service.store import Store
 from . import health
 from .dispatcher import Dispatcher
 from .loop import ClaimLoop
+from .partitions import Assignment
 from .poller import Poller
 from .retry import FailureStreak
 
@@ -97,16 +101,28 @@ class Worker:
                 store = Store(
                     redis,
                     namespace=settings.namespace,
+                    partitions=settings.partitions,
                     retention_seconds=settings.retention_seconds,
                 )
+                await self._check_partitions(store)
+                assignment = Assignment(Roster(redis, store.keys), settings.partitions)
                 if "poller" in self.roles:
-                    self.poller = Poller(store, session, settings)
+                    self.poller = Poller(store, session, settings, assignment=assignment)
                 if "dispatcher" in self.roles:
-                    outbox = Outbox(redis, namespace=settings.namespace)
-                    self.dispatcher = Dispatcher(outbox, session, settings)
+                    replication = Replication(
+                        redis, settings.wait_replicas, settings.wait_timeout_ms
+                    )
+                    outbox = Outbox(
+                        redis,
+                        namespace=settings.namespace,
+                        partitions=settings.partitions,
+                        replication=replication,
+                    )
+                    self.dispatcher = Dispatcher(outbox, session, settings, assignment=assignment)
                 if self.stopping.is_set():
                     self.stop()
                 sweeper = asyncio.create_task(self._sweep(store))
+                beats = asyncio.create_task(assignment.run(self.stopping))
                 loops = [asyncio.create_task(self._run_loop(loop)) for loop in self.loops]
                 endpoint = await health.start(self.loops, settings) if self.serve_metrics else None
                 try:
@@ -114,6 +130,7 @@ class Worker:
                 finally:
                     self.stop()  # should one loop have failed, the others end too
                     await asyncio.wait(loops)
+                    await beats
                     sweeper.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await sweeper
@@ -123,6 +140,17 @@ class Worker:
             if self._redis is None:
                 await redis.aclose()
         logger.info("worker stopped")
+
+    async def _check_partitions(self, store: Store) -> None:
+        """Refuse to run with another partition count than the store's (`PartitionsMismatch`
+        ends the process); wait out a Redis that cannot be reached yet."""
+        failures = FailureStreak("checking the store's partition count", logger)
+        while not self.stopping.is_set():
+            try:
+                await store.check_partitions()
+                return
+            except (RedisError, OSError) as exc:
+                await asyncio.sleep(failures.failed(exc))
 
     async def _run_loop(self, loop: ClaimLoop) -> None:
         await loop.run(self.settings.shutdown_grace_seconds)

@@ -21,7 +21,7 @@ local now = now_ms()
 doc.state = 'cancelled'
 doc.updated_at = now
 doc.finished_at = now
-doc.next_poll_at = cjson.null
+doc.next_poll_at = nil  -- stored documents leave nulls out (service.docs)
 doc.cancel_request = ARGV[4]
 local encoded = cjson.encode(doc)
 end_watch(KEYS, ARGV[1], encoded, 'cancelled', now, tonumber(ARGV[3]), false, ARGV[5], ARGV[2])

@@ -1,11 +1,11 @@
 -- Register a watch, or answer an earlier registration with the same idempotency key.
 -- KEYS: doc, schedule, index, index:pending, counts[, idempotency]
 -- ARGV: id, doc JSON (without times), max_wait_ms, body fingerprint, idempotency TTL s,
---       watch key prefix, most pending watches of the tenant, events channel prefix
+--       most pending watches of the tenant in this partition, events channel prefix
 -- The id is drawn by the caller: finding it means this very call already ran (a client retry
 -- after a lost reply or a timeout), so answer it again without counting the watch twice.
--- Returns {'created' | 'existing', doc} | {'conflict', earlier id} | {'gone', earlier id}
---       | {'over_limit', pending count}
+-- Returns {'created', doc} | {'earlier', earlier id} (the caller reads that watch: same slot)
+--       | {'conflict', earlier id} | {'over_limit', pending count}
 local again = redis.call('GET', KEYS[1])
 if again then
   return {'created', again}
@@ -19,16 +19,11 @@ if KEYS[6] then
     if string.sub(earlier, sep + 1) ~= ARGV[4] then
       return {'conflict', earlier_id}
     end
-    local earlier_doc = redis.call('GET', ARGV[6] .. earlier_id)
-    if earlier_doc then
-      return {'existing', earlier_doc}
-    end
-    -- Its watch ended and was deleted (retention): never create a second one for this key.
-    return {'gone', earlier_id}
+    return {'earlier', earlier_id}
   end
 end
 local pending = tonumber(redis.call('HGET', KEYS[5], 'pending') or '0')
-if pending >= tonumber(ARGV[7]) then
+if pending >= tonumber(ARGV[6]) then
   return {'over_limit', tostring(pending)}
 end
 local doc = cjson.decode(ARGV[2])
@@ -45,5 +40,5 @@ redis.call('HINCRBY', KEYS[5], 'pending', 1)
 if KEYS[6] then
   redis.call('SET', KEYS[6], ARGV[1] .. ' ' .. ARGV[4], 'EX', ARGV[5])
 end
-notify_tenant(ARGV[8], doc.tenant, ARGV[1])
+notify_tenant(ARGV[7], doc.tenant, ARGV[1])
 return {'created', encoded}

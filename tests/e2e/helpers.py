@@ -215,10 +215,15 @@ async def wait_all_done(
     return summary
 
 
-async def raw_counts(redis: aioredis.Redis, namespace: str) -> dict[str, int]:
-    """The counts hash as stored (the API clamps negative counts to 0; this does not)."""
-    raw = await redis.hgetall(Keys(namespace).counts(TENANT))
-    return {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
+async def raw_counts(redis: aioredis.Redis, namespace: str, partitions: int = 1) -> dict[str, int]:
+    """The counts hashes as stored, summed over the partitions (the API clamps negative counts
+    to 0; this does not)."""
+    total: dict[str, int] = {}
+    for part in Keys(namespace, partitions).parts:
+        for k, v in (await redis.hgetall(part.counts(TENANT))).items():
+            field = k.decode() if isinstance(k, bytes) else k
+            total[field] = total.get(field, 0) + int(v)
+    return total
 
 
 async def verify_final(
@@ -226,6 +231,7 @@ async def verify_final(
     registered: list[Registered],
     redis: aioredis.Redis | None = None,
     namespace: str | None = None,
+    partitions: int = 1,
 ) -> Counter[str]:
     """Every watch exists once, in its expected terminal state; the totals agree with it."""
     watches = await api.list_all()
@@ -255,7 +261,7 @@ async def verify_final(
     for state, count in by_state.items():  # the per-state listing agrees too
         assert len(await api.list_all(state)) == count, state
     if redis is not None and namespace is not None:
-        counts = await raw_counts(redis, namespace)
+        counts = await raw_counts(redis, namespace, partitions)
         stored = {s: counts.get(s, 0) for s in ("pending", *TERMINAL)}
         assert stored == {s: by_state.get(s, 0) for s in ("pending", *TERMINAL)}, counts
     return by_state

@@ -56,7 +56,7 @@ def plan_jobs(
 
 async def leases(redis: aioredis.Redis, namespace: str) -> dict[str, str]:
     """The watches under lease right now: id -> fencing token."""
-    held = await redis.hgetall(Keys(namespace).leases)
+    held = await redis.hgetall(Keys(namespace).parts[0].leases)
     return {key.decode(): value.decode() for key, value in held.items()}
 
 
@@ -122,7 +122,7 @@ async def test_sigkilled_worker_loses_nothing(
     await wait_all_done(api, 1000, timeout=60, alive=procs.check_alive)
     print(f"all done {time.monotonic() - jobs_started:.1f}s after the jobs started")
     await verify_final(api, registered, shared_redis, namespace)
-    assert await shared_redis.zcard(Keys(namespace).schedule) == 0
+    assert await shared_redis.zcard(Keys(namespace).parts[0].schedule) == 0
     # The simulator served every job's terminal answer (and the orphans were polled again).
     jobs = await sim.jobs(r.job_id for r in registered if r.job_id is not None)
     unanswered = [i for i, d in jobs.items() if d["completed_noticed_at"] is None]
