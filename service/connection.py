@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -67,6 +69,18 @@ def connect(settings: Settings) -> aioredis.Redis:
         retry=Retry(NoBackoff(), retries=0),
     )
     return aioredis.Redis(connection_pool=pool)
+
+
+async def subscriber(redis: aioredis.Redis) -> PubSub:
+    """A Pub/Sub connection. On a cluster: to one node, any (a PUBLISH reaches every node),
+    drawn again at each call, so a resubscription after a node failed goes elsewhere."""
+    if isinstance(redis, RedisCluster):
+        await redis.initialize()  # once: the nodes are known after that
+        node = random.choice(redis.get_nodes())
+        redis = aioredis.Redis(
+            host=node.host, port=node.port, decode_responses=True, socket_connect_timeout=2
+        )
+    return redis.pubsub(ignore_subscribe_messages=True)
 
 
 def embedded() -> aioredis.Redis:

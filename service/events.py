@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from .connection import subscriber
 from .domain import WatchDoc, WatchState
 from .errors import WatchNotFound
 from .models import render_watch
@@ -123,7 +124,7 @@ class EventHub:
         while True:
             await self._someone.wait()
             try:
-                async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                async with await subscriber(self.redis) as pubsub:
                     self._resync.set()
                     while self._waiting:
                         if self._resync.is_set():

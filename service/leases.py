@@ -61,7 +61,7 @@ async def run_scripts(
     index `raise_from` (default: any) is raised; later calls' errors are returned instead."""
     async with redis.pipeline(transaction=False) as pipe:
         for script, keys, args in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
         results: list[Any] = await pipe.execute(raise_on_error=False)
     missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
     if missing:

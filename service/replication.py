@@ -39,7 +39,7 @@ class Replication:
         for _ in range(2):  # once more after NOSCRIPT (it did not run)
             started = time.perf_counter()
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
                 if isinstance(self.redis, RedisCluster):
                     node = self.redis.get_node_from_key(keys[0])
                     pipe.execute_command("WAIT", self.replicas, self.timeout_ms, target_nodes=node)

@@ -188,7 +188,7 @@ class Store:
         async with self.redis.pipeline(transaction=False) as pipe:
             for number, indexes in by_partition.items():
                 part = self.keys.parts[number]
-                pipe.mget([part.watch(watch_ids[i]) for i in indexes])
+                pipe.execute_command("MGET", *(part.watch(watch_ids[i]) for i in indexes))
             replies = await pipe.execute()
         for indexes, reply in zip(by_partition.values(), replies, strict=True):
             for index, raw in zip(indexes, reply, strict=True):

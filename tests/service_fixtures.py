@@ -21,8 +21,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.app import create_app
+from service.connection import connect
 from service.settings import Settings
 from service.store import Store
+from tests.redis_cluster import LocalCluster, cluster  # noqa: F401 (the session fixture)
 
 REAL_REDIS_URL = os.environ.get("VTW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 # Nothing listens on port 1: every command fails at once with a connection error.
@@ -51,11 +53,19 @@ async def real_redis_or_skip(**options: Any) -> aioredis.Redis:
     return client
 
 
-@pytest.fixture(params=["fakeredis", "redis"])
+def cluster_client(url: str) -> aioredis.Redis:
+    """A client of a Redis Cluster, configured as the service's (`connect`)."""
+    return connect(Settings(redis_url=url, redis_cluster=True))
+
+
+@pytest.fixture(params=["fakeredis", "redis", "cluster"])
 async def redis_client(request: pytest.FixtureRequest) -> AsyncIterator[aioredis.Redis]:
-    """The contract suite runs against fakeredis and against the real Redis."""
+    """The contract suite runs against fakeredis, the real Redis and a real Redis Cluster."""
     if request.param == "fakeredis":
         client = fake_redis()
+    elif request.param == "cluster":
+        local: LocalCluster = request.getfixturevalue("cluster")
+        client = cluster_client(local.url)
     else:
         client = await real_redis_or_skip(decode_responses=True)
     try:
@@ -65,9 +75,12 @@ async def redis_client(request: pytest.FixtureRequest) -> AsyncIterator[aioredis
 
 
 async def delete_namespace(client: aioredis.Redis, namespace: str) -> None:
-    keys = [key async for key in client.scan_iter(match=f"vtw:{{{namespace}}}:*", count=500)]
-    if keys:
-        await client.delete(*keys)
+    """Every key of the namespace, of any partition (one by one: a cluster spreads them)."""
+    keys = [key async for key in client.scan_iter(match=f"vtw:{{{namespace}*", count=500)]
+    async with client.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.delete(key)
+        await pipe.execute()
 
 
 @pytest.fixture
