@@ -19,13 +19,14 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ClusterDownError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -48,7 +49,7 @@ def connect(settings: Settings) -> aioredis.Redis:
     if settings.redis_url is None:
         return embedded()
     if settings.redis_cluster:
-        cluster = RedisCluster.from_url(
+        cluster = HealingCluster.from_url(
             settings.redis_url,
             max_connections=max(64, settings.worker_concurrency),
             decode_responses=True,
@@ -69,6 +70,33 @@ def connect(settings: Settings) -> aioredis.Redis:
         retry=Retry(NoBackoff(), retries=0),
     )
     return aioredis.Redis(connection_pool=pool)
+
+
+# A node that stopped answering, or a cluster in a failover: the slot map must be read again.
+NODE_LOST = (RedisConnectionError, RedisTimeoutError, ClusterDownError)
+
+
+class HealingPipeline(ClusterPipeline):
+    """A cluster pipeline that, when a node is lost, has the client read the slot map again
+    before its next command (redis-py does so for single commands, not for pipelines, so a
+    client that only pipelines would keep calling a dead master). Nothing is re-sent."""
+
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> Any:
+        try:
+            results = await super().execute(raise_on_error, allow_redirections)
+        except NODE_LOST:
+            await self.cluster_client.aclose()
+            raise
+        if any(isinstance(result, NODE_LOST) for result in results):
+            await self.cluster_client.aclose()
+        return results
+
+
+class HealingCluster(RedisCluster):
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> Any:
+        if shard_hint:
+            raise ValueError("shard_hint is not supported on a cluster")
+        return HealingPipeline(self, transaction)  # type: ignore[abstract]  # as redis-py's
 
 
 async def subscriber(redis: aioredis.Redis) -> PubSub:

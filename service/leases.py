@@ -21,6 +21,7 @@ from redis.exceptions import NoScriptError
 from .docs import unpack
 from .domain import WatchDoc
 from .keys import Keys, QueueKind
+from .replication import Replication
 
 # A script, its keys and its arguments: one EVALSHA of a pipeline (`run_scripts`).
 ScriptCall = tuple[AsyncScript, list[str], list[Any]]
@@ -87,10 +88,20 @@ async def server_time_ms(redis: aioredis.Redis) -> int:
 
 class LeasedQueue:
     """One leased schedule (the poller's or the outbox), in every partition: `claim` from one
-    partition, `extend` and `release` items of any (claim.lua, extend.lua)."""
+    partition, `extend` and `release` items of any (claim.lua, extend.lua).
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys, kind: QueueKind) -> None:
+    A claim of the outbox waits for replicas (`replication`) before a webhook is sent under it:
+    a lease lost in a failover would let a second dispatcher send the same webhook at once."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: Keys,
+        kind: QueueKind,
+        replication: Replication | None = None,
+    ) -> None:
         self.redis, self.keys, self.kind = redis, keys, kind
+        self.replication = replication or Replication(redis)
         scripts = load_scripts(redis, ("claim", "extend"))
         self._claim, self._extend = scripts["claim"], scripts["extend"]
 
@@ -110,9 +121,11 @@ class LeasedQueue:
         (a second round trip, same slot). `lost_token`: a claim whose reply never arrived (its
         items are made due again first)."""
         part = self.keys.parts[partition]
-        reply = await self._claim(
-            keys=list(part.queue(self.kind)),
-            args=[limit, int(lease_seconds * 1000), token, lost_token or ""],
+        reply = await self.replication.run(
+            self._claim,
+            list(part.queue(self.kind)),
+            [limit, int(lease_seconds * 1000), token, lost_token or ""],
+            durable=self.kind == "outbox",
         )
         now, next_due, ids = int(reply[0]), int(reply[1]), cast(list[str], reply[2:])
         raws = await self.redis.mget([part.watch(i) for i in ids]) if ids else []

@@ -55,7 +55,7 @@ class Outbox:
         self.keys = Keys(namespace, partitions)
         self.replication = replication or Replication(redis)
         self._scripts = load_scripts(redis, SCRIPTS)
-        self.queue = LeasedQueue(redis, self.keys, "outbox")
+        self.queue = LeasedQueue(redis, self.keys, "outbox", self.replication)
 
     async def record_attempt(
         self,

@@ -120,6 +120,16 @@ class LocalCluster:
             return False
         return info.get("cluster_state") == "ok" and int(info.get("cluster_size", 0)) == 3
 
+    def wait_promoted(self, seconds: float = READY_SECONDS) -> None:
+        """After a master was killed: until its replica is a master and the cluster is ok."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if len(self.masters()) == 3:
+                self.wait_ok(deadline - time.monotonic())
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"no replica was promoted within {seconds:.0f} s ({self.root})")
+
     def kill(self, port: int) -> None:
         self.procs[port].kill()
         self.procs[port].wait()

@@ -78,9 +78,18 @@ class Api:
         self.http, self.url = http, url
 
     async def register(
-        self, status_url: str, policy: dict[str, float], metadata: dict[str, Any]
+        self,
+        status_url: str,
+        policy: dict[str, float],
+        metadata: dict[str, Any],
+        webhook_url: str | None = None,
     ) -> dict[str, Any]:
-        body = {"status_url": status_url, "policy": policy, "metadata": metadata}
+        body = {
+            "status_url": status_url,
+            "policy": policy,
+            "metadata": metadata,
+            "webhook_url": webhook_url,
+        }
         response = await self.http.post(f"{self.url}/v1/watches", json=body)
         assert response.status_code == 201, response.text
         watch: dict[str, Any] = response.json()
@@ -166,7 +175,9 @@ async def register_all(
     return registered
 
 
-async def register_ahead(sim: Simulator, api: Api, plan: list[Planned]) -> list[Registered]:
+async def register_ahead(
+    sim: Simulator, api: Api, plan: list[Planned], webhook_url: str | None = None
+) -> list[Registered]:
     """Register every watch first, then create all their jobs in one batch: the jobs' clocks
     start together, after registration, so all the watches are in flight at once.
 
@@ -178,7 +189,10 @@ async def register_ahead(sim: Simulator, api: Api, plan: list[Planned]) -> list[
     watches = await gather_limited(
         [
             lambda p=p, job_id=job_id: api.register(
-                f"{sim.url}/jobs/{job_id}/status", p.policy, {"job": job_id, "expected": p.expected}
+                f"{sim.url}/jobs/{job_id}/status",
+                p.policy,
+                {"job": job_id, "expected": p.expected},
+                webhook_url,
             )
             for p, job_id in zip(plan, job_ids, strict=True)
         ]
