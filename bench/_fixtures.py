@@ -72,25 +72,27 @@ async def register_all(
 
 
 async def delete_namespace(store: Store) -> int:
-    """Unlink every key of the store's namespace; returns how many."""
-    deleted = 0
-    batch: list[str] = []
-    async for key in store.redis.scan_iter(match=f"{store.keys.prefix}*", count=1000):
-        batch.append(key)
-        if len(batch) >= 1000:
-            deleted += await store.redis.unlink(*batch)
-            batch.clear()
-    if batch:
-        deleted += await store.redis.unlink(*batch)
-    return deleted
+    """Unlink every key of the store's namespace, of every partition (one by one: on a cluster
+    they live on every node); returns how many."""
+    pattern = f"vtw:{{{store.keys.namespace}*"
+    keys = [key async for key in store.redis.scan_iter(match=pattern, count=1000)]
+    for start in range(0, len(keys), 1000):
+        async with store.redis.pipeline(transaction=False) as pipe:
+            for key in keys[start : start + 1000]:
+                pipe.delete(key)
+            await pipe.execute()
+    return len(keys)
 
 
 async def release_leases(store: Store) -> int:
     """Make leased watches due now (a lease left by a stopped worker); returns how many."""
-    held = cast(dict[str, str], await store.redis.hgetall(store.keys.leases))
     doc = cast(WatchDoc, {})
-    await store.schedule.release([Claimed(i, token, doc) for i, token in held.items()])
-    return len(held)
+    released = 0
+    for part in store.keys.parts:
+        held = cast(dict[str, str], await store.redis.hgetall(part.leases))
+        await store.schedule.release([Claimed(i, token, doc) for i, token in held.items()])
+        released += len(held)
+    return released
 
 
 def worker_settings(cfg: Config, redis_url: str, namespace: str) -> dict[str, Any]:

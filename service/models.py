@@ -76,8 +76,23 @@ class WatchCreate(BaseModel):
         return value
 
     def spec(self) -> dict[str, Any]:
-        """What the store keeps of the request (the immutable part of a watch)."""
-        return self.model_dump(mode="json")
+        """What the store keeps of the request (the immutable part of a watch): fields at
+        their defaults are left out (`full_spec` puts them back)."""
+        return self.model_dump(mode="json", exclude_defaults=True)
+
+
+POLICY_DEFAULTS: dict[str, Any] = Policy().model_dump(mode="json")
+
+
+def full_spec(spec_json: str) -> dict[str, Any]:
+    """A stored spec (`WatchCreate.spec`) with the defaults it leaves out filled back in."""
+    spec = json.loads(spec_json)
+    return {
+        "webhook_url": None,
+        "metadata": {},
+        **spec,
+        "policy": {**POLICY_DEFAULTS, **spec.get("policy", {})},
+    }
 
 
 def _check_json_document(value: Any, name: str, max_depth: int) -> None:
@@ -188,7 +203,7 @@ def timestamp(ms: int | None) -> datetime | None:
 
 def render_watch(doc: Mapping[str, Any]) -> Watch:
     """The stored document as the API's Watch."""
-    spec = json.loads(doc["spec"])
+    spec = full_spec(doc["spec"])
     times = ("created_at", "updated_at", "last_polled_at", "next_poll_at", "deadline")
     return Watch.model_validate(
         {

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
-import json
 from collections import OrderedDict
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from client.backoff import BackoffPolicy
 from client.learned import upstream_key
+from service.models import full_spec
 
 # The cache is bounded by the size of the spec texts it keys on (metadata may take 4 KiB each).
 CACHE_BUDGET_BYTES = 16 * 1024 * 1024
@@ -84,7 +84,7 @@ class SpecCache:
         return spec
 
     def parse(self, spec_json: str) -> WatchSpec:
-        spec = json.loads(spec_json)
+        spec = full_spec(spec_json)
         policy = spec["policy"]
         backoff = BackoffPolicy(
             initial_wait_time=policy["initial_wait_time"],
