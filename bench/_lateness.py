@@ -110,8 +110,8 @@ async def measure_lateness(
 async def schedule_skew(store: Store, period: float) -> list[float]:
     """Per watch not leased right now: its schedule score minus its doc's `next_poll_at` (ms),
     read in one atomic step while the worker runs."""
-    k = store.keys
-    reply = await store.redis.eval(SNAPSHOT_LUA, 1, k.schedule, k.watch_prefix)
+    k = store.keys.parts[0]
+    reply = await store.redis.eval(SNAPSHOT_LUA, 1, k.schedule, k.watch(""))
     now, rest = int(reply[0]), reply[1:]
     skews = []
     for score, raw in zip(rest[::2], rest[1::2], strict=True):

@@ -6,7 +6,8 @@
 #   yamllint     every YAML file under deploy/
 #   scripts      shellcheck of deploy/*.sh
 #   compose      `docker compose config -q`: compose.yaml, its demo profile and the host-network
-#                override, with deploy/.env.example; and a missing VTW_API_KEYS must fail
+#                override, and compose.cluster.yaml (Redis Cluster), with deploy/.env.example;
+#                and a missing VTW_API_KEYS must fail
 #   kubernetes   each overlay rendered (kubectl kustomize, else deploy/validate/kustomize_lite.py;
 #                both, and compared, where kubectl exists), then validated with
 #                kubernetes-validate --strict against the oldest and newest versions we support
@@ -92,10 +93,14 @@ check "compose config: compose.yaml --profile demo" \
 check "compose config: + compose.hostnet.yaml --profile demo" \
 	dc "${hostnet[@]}" --env-file "$tmp/hostnet.env" --profile demo config -q
 check "compose config: fails fast without VTW_API_KEYS" missing_keys_fail
+check "compose config: compose.cluster.yaml" \
+	dc -f deploy/compose.cluster.yaml --env-file deploy/.env.example config -q
 dc "${base[@]}" --env-file deploy/.env.example --profile demo config --format json \
 	>"$tmp/compose.json" 2>/dev/null
 dc "${hostnet[@]}" --env-file "$tmp/hostnet.env" --profile demo config --format json \
 	>"$tmp/compose-hostnet.json" 2>/dev/null
+dc -f deploy/compose.cluster.yaml --env-file deploy/.env.example config --format json \
+	>"$tmp/compose-cluster.json" 2>/dev/null
 
 # --- kubernetes
 kubectl=${KUBECTL:-kubectl} # KUBECTL=none tries the fallback renderer
@@ -121,7 +126,8 @@ for version in $K8S_VERSIONS; do
 done
 
 check "invariants (grace periods, Redis durability, hardening, lock)" \
-	"$py" deploy/validate/invariants.py --compose "$tmp/compose.json" "$tmp/compose-hostnet.json" \
+	"$py" deploy/validate/invariants.py \
+	--compose "$tmp/compose.json" "$tmp/compose-hostnet.json" "$tmp/compose-cluster.json" \
 	--k8s "${rendered[@]}" --lock deploy/requirements.lock
 
 if ((${#failed[@]})); then

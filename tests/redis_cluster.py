@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import redis
 
-NODES = 6
+MASTERS = 3
 NODE_TIMEOUT_MS = 1000  # how soon a silent master is failed over (replica promoted)
 READY_SECONDS = 30.0
 
@@ -48,6 +48,7 @@ def _free_ports(n: int) -> list[int]:
 class LocalCluster:
     root: Path
     ports: list[int]
+    aof: bool = True
     procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -141,9 +142,11 @@ class LocalCluster:
             proc.wait()
 
 
-def start_cluster() -> LocalCluster:
+def start_cluster(aof: bool = True, replicas: int = 1) -> LocalCluster:
+    """Start 3 masters with `replicas` each, make them a cluster, wait until it is ok (`aof`:
+    AOF, everysec)."""
     root = Path(tempfile.mkdtemp(prefix="vtw-test-cluster-"))
-    local = LocalCluster(root, _free_ports(NODES))
+    local = LocalCluster(root, _free_ports(MASTERS * (1 + replicas)), aof)
     for port in local.ports:
         local.start_node(port)
     try:

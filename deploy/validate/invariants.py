@@ -30,6 +30,7 @@ STOP_MARGIN_SECONDS = 5.0
 DEFAULT_GRACE_SECONDS = 10.0
 REDIS_SETTINGS = {"appendonly": "yes", "appendfsync": "everysec", "maxmemory-policy": "noeviction"}
 VTWATCH_SERVICES = {"api", "worker", "simulator", "receiver"}
+REDIS = "redis-server"
 
 
 def seconds(duration: str) -> float:
@@ -60,10 +61,13 @@ def check_compose(path: Path) -> Iterator[str]:
     stop = seconds(worker.get("stop_grace_period", "10s"))
     if stop < grace + STOP_MARGIN_SECONDS:
         yield f"worker: stop_grace_period {stop:g}s leaves no room after the {grace:g}s grace"
-    command = services["redis"]["command"]
-    for key, value in REDIS_SETTINGS.items():
-        if redis_settings(command).get(key) != value:
-            yield f"redis: command lacks --{key} {value}"
+    nodes = {n: s["command"] for n, s in services.items() if s.get("command", [])[:1] == [REDIS]}
+    if not nodes:
+        yield "no redis-server service"
+    for name, command in nodes.items():  # one Redis, or each node of a cluster
+        for key, value in REDIS_SETTINGS.items():
+            if redis_settings(command).get(key) != value:
+                yield f"{name}: command lacks --{key} {value}"
 
 
 def pod_spec(doc: Doc) -> Doc:
