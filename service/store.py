@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import heapq
 import json
+import math
 import random
 import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -47,6 +49,10 @@ SCRIPTS = ("register", "record", "finish", "cancel", "forget")
 # A finished watch whose webhook is still being delivered outlives its retention: checked again
 # this long after (its delivery settles first).
 RETENTION_RECHECK_MS = 3_600_000
+# With P > 1, a tenant's pending counts in the other partitions are read again after this long,
+# or at every registration once it is within a tenth of its limit (`_pending_allowance`).
+PENDING_FRESH_SECONDS = 1.0
+NEAR_LIMIT = 0.9
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +84,7 @@ class Store:
         self.hosts = HostBook(redis, self.keys)
         # An upstream's learned durations outlive its last completed job by the retention.
         self.durations = DurationBook(redis, self.keys, retention_seconds)
+        self._pending_seen: dict[str, tuple[float, list[int]]] = {}  # tenant -> (when, counts)
 
     async def ping(self) -> None:
         await self.redis.ping()
@@ -158,17 +165,26 @@ class Store:
             return unpack(raw), False
         if outcome == "over_limit":
             raise TooManyWatches(int(payload), self.max_active_watches)
+        if tenant in self._pending_seen:  # counted here until the next read
+            self._pending_seen[tenant][1][part.number] += 1
         return unpack(payload), True
 
     async def _pending_allowance(self, tenant: str, part: Partition) -> int:
         """How many pending watches the tenant may have in `part`: the limit less those pending
-        in its other partitions (read just before; registrations racing it may pass the limit
-        by their number, never more)."""
+        in its other partitions. Those are read again when last read over a second ago, or
+        within a tenth of the limit (this process's registrations since count): far from it, a
+        burst of registrations costs no extra round trip each; near it, only registrations
+        racing the read (other API processes') may pass the limit, by their number."""
+        limit = self.max_active_watches
         if self.keys.partitions == 1:
-            return self.max_active_watches
-        pending = await self._gather_counts(tenant, field="pending")
+            return limit
+        now = time.monotonic()
+        read_at, pending = self._pending_seen.get(tenant, (-math.inf, []))
+        if now - read_at > PENDING_FRESH_SECONDS or sum(pending) >= NEAR_LIMIT * limit:
+            pending = await self._gather_counts(tenant, field="pending")
+            self._pending_seen[tenant] = (now, pending)
         others = sum(n for i, n in enumerate(pending) if i != part.number)
-        return max(0, self.max_active_watches - others)
+        return max(0, limit - others)
 
     async def get(self, tenant: str, watch_id: str) -> WatchDoc:
         raw = await self.redis.get(self.keys.watch(watch_id))

@@ -159,7 +159,7 @@ def start_cluster(aof: bool = True, replicas: int = 1) -> LocalCluster:
                 "create",
                 *(f"127.0.0.1:{port}" for port in local.ports),
                 "--cluster-replicas",
-                "1",
+                str(replicas),
                 "--cluster-yes",
             ],
             check=True,
