@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
@@ -15,11 +15,11 @@ from redis.asyncio.cluster import RedisCluster
 from service.domain import new_watch_id, partition_of
 from service.errors import PartitionsMismatch, TooManyWatches
 from service.keys import Keys
-from service.leases import Claimed
+from service.leases import Claimed, LeasedQueue
 from service.replication import Replication
 from service.store import Store
 from tests.service_fixtures import delete_namespace
-from worker.partitions import owners
+from worker.partitions import Assignment, PartitionPicker, owners
 
 P = 4
 TENANT = "acme"
@@ -131,3 +131,56 @@ def test_rendezvous_moves_few_partitions_when_a_worker_joins_or_leaves() -> None
     assert all(after[p] == "w4" for p in moved) and 4 <= len(moved) <= 20
     gone = owners(workers[1:], 48)
     assert all(gone[p] == before[p] for p in range(48) if before[p] != "w0")
+
+
+class Heads:
+    """A queue that only answers `heads` (what `PartitionPicker.help` reads)."""
+
+    def __init__(self, heads: dict[int, float | None]) -> None:
+        self._heads = heads
+        self.reads = 0
+
+    async def heads(self, partitions: list[int]) -> list[float | None]:
+        self.reads += 1
+        return [self._heads.get(p) for p in partitions]
+
+
+def picker_of(own: set[int], partitions: int, heads: Heads | None = None) -> PartitionPicker:
+    assignment = Assignment(None, partitions)
+    assignment.own = frozenset(own)
+    assignment.others = tuple(p for p in range(partitions) if p not in own)
+    return PartitionPicker(assignment, cast(LeasedQueue, heads or Heads({})), nap_ms=50)
+
+
+def test_the_picker_claims_its_own_partitions_due_soonest_first_and_probes_a_bounded_few() -> None:
+    picker = picker_of({0, 1, 2, 3, 4, 5, 6, 7}, 16)
+    now = 1_000_000
+    first = [picker.pick(now) for _ in range(1)]
+    assert first[0] in range(8)  # never probed: every own partition is worth a claim
+    for p in range(8):
+        picker.claimed(p, now, None, full=False)  # all empty
+    assert picker.pick(now) is None
+    assert picker.recheck_ms() == 100  # 8 own partitions, 4 probes per 50 ms nap
+    assert picker.wait_ms(now) == 50
+    picker.claimed(3, now, now + 20, full=False)  # 3's head is due in 20 ms
+    assert picker.pick(now + 20) == 3
+    picker.scheduled(5, now + 10)  # a save of ours made 5 due sooner
+    assert picker.pick(now + 10) == 5
+    picker.claimed(5, now + 10, now + 500, full=True)  # full: claim again at once
+    assert picker.pick(now + 10) == 5
+
+
+async def test_an_idle_picker_helps_the_most_overdue_others_at_most_once_a_second() -> None:
+    now = 1_000_000
+    heads = Heads({4: now - 5_000, 5: now - 200, 6: now - 9_000, 7: now - 3_000})
+    picker = picker_of({0}, 8, heads)
+    picker.claimed(0, now, None, full=False)
+    await picker.help(now, clock_ms=0)
+    assert heads.reads == 1
+    assert picker.pick(now) == 4  # the two most overdue (6, 4), 5 is not late enough
+    picker.claimed(4, now, None, full=False)  # came back short: no longer helped
+    assert picker.pick(now) == 6
+    picker.claimed(6, now, None, full=False)
+    assert picker.pick(now) is None
+    await picker.help(now, clock_ms=500)  # within a second: no read
+    assert heads.reads == 1

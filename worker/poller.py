@@ -42,7 +42,7 @@ from service.store import Store
 
 from .budget import Admission, HostBudget, policy_of
 from .loop import ClaimLoop, Deferred, LeaseLost, WriteBatch
-from .partitions import Assignment
+from .partitions import Assignment, PartitionPicker
 from .retry import FailureStreak
 from .schedules import LearnedSchedules, completion_sample
 from .spec import SpecCache, WatchSpec
@@ -176,6 +176,8 @@ class Poller(ClaimLoop):
         self._budget_failures = FailureStreak(f"{self.name}: taking host budgets", logger)
         self.writes: WriteBatch[tuple[Claimed, WatchDoc], bool] = WriteBatch(self._save)
         self.polls = 0
+        # The dispatcher's picker in this process, told of the webhooks this poller queues.
+        self.outbox_picker: PartitionPicker | None = None
         self.lateness_ms: deque[int] = deque(maxlen=100_000)
         INFLIGHT_POLLS.set_function(lambda: len(self.in_flight))
 
@@ -222,12 +224,17 @@ class Poller(ClaimLoop):
         await self._write(claimed, updated)
         if updated["state"] != WatchState.PENDING:
             WATCHES_FINISHED.labels(updated["state"]).inc()
-        elif updated["next_poll_at"] is not None:
-            self.picker.scheduled(self.store.keys.of(claimed.id).number, updated["next_poll_at"])
 
     async def _write(self, claimed: Claimed, updated: WatchDoc) -> None:
+        """Save under the lease, then tell this process's pickers when the partition has
+        something due next: the watch's next poll, or its webhook (at once)."""
         if not await self.write_while_held(claimed, lambda: self.writes.add((claimed, updated))):
             raise LeaseLost(claimed.id)
+        partition = self.store.keys.of(claimed.id).number
+        if updated["next_poll_at"] is not None:
+            self.picker.scheduled(partition, updated["next_poll_at"])
+        elif updated["webhook"]["state"] == WebhookState.PENDING and self.outbox_picker:
+            self.outbox_picker.scheduled(partition, updated["updated_at"])
 
     async def _poll(self, claimed: Claimed, spec: WatchSpec) -> tuple[Observation, int] | str:
         """One request if the host's budget and breaker admit it: what it saw, and when it was

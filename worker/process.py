@@ -119,6 +119,8 @@ class Worker:
                         replication=replication,
                     )
                     self.dispatcher = Dispatcher(outbox, session, settings, assignment=assignment)
+                if self.poller is not None and self.dispatcher is not None:
+                    self.poller.outbox_picker = self.dispatcher.picker
                 if self.stopping.is_set():
                     self.stop()
                 sweeper = asyncio.create_task(self._sweep(store))
