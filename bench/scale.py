@@ -140,8 +140,7 @@ def start_workers(
 ) -> list[Proc]:
     env = worker_env(cfg, url, namespace)
     env |= {"VTW_PARTITIONS": str(partitions), "VTW_REDIS_CLUSTER": str(cluster).lower()}
-    # One simulator is every watch's host: lift the fleet-wide host budget off the measurement.
-    env |= {"VTW_METRICS_PORT": "0", "VTW_HOST_RATE_LIMIT": "1000000", "VTW_HOST_BURST": "1000000"}
+    env |= {"VTW_METRICS_PORT": "0"}
     argv = vtwatch("--log-level", "warning", "worker")
     tag = secrets.token_hex(2)
     return [Proc(f"worker-{i}", argv, folder / f"worker-{tag}-{i}.log", env) for i in range(n)]
