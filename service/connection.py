@@ -105,8 +105,13 @@ async def subscriber(redis: aioredis.Redis) -> PubSub:
     if isinstance(redis, RedisCluster):
         await redis.initialize()  # once: the nodes are known after that
         node = random.choice(redis.get_nodes())
-        redis = aioredis.Redis(
-            host=node.host, port=node.port, decode_responses=True, socket_connect_timeout=2
+        redis = aioredis.Redis(  # no silent reconnect: a lost subscription must surface
+            host=node.host,
+            port=node.port,
+            decode_responses=True,
+            socket_connect_timeout=2,
+            health_check_interval=15,
+            retry=Retry(NoBackoff(), retries=0),
         )
     return redis.pubsub(ignore_subscribe_messages=True)
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import fakeredis
 import pytest
+from redis.asyncio.cluster import RedisCluster
 
 from service.events import MAX_QUEUED_IDS, EventHub, Follower, parse_event_id, stream, tenant_stream
 from service.models import WatchCreate
@@ -204,7 +205,9 @@ async def test_a_tenant_stream_says_resync_when_its_subscription_was_lost(store:
     following = asyncio.create_task(collect(tenant_stream(store, hub, TENANT), chunks))
     try:
         await wait_for(lambda: "event: ready" in "".join(chunks))
-        await store.redis.client_kill_filter(_type="pubsub")  # a dropped connection
+        # A dropped connection (on a cluster: on whichever node the hub subscribed to).
+        everywhere = {"target_nodes": "all"} if isinstance(store.redis, RedisCluster) else {}
+        await store.redis.client_kill_filter(_type="pubsub", **everywhere)
         await wait_for(lambda: "event: resync" in "".join(chunks), 10)
         doc, _ = await store.register(TENANT, SPEC, 3600)  # and live again after it
         await wait_for(lambda: doc["id"] in "".join(chunks))

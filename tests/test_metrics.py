@@ -61,8 +61,11 @@ async def test_metric_labels_never_carry_ids_paths_or_tenants(make_api: ApiFacto
 async def test_a_workers_healthz_fails_when_a_loop_is_stuck() -> None:
     import asyncio
 
+    import fakeredis
     from aiohttp.test_utils import TestClient, TestServer
 
+    from service.keys import Keys
+    from service.leases import LeasedQueue
     from worker import health
     from worker.loop import ClaimLoop
 
@@ -71,7 +74,8 @@ async def test_a_workers_healthz_fails_when_a_loop_is_stuck() -> None:
 
         async def handle(self, claimed: object) -> None: ...
 
-    loop = Idle(None, concurrency=1, lease_seconds=30)  # type: ignore[arg-type]
+    queue = LeasedQueue(fakeredis.FakeAsyncRedis(), Keys(), "schedule")
+    loop = Idle(queue, concurrency=1, lease_seconds=30)
     async with TestClient(TestServer(health.create_app([loop]))) as client:
         loop.heartbeat = asyncio.get_running_loop().time()
         fresh = await client.get("/healthz")
