@@ -66,6 +66,9 @@ async def redis_client(request: pytest.FixtureRequest) -> AsyncIterator[aioredis
     elif request.param == "cluster":
         local: LocalCluster = request.getfixturevalue("cluster")
         client = cluster_client(local.url)
+        # As the service does at start (its partition check): concurrent first commands on a
+        # client that has not read the slot map yet can fail (redis-py).
+        await client.initialize()  # type: ignore[attr-defined]
     else:
         client = await real_redis_or_skip(decode_responses=True)
     try:

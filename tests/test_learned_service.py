@@ -133,7 +133,7 @@ async def test_an_upstream_has_a_key_of_its_own_slot_that_expires(
 
     keys = [store.keys.durations(u) for u in (first, second)]
     assert len({key_slot(k.encode()) for k in keys}) == 2
-    assert key_slot(keys[0].encode()) != key_slot(store.keys.schedule.encode())
+    assert key_slot(keys[0].encode()) != key_slot(store.keys.parts[0].schedule.encode())
     assert 0 < await store.redis.pttl(keys[0]) <= store.retention_ms
     assert (await store.redis.hgetall(keys[0]))["upstream"] == first
 
@@ -327,7 +327,7 @@ async def poll_due(poller: Poller, store: Store) -> list[str]:
 
 
 async def make_due(store: Store, watch_id: str) -> None:
-    await store.redis.zadd(store.keys.schedule, {watch_id: 0})
+    await store.redis.zadd(store.keys.of(watch_id).schedule, {watch_id: 0})
 
 
 async def test_a_trained_upstream_puts_the_first_poll_off_without_a_request(
@@ -348,7 +348,8 @@ async def test_a_trained_upstream_puts_the_first_poll_off_without_a_request(
         # Jobs end at 9.5-10.5 s: the first poll waits until about then (less 10 % jitter).
         assert 8_000 <= waits <= 10_500, waits
         assert (
-            await store.redis.zscore(store.keys.schedule, adaptive["id"]) == put_off["next_poll_at"]
+            await store.redis.zscore(store.keys.of(adaptive["id"]).schedule, adaptive["id"])
+            == put_off["next_poll_at"]
         )
         polled = await store.get(TENANT, blind["id"])
         assert polled["attempts"] == 1 and len(upstream.hits) == 1  # only the blind one
