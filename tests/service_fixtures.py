@@ -68,7 +68,7 @@ async def redis_client(request: pytest.FixtureRequest) -> AsyncIterator[aioredis
         client = cluster_client(local.url)
         # As the service does at start (its partition check): concurrent first commands on a
         # client that has not read the slot map yet can fail (redis-py).
-        await client.initialize()  # type: ignore[attr-defined]
+        await client.initialize()
     else:
         client = await real_redis_or_skip(decode_responses=True)
     try:
