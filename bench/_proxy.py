@@ -2,9 +2,9 @@
 sends the host, notes when each arrived and how it was answered, and can play a host that is
 down (answers 503 itself).
 
-The same idea as the proxy of `tests/e2e/test_host_budget_e2e.py`, here with what a benchmark
-needs: arrivals kept as plain tuples, a 503 mode that can be switched on and off, and the
-busiest one-second window in fixed and in sliding windows.
+Used by bench/hosts.py and tests/e2e/test_host_budget_e2e.py: arrivals kept as plain records,
+a 503 mode that can be switched on and off, and the busiest one-second window in fixed and in
+sliding windows.
 """
 
 from __future__ import annotations

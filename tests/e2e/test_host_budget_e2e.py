@@ -1,8 +1,9 @@
 """The fleet-wide host budget and circuit breaker with real processes (issue 11, items 1-2).
 
 An API, two workers and the simulator (`--host-rate-limit 30`: 429 beyond 30 requests/s), with
-a counting proxy of the test's own in front of the simulator: every watch polls through it, so
-it sees every request the fleet sends the host, and it can play a host that answers 503.
+the benchmark's counting proxy (bench/_proxy.py) in front of the simulator: every watch polls
+through it, so it sees every request the fleet sends the host, and it can play a host that
+answers 503.
 """
 
 from __future__ import annotations
@@ -11,16 +12,14 @@ import asyncio
 import random
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import pairwise
 
-import aiohttp
 import httpx
 import pytest
-from aiohttp import web
 
-from .faults import serve
+from bench._proxy import CountingProxy, busiest_window
+
 from .helpers import Api, Planned, Simulator, register_all, verify_final, wait_all_done
 from .procs import SHARED_REDIS_URL, Processes, poll_until, service_env
 
@@ -28,60 +27,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(90)]
 
 RATE_LIMIT = 20
 SIMULATOR_LIMIT = 30
-
-
-@dataclass
-class CountingProxy:
-    """Forwards `GET /jobs/{id}/status` to the simulator, noting each request's arrival; while
-    `failing`, answers 503 itself (the host is down)."""
-
-    target: str
-    failing: bool = False
-    arrivals: list[tuple[float, str, int]] = field(default_factory=list)  # (time, job, status)
-    _session: aiohttp.ClientSession | None = None
-
-    async def status(self, request: web.Request) -> web.Response:
-        arrived = time.monotonic()
-        job = request.match_info["job"]
-        if self.failing:
-            self.arrivals.append((arrived, job, 503))
-            return web.json_response({"detail": "down"}, status=503)
-        assert self._session is not None
-        async with self._session.get(f"{self.target}/jobs/{job}/status") as answer:
-            body = await answer.read()
-            headers = {k: v for k, v in answer.headers.items() if k.lower() == "retry-after"}
-        self.arrivals.append((arrived, job, answer.status))
-        return web.Response(
-            body=body, status=answer.status, headers=headers, content_type="application/json"
-        )
-
-    async def start(self) -> tuple[web.AppRunner, str]:
-        self._session = aiohttp.ClientSession()
-        app = web.Application()
-        app.router.add_get("/jobs/{job}/status", self.status)
-        return await serve(app)
-
-    async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-    def times(self, since: float = 0.0, until: float = float("inf")) -> list[float]:
-        return [t for t, _, _ in self.arrivals if since <= t < until]
-
-
-def busiest_window(times: list[float], length: float = 1.0) -> tuple[int, int]:
-    """The most requests in one second: in fixed windows from the first request, and in any
-    (sliding) window."""
-    if not times:
-        return 0, 0
-    start = times[0]
-    fixed = Counter(int((t - start) // length) for t in times)
-    sliding, left = 0, 0
-    for right, t in enumerate(times):
-        while t - times[left] >= length:
-            left += 1
-        sliding = max(sliding, right - left + 1)
-    return max(fixed.values()), sliding
 
 
 async def test_two_workers_keep_one_host_within_its_budget(
@@ -104,7 +49,7 @@ async def test_two_workers_keep_one_host_within_its_budget(
         "simulator", "--seed", str(seed), "--host-rate-limit", str(SIMULATOR_LIMIT)
     )
     proxy = CountingProxy(sim_url)
-    runner, proxy_url = await proxy.start()
+    proxy_url = await proxy.start()
     try:
         _, api_url = await procs.start_api(env)
         sim, api = Simulator(http, sim_url), Api(http, api_url)
@@ -131,12 +76,11 @@ async def test_two_workers_keep_one_host_within_its_budget(
         status = await api.status()
         assert all(w.running() for w in workers)
     finally:
-        await runner.cleanup()
         await proxy.aclose()
 
     times = proxy.times()
     fixed, sliding = busiest_window(times)
-    answered = Counter(code for _, _, code in proxy.arrivals)
+    answered = proxy.answered()
     share_429 = answered[429] / len(times)
     print(
         f"{len(times)} requests in {took:.1f}s ({len(times) / took:.1f}/s); busiest second: "
@@ -152,7 +96,7 @@ async def test_two_workers_keep_one_host_within_its_budget(
     assert host["host"] == "127.0.0.1" and host["rate_limit"] == RATE_LIMIT
     assert host["breaker"] == "closed"
     # A poll put off spent no attempt: each watch's attempts are the requests made for it.
-    requests_per_job = Counter(job for _, job, _ in proxy.arrivals)
+    requests_per_job = proxy.per_job()
     watches = {w["id"]: w for w in await api.list_all()}
     job_of = {w["id"]: w["status_url"].split("/jobs/")[1].split("/")[0] for w in watches.values()}
     mismatched = [
@@ -174,7 +118,7 @@ async def test_a_host_answering_503_gets_one_probe_per_cooldown_from_the_fleet(
     env = service_env(SHARED_REDIS_URL, namespace, lease_seconds=5, host_breaker_cooldown=cooldown)
     _, sim_url = await procs.start_simulator("simulator")
     proxy = CountingProxy(sim_url)
-    runner, proxy_url = await proxy.start()
+    proxy_url = await proxy.start()
     try:
         _, api_url = await procs.start_api(env)
         workers = [procs.start_worker(env, f"worker-{n}") for n in (1, 2)]
@@ -190,7 +134,7 @@ async def test_a_host_answering_503_gets_one_probe_per_cooldown_from_the_fleet(
         jobs_end = time.monotonic() + 7.5  # (created just before registration)
 
         async def every_watch_polled() -> bool:
-            return len({job for _, job, _ in proxy.arrivals}) == len(jobs)
+            return len(proxy.per_job()) == len(jobs)
 
         await poll_until(every_watch_polled, timeout=10, what="every watch polled")
         proxy.failing = True
@@ -207,10 +151,9 @@ async def test_a_host_answering_503_gets_one_probe_per_cooldown_from_the_fleet(
         watches = await api.list_all()
         assert all(w.running() for w in workers)
     finally:
-        await runner.cleanup()
         await proxy.aclose()
 
-    during = [(t, code) for t, _, code in proxy.arrivals if outage_began <= t < outage_ended]
+    during = [(a.at, a.status) for a in proxy.arrivals if outage_began <= a.at < outage_ended]
     failed = [t for t, code in during if code == 503]
     # The breaker opens once its window holds 10 polls, most failing, and the reports of the
     # requests already sent arrive: give that half a second.
