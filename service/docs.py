@@ -30,10 +30,16 @@ WEBHOOK_DEFAULTS: dict[str, Any] = {
 
 def pack(doc: WatchDoc | dict[str, Any]) -> str:
     """The stored JSON of `doc`: fields at their default (null, 0, no webhook) left out."""
-    stored = {key: value for key, value in doc.items() if DEFAULTS.get(key, ...) != value}
+    stored = dict(doc)
+    for key, default in DEFAULTS.items():
+        if stored.get(key, ...) == default:
+            del stored[key]
     webhook = cast(dict[str, Any] | None, stored.pop("webhook", None))
     if webhook is not None:
-        webhook = {k: v for k, v in webhook.items() if WEBHOOK_DEFAULTS.get(k, ...) != v}
+        webhook = dict(webhook)
+        for key, default in WEBHOOK_DEFAULTS.items():
+            if webhook.get(key, ...) == default:
+                del webhook[key]
         if webhook:
             stored["webhook"] = webhook
     return orjson.dumps(stored).decode()

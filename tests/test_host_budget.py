@@ -214,6 +214,31 @@ async def test_a_tiny_budget_is_no_zero_and_puts_polls_off_without_dividing_by_i
     assert 0 < first.wait_seconds < second.wait_seconds < math.inf
 
 
+async def test_a_large_budget_is_taken_ahead_and_a_small_one_exactly(book: HostBook) -> None:
+    takes = 0
+    real_take = book.take
+
+    async def counted(*args: Any) -> Any:
+        nonlocal takes
+        takes += 1
+        return await real_take(*args)
+
+    book.take = counted  # type: ignore[method-assign]
+    big, small = new_host(), new_host()
+    wide = HostBudget(book, policy(rate=2000.0, burst=2000.0), random.Random(1))
+    assert (await wide.admit(big, PORT)).go  # learns the budget: 2000/s, 100 ahead next time
+    assert (await wide.admit(big, PORT)).go
+    before = takes
+    spent = [await wide.admit(big, PORT) for _ in range(100)]
+    assert all(a.go for a in spent) and takes == before  # the tokens taken ahead, no round trip
+    await asyncio.sleep(0.15)  # unspent ones are dropped after CREDIT_SECONDS
+    assert (await wide.admit(big, PORT)).go and takes == before + 1
+
+    narrow = HostBudget(book, policy(rate=20.0, burst=3.0), random.Random(1))
+    answers = [await narrow.admit(small, PORT) for _ in range(5)]
+    assert [a.go for a in answers] == [True, True, True, False, False]  # the burst, no more
+
+
 def test_garbage_retry_after_values_are_bounded_before_they_reach_redis() -> None:
     budget = HostBudget.__new__(HostBudget)
     budget._reports, budget._tenants, budget._noted = {}, {}, {}

@@ -3,7 +3,10 @@
 Admission: every poll asks before its request; the asks of one event-loop turn (a claimed
 batch) go to Redis together, one script call per host (for all its ports) in one round trip.
 Denied polls are put off in line: the k-th denied one of a host waits for the k-th next token,
-so they come back at the rate the budget allows, not all at once.
+so they come back at the rate the budget allows, not all at once. A host with a large budget
+(`PREFETCH_SECONDS` of it at least `MIN_PREFETCH` requests) is asked for that many more tokens,
+which the next polls spend without a round trip (or drop after `CREDIT_SECONDS`): a busy host
+then costs one take per few hundred polls, and a small budget is taken exactly as asked.
 
 Reports: what each poll saw (answered, failed, throttled, the probe's answer) is summed per host
 and port and sent with the poller's next batched save, in the same pipeline: at most once (a
@@ -40,6 +43,10 @@ SPREAD = 0.1  # denied polls come back up to this share later, so they do not re
 # ...and those of an open breaker up to this share (they wait a cool-down or a probe's lease,
 # every watch of the host at once: spread them wider)
 BREAKER_SPREAD = 0.2
+PREFETCH_SECONDS = 0.05  # of a host's budget taken ahead for the next polls...
+MIN_PREFETCH = 10  # ...when that is at least this many requests (else none: exact at 20/s)
+MAX_PREFETCH = 256
+CREDIT_SECONDS = 0.1  # tokens taken ahead and not spent by then are dropped
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +58,9 @@ class Admission:
     wait_seconds: float = 0.0
     reason: str = ""
     probe: str | None = None  # this poll is the breaker's probe
+
+
+GRANTED = Admission(True)
 
 
 def policy_of(settings: Settings) -> HostPolicy:
@@ -82,17 +92,30 @@ class HostBudget:
         self._id = secrets.token_hex(4)
         self._takes = 0
         self._failing: dict[str, int] = {}  # hosts whose take failed: failures in a row
+        self._prefetch: dict[str, int] = {}  # host -> tokens to take ahead (from its budget)
+        self._credit: dict[tuple[str, int], tuple[int, float]] = {}  # tokens taken ahead, until
 
     async def admit(self, host: str, port: int) -> Admission:
         """Ask for one request to `port` of `host` (raises the store's error: the caller puts
         it off)."""
-        return await self._asks.add((host, port))
+        key = (host, port)
+        credit = self._credit.pop(key, None)
+        if credit is not None:
+            tokens, until = credit
+            if time.monotonic() < until:
+                if tokens > 1:
+                    self._credit[key] = (tokens - 1, until)
+                return GRANTED
+        return await self._asks.add(key)
 
     async def _admit_all(self, asks: list[tuple[str, int]]) -> list[Admission]:
         self._takes += 1
         wants: dict[str, Counter[int]] = {}
         for host, port in asks:
             wants.setdefault(host, Counter())[port] += 1
+        for host, ports in wants.items():
+            for port in ports:
+                ports[port] += self._prefetch.get(host, 0)
         grants = await self.book.take(wants, self.policy, f"{self._id}:{self._takes:x}")
         asked: Counter[tuple[str, int]] = Counter()
         in_line: Counter[str] = Counter()  # denied for the host's budget so far
@@ -122,7 +145,26 @@ class HostBudget:
             else:
                 reason, spread = "breaker", BREAKER_SPREAD
             admissions.append(Admission(False, wait * self.rng.uniform(1, 1 + spread), reason))
+        self._keep_credit(asked, grants)
         return admissions
+
+    def _keep_credit(self, asked: Counter[tuple[str, int]], grants: dict[str, Any]) -> None:
+        """Keep the tokens granted beyond this turn's asks for the next polls (a closed
+        breaker's only), and size the next prefetch of each host from its budget now."""
+        until = time.monotonic() + CREDIT_SECONDS
+        if len(self._credit) >= NOTED_MAX or len(self._prefetch) >= NOTED_MAX:
+            self._credit.clear()
+            self._prefetch.clear()
+        for host, by_port in grants.items():
+            if isinstance(by_port, Exception):
+                self._prefetch.pop(host, None)
+                continue
+            for port, grant in by_port.items():
+                extra = grant.granted - asked[host, port]
+                if extra > 0 and grant.breaker == "closed" and not grant.probe:
+                    self._credit[host, port] = (extra, until)
+                ahead = int(grant.budget * PREFETCH_SECONDS)
+                self._prefetch[host] = min(MAX_PREFETCH, ahead) if ahead >= MIN_PREFETCH else 0
 
     def _failed(self, host: str, error: Exception) -> float:
         """Count a failed take of `host`'s budget (logged once per streak); how long its polls

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -33,7 +34,11 @@ class WatchSpec:
 def normalized_host(url: str) -> str:
     """The host a URL reaches, as per-host limits count it: lower case, without userinfo, port
     or trailing dot, IP literals in one canonical form (so none of these dodge a limit)."""
-    host = (urlsplit(url).hostname or "").rstrip(".")
+    return _canonical_host((urlsplit(url).hostname or "").rstrip("."))
+
+
+@functools.lru_cache(maxsize=4096)  # few hosts, many watches of each
+def _canonical_host(host: str) -> str:
     try:
         return ipaddress.ip_address(host).compressed
     except ValueError:
