@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from dataclasses import dataclass
 
@@ -30,3 +31,11 @@ class Config:
 def log(message: str) -> None:
     """Progress on stderr, so stdout carries only the table or the JSON."""
     print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text}")
+    return value

@@ -66,7 +66,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import redis.asyncio as aioredis
 
-from bench._config import log
+from bench._config import log, positive_int
 from bench._fixtures import LOOPBACK, TENANT, Simulator, delete_namespace, settings_env, spec_for
 from bench._procs import Proc, start_redis, start_simulator, vtwatch, wait_http, wait_redis
 from bench._proxy import CountingProxy, busiest_window, per_second
@@ -666,13 +666,6 @@ def fmt_states(by_state: dict[str, int]) -> str:
 
 def fmt_num(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text}")
-    return value
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -75,7 +75,7 @@ from typing import Any
 import aiohttp
 import redis.asyncio as aioredis
 
-from bench._config import Config, log
+from bench._config import Config, log, positive_int
 from bench._fixtures import REGISTER_PARALLEL, Simulator, delete_namespace, register_all
 from bench._lateness import Lateness, measure_lateness
 from bench._memory import Memory, measure_memory
@@ -292,13 +292,6 @@ def format_table(report: Report) -> str:
             *(f"  {line}" for line in p.by_own_time),
         ]
     return "\n".join(lines)
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text}")
-    return value
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -558,6 +558,21 @@ def poller_settings(**values: Any) -> Settings:
     )
 
 
+async def poll_until_it_ends(store: Store, poller: Poller, doc: Any) -> Any:
+    """Claim and handle the watch's polls until it ends (5 s at most); its last document."""
+    ended = doc
+    deadline = time.monotonic() + 5
+    while ended["state"] == "pending" and time.monotonic() < deadline:
+        leased = await claim(store)
+        poller.sync_clock(leased.now_ms)
+        for claimed in leased.watches:
+            poller.keeper.hold(claimed)
+            await poller._handle(claimed)
+        ended = await store.get(TENANT, doc["id"])
+        await asyncio.sleep(0.02)
+    return ended
+
+
 async def test_polls_over_budget_are_put_off_in_line_without_spending_an_attempt(
     store: Store, book: HostBook, upstream: tuple[str, list[float]]
 ) -> None:
@@ -594,16 +609,7 @@ async def test_a_watch_refused_at_its_deadline_ends_as_timeout_without_a_request
     doc, _ = await store.register(TENANT, spec_of(url), 0.2)
     async with aiohttp.ClientSession() as session:
         poller = Poller(store, session, poller_settings(host_breaker_cooldown=30))
-        ended = doc
-        deadline = time.monotonic() + 5
-        while ended["state"] == "pending" and time.monotonic() < deadline:
-            leased = await claim(store)
-            poller.sync_clock(leased.now_ms)
-            for claimed in leased.watches:
-                poller.keeper.hold(claimed)
-                await poller._handle(claimed)
-            ended = await store.get(TENANT, doc["id"])
-            await asyncio.sleep(0.02)
+        ended = await poll_until_it_ends(store, poller, doc)
 
     assert not hits
     assert ended["state"] == "timeout" and ended["reason"] == "deadline reached"
@@ -716,16 +722,7 @@ async def test_a_budget_that_cannot_be_taken_still_ends_the_watch_at_its_deadlin
                 raise RedisConnectionError("Connection reset by peer")
 
             poller.budget.book.take = down  # type: ignore[method-assign]
-        ended = doc
-        deadline = time.monotonic() + 5
-        while ended["state"] == "pending" and time.monotonic() < deadline:
-            leased = await claim(store)
-            poller.sync_clock(leased.now_ms)
-            for claimed in leased.watches:
-                poller.keeper.hold(claimed)
-                await poller._handle(claimed)
-            ended = await store.get(TENANT, doc["id"])
-            await asyncio.sleep(0.02)
+        ended = await poll_until_it_ends(store, poller, doc)
 
     assert not hits
     assert ended["state"] == "timeout" and ended["reason"] == "deadline reached"
