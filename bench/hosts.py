@@ -482,7 +482,7 @@ async def run_breaker(fleet: Fleet) -> BreakerResult:
         while_open = [t - opened for t in proxy.times(settled, until)]
         before_open = len(proxy.times(outage_began, settled))
     gaps = [round(b - a, 2) for a, b in pairwise(while_open)]
-    most = max((w for w in windows(while_open, cooldown)), default=0)
+    most = most_in_one_cooldown(while_open, cooldown)
     open_for = (closed if closed is not None else time.monotonic()) - (opened or outage_began)
     allowed = math.ceil(open_for / cooldown)
     outage_per_job = proxy.per_job(outage_began, outage_ended)
@@ -514,15 +514,10 @@ async def run_breaker(fleet: Fleet) -> BreakerResult:
     return result
 
 
-def windows(times: Sequence[float], length: float) -> list[int]:
-    """For each request, the requests within `length` seconds before it (itself included), with
-    5 % slack for timing noise: a request exactly one cool-down after another is allowed."""
-    counts, left = [], 0
-    for right, t in enumerate(times):
-        while t - times[left] >= length * 0.95:
-            left += 1
-        counts.append(right - left + 1)
-    return counts
+def most_in_one_cooldown(times: Sequence[float], cooldown: float) -> int:
+    """The most requests within one cool-down, with 5 % slack for timing noise: a request
+    exactly one cool-down after another is allowed."""
+    return busiest_window(times, cooldown * 0.95)[1]
 
 
 # --- the whole run ---------------------------------------------------------------------------

@@ -141,9 +141,6 @@ class PartitionPicker:
         recheck = now_ms + self.recheck_ms()
         self._next_ms[partition] = recheck if next_due_ms is None else min(next_due_ms, recheck)
 
-    def failed(self, partition: int, retry_at_ms: float) -> None:
-        self._next_ms[partition] = retry_at_ms
-
     def scheduled(self, partition: int, due_ms: int) -> None:
         """An item of `partition` was put due at `due_ms` (a save of this process)."""
         self._next_ms[partition] = min(self._next_ms.get(partition, math.inf), due_ms)
@@ -151,8 +148,10 @@ class PartitionPicker:
     async def help(self, now_ms: float, clock_ms: float) -> None:
         """Idle: take up the most overdue other partitions, at most once per `HELP_SECONDS`
         (`clock_ms`: this process's monotonic clock)."""
+        if clock_ms - self._helped_at < HELP_SECONDS * 1000:
+            return
         others = [p for p in self.assignment.others if p not in self._helping]
-        if not others or clock_ms - self._helped_at < HELP_SECONDS * 1000:
+        if not others:
             return
         self._helped_at = clock_ms
         heads = await self.queue.heads(others)

@@ -108,5 +108,5 @@ class SpecCache:
             backoff=backoff,
             max_attempts=policy["max_attempts"],
             upstream=upstream_key(spec["status_url"]),
-            adaptive=policy.get("adaptive", True),  # watches registered before it: the default
+            adaptive=policy["adaptive"],  # full_spec fills the default in
         )

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from tests.service_fixtures import real_redis_or_skip
+from tests.service_fixtures import delete_namespace, real_redis_or_skip
 
 from .helpers import http_client
 from .procs import Processes
@@ -72,13 +72,7 @@ async def namespace(shared_redis: aioredis.Redis) -> AsyncIterator[str]:
     try:
         yield ns
     finally:
-        keys = [
-            key
-            for pattern in (f"vtw:{{{ns}}}:*", f"vtw:{{{ns}/*")
-            async for key in shared_redis.scan_iter(match=pattern, count=1000)
-        ]
-        for start in range(0, len(keys), 1000):
-            await shared_redis.delete(*keys[start : start + 1000])
+        await delete_namespace(shared_redis, ns)
 
 
 @pytest.fixture

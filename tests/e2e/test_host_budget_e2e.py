@@ -11,14 +11,13 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections import Counter
 from datetime import datetime
 from itertools import pairwise
 
 import httpx
 import pytest
 
-from bench._proxy import CountingProxy, busiest_window
+from bench._proxy import CountingProxy, busiest_window, per_second
 
 from .helpers import Api, Planned, Simulator, register_all, verify_final, wait_all_done
 from .procs import SHARED_REDIS_URL, Processes, poll_until, service_env
@@ -87,8 +86,7 @@ async def test_two_workers_keep_one_host_within_its_budget(
         f"{fixed} (fixed windows), {sliding} (sliding); answers {dict(answered)}, "
         f"429 share {share_429:.2%}; hosts {status.get('hosts')}"
     )
-    per_second = Counter(int(t - times[0]) for t in times)
-    print("requests per second:", [per_second[i] for i in range(max(per_second) + 1)])
+    print("requests per second:", per_second(times))
     assert fixed <= RATE_LIMIT * 1.1, f"{fixed} requests in one second"
     assert sliding <= RATE_LIMIT * 1.1 + 2, f"{sliding} requests within one second"
     assert share_429 < 0.01
