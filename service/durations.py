@@ -26,7 +26,7 @@ from client.errors import ConfigurationError
 from client.learned import FORMAT_VERSION, HALF_LIFE, DurationHistogram, spread
 
 from .keys import Keys
-from .leases import ScriptCall, load_scripts
+from .leases import ScriptCall, load_scripts, text
 
 RENORMALIZE_ABOVE = 1e9  # the scale reaches this every ~3,000 samples at the default half-life
 SMALLEST_WEIGHT = 1e-6  # samples' worth; lighter bins are dropped when renormalizing
@@ -66,7 +66,7 @@ class DurationBook:
             for upstream in upstreams:
                 pipe.hgetall(self.keys.durations(upstream))
             found: list[dict[Any, Any]] = await pipe.execute()
-        return [{_text(k): _text(v) for k, v in fields.items()} for fields in found]
+        return [{text(k): text(v) for k, v in fields.items()} for fields in found]
 
 
 def durations_of(
@@ -95,7 +95,3 @@ def _number(value: str | None, name: str) -> float:
     if not math.isfinite(number):
         raise ConfigurationError(f"duration histogram: {name!r:.40} is not a number")
     return number
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else value

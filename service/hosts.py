@@ -33,7 +33,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from .keys import Keys
-from .leases import ScriptCall, load_scripts, run_scripts
+from .leases import ScriptCall, load_scripts, run_scripts, text
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ class HostBook:
             return []
         endpoints = []
         for member, polled_ms in noted:
-            digits, _, host = _text(member).partition(" ")
+            digits, _, host = text(member).partition(" ")
             if host and digits.isdigit():  # (a host noted before breakers were per port: left out)
                 endpoints.append((host, int(digits), polled_ms))
         if not endpoints:
@@ -236,10 +236,6 @@ class HostBook:
         return states
 
 
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _grants(ports: list[int], result: list[Any]) -> dict[int, Grant]:
     """A take's answer for one host: its budget, then four values per port."""
     budget = float(result[0])
@@ -248,8 +244,8 @@ def _grants(ports: list[int], result: list[Any]) -> dict[int, Grant]:
             int(result[1 + 4 * i]),
             int(result[2 + 4 * i]),
             budget,
-            _text(result[3 + 4 * i]),
-            _text(result[4 + 4 * i]) or None,
+            text(result[3 + 4 * i]),
+            text(result[4 + 4 * i]) or None,
         )
         for i, port in enumerate(ports)
     }
@@ -259,17 +255,17 @@ def _state(port: int, result: list[Any]) -> HostState | None:
     if not result:
         return None
     host, budget, limit, breaker, open_until, trips, seen, now = result
-    if _text(breaker) not in BREAKER_STATES:
-        raise ValueError(f"breaker state {_text(breaker)[:20]!r}")
+    if text(breaker) not in BREAKER_STATES:
+        raise ValueError(f"breaker state {text(breaker)[:20]!r}")
     for ms in (open_until, seen, now):
         if not 0 <= int(ms) <= LAST_TIME_MS:
             raise ValueError(f"time {int(ms)} ms")
     return HostState(
-        host=_text(host),
+        host=text(host),
         port=port,
         budget=int(budget) / 1000,
         rate_limit=int(limit) / 1000,
-        breaker=_text(breaker),
+        breaker=text(breaker),
         open_until_ms=int(open_until) or None,
         trips=int(trips),
         last_seen_ms=int(seen),

@@ -172,3 +172,8 @@ class LeasedQueue:
             for index, flag in zip(indexes, flags, strict=True):
                 kept[index] = bool(flag)
         return kept
+
+
+def text(value: str | bytes) -> str:
+    """A Redis reply as text, whether the client decodes replies or not (garbage replaced)."""
+    return value.decode(errors="replace") if isinstance(value, bytes) else value

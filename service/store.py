@@ -360,13 +360,15 @@ class Store:
         """Delete terminal watches past their retention whose webhooks have settled, up to
         `limit` per partition; returns how many."""
         now = await self.server_time_ms()
+        async with self.redis.pipeline(transaction=False) as pipe:  # one round trip for all
+            for part in self.keys.parts:
+                pipe.zrangebyscore(part.expiry, "-inf", now, start=0, num=limit)
+            expired = cast(list[list[str]], await pipe.execute())
         forgotten = 0
-        for part in self.keys.parts:
-            ids = cast(
-                list[str],
-                await self.redis.zrangebyscore(part.expiry, "-inf", now, start=0, num=limit),
-            )
-            raws = await self.redis.mget([part.watch(i) for i in ids]) if ids else []
+        for part, ids in zip(self.keys.parts, expired, strict=True):
+            if not ids:
+                continue
+            raws = await self.redis.mget([part.watch(i) for i in ids])
             for watch_id, raw in zip(ids, raws, strict=True):
                 tenant, state = (doc["tenant"], doc["state"]) if (doc := _doc(raw)) else ("", "")
                 forgotten += await self._scripts["forget"](

@@ -3,15 +3,6 @@
 -- answers, and a circuit breaker per port of the host, a hash each under the same hash tag.
 -- Every host script takes the keys of one host only.
 
--- A stored number, or `default` when missing or not a finite number.
-local function num(value, default)
-  local n = tonumber(value)
-  if n == nil or n ~= n or n == math.huge or n == -math.huge then
-    return default
-  end
-  return n
-end
-
 local function host_load(key)
   local fields = redis.call('HGETALL', key)
   local h = {}

@@ -6,6 +6,15 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- A stored number, or `default` when missing or not a finite number.
+local function num(value, default)
+  local n = tonumber(value)
+  if n == nil or n ~= n or n == math.huge or n == -math.huge then
+    return default
+  end
+  return n
+end
+
 -- The lease check (fencing): does `token`, given at claim, still hold item `id`?
 -- A token is fixed for the life of a claim; extending a lease moves only its expiry.
 local function holds_lease(leases, id, token)

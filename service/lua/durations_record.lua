@@ -11,19 +11,11 @@
 --       per sample: n, then n pairs of bin, share
 -- Returns the number of samples recorded.
 
-local function finite(value)
-  local n = tonumber(value)
-  if n == nil or n ~= n or n == math.huge or n == -math.huge then
-    return nil
-  end
-  return n
-end
-
 local key = KEYS[1]
 local kind = redis.call('TYPE', key)['ok']
 local scale = nil
 if kind == 'hash' then
-  scale = finite(redis.call('HGET', key, 'scale'))
+  scale = num(redis.call('HGET', key, 'scale'), nil)
 end
 if kind ~= 'none' and not (scale and scale > 0) then
   redis.call('DEL', key)
@@ -48,7 +40,7 @@ end
 
 local fields = {'upstream', ARGV[1], 'scale', string.format('%.17g', scale)}
 for bin, weight in pairs(added) do
-  local stored = finite(redis.call('HGET', key, bin) or false) or 0
+  local stored = num(redis.call('HGET', key, bin), 0)
   fields[#fields + 1] = bin
   fields[#fields + 1] = string.format('%.17g', math.max(0, stored) + weight)
 end
@@ -60,7 +52,7 @@ if scale > renormalize then
   for f = 1, #all, 2 do
     local name = all[f]
     if name ~= 'upstream' and name ~= 'scale' then
-      local weight = (finite(all[f + 1]) or 0) / scale
+      local weight = num(all[f + 1], 0) / scale
       if weight >= smallest and string.match(name, '^%d+$') then
         kept[#kept + 1] = name
         kept[#kept + 1] = string.format('%.17g', weight)
