@@ -132,13 +132,13 @@ function renderCounts(summary) {
     element("a", { href: `?state=${state}`, "data-state": state },
       element("span", { className: "n", text: String(summary.by_state[state] ?? 0) }), state));
   for (const card of [all, ...cards]) {
-    card.setAttribute("aria-current", String(card.dataset.state === view.filter));
     card.addEventListener("click", (click) => {
       click.preventDefault();
       setFilter(card.dataset.state);
     });
   }
   $("counts").replaceChildren(all, ...cards);
+  markFilter();
   const hooks = summary.webhooks;
   $("webhooks").textContent =
     `Webhooks: ${hooks.pending} pending, ${hooks.delivered} delivered, ${hooks.failed} failed`;
@@ -205,9 +205,7 @@ async function setFilter(state) {
   view.filter = state;
   view.cursor = null;
   writeUrl();
-  for (const card of $("counts").children) {
-    card.setAttribute("aria-current", String(card.dataset.state === view.filter));
-  }
+  markFilter();
   try {
     await loadList();
   } catch (error) {
@@ -215,11 +213,27 @@ async function setFilter(state) {
   }
 }
 
+function markFilter() {
+  for (const card of $("counts").children) {
+    card.setAttribute("aria-current", String(card.dataset.state === view.filter));
+  }
+}
+
 // -- one watch -----------------------------------------------------------------------------
 
-async function show(id) {
+function stopDetailStream() {
   if (view.detailStream) view.detailStream.abort();
   view.detailStream = null;
+}
+
+function markSelected(id) {
+  for (const tr of $("list").tBodies[0].rows) {
+    tr.setAttribute("aria-selected", String(tr.dataset.id === id));
+  }
+}
+
+async function show(id) {
+  stopDetailStream();
   const ticket = ++view.showing;
   if (!WATCH_ID.test(id)) return report(new Error(`"${id.slice(0, 80)}" is not a watch id.`));
   try {
@@ -243,12 +257,11 @@ async function show(id) {
 }
 
 function hide() {
-  if (view.detailStream) view.detailStream.abort();
-  view.detailStream = null;
+  stopDetailStream();
   view.shown = null;
   $("detail").hidden = true;
   writeUrl();
-  for (const tr of $("list").tBodies[0].rows) tr.setAttribute("aria-selected", "false");
+  markSelected(null);
 }
 
 async function loadDeliveries() {
@@ -315,9 +328,7 @@ function renderDetail() {
   if (!watch) return;
   $("detail").hidden = false;
   $("detail-title").textContent = watch.id;
-  for (const tr of $("list").tBodies[0].rows) {
-    tr.setAttribute("aria-selected", String(tr.dataset.id === watch.id));
-  }
+  markSelected(watch.id);
   const facts = [
     ["state", badge(watch.state)],
     ["status URL", watch.status_url],
@@ -422,7 +433,7 @@ async function followTenant() {
       }
     } catch (error) {
       if (control.signal.aborted) return;
-      if (error instanceof AuthError) return askForKey("That key was refused.");
+      if (error instanceof AuthError) return report(error);
     }
     setLive("reconnecting");
     await sleep(delay);
