@@ -30,6 +30,7 @@ from enum import StrEnum
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +188,7 @@ def describe_exception(exc: BaseException) -> str:
 
 async def fetch_status(
     session: aiohttp.ClientSession,
-    url: str,
+    url: str | URL,
     timeout: float,
     headers: dict[str, str] | None = None,
 ) -> Observation:
@@ -220,7 +221,9 @@ async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
     length = response.content_length
     if length is not None and length > MAX_BODY_BYTES:
         return b"x" * (MAX_BODY_BYTES + 1)
-    body = b""
+    if length is not None and "Content-Encoding" not in response.headers:
+        return await response.read()  # exactly the length it declared: within the cap
+    body = b""  # unknown length, or compressed (a small body may inflate far past the cap)
     while len(body) <= MAX_BODY_BYTES and len(body) != length:
         chunk = await response.content.read(MAX_BODY_BYTES + 1 - len(body))
         if not chunk:

@@ -28,8 +28,8 @@ WEBHOOK_DEFAULTS: dict[str, Any] = {
 }
 
 
-def pack(doc: WatchDoc | dict[str, Any]) -> str:
-    """The stored JSON of `doc`: fields at their default (null, 0, no webhook) left out."""
+def pack(doc: WatchDoc | dict[str, Any]) -> bytes:
+    """The stored JSON of `doc`, UTF-8: fields at their default (null, 0, no webhook) left out."""
     stored = dict(doc)
     for key, default in DEFAULTS.items():
         if stored.get(key, ...) == default:
@@ -42,7 +42,7 @@ def pack(doc: WatchDoc | dict[str, Any]) -> str:
                 del webhook[key]
         if webhook:
             stored["webhook"] = webhook
-    return orjson.dumps(stored).decode()
+    return orjson.dumps(stored)
 
 
 def unpack(raw: str | bytes) -> WatchDoc:

@@ -143,7 +143,7 @@ class Store:
         ]
         if idempotency_key is not None:
             keys.append(part.idempotency(tenant, idempotency_key))
-        args: list[str | int] = [
+        args: list[str | bytes | int] = [
             watch_id,
             pack(cast(WatchDoc, doc)),
             int(max_wait_seconds * 1000),
@@ -311,7 +311,9 @@ class Store:
             args: list[Any] = [self.keys.events_prefix]
             for claimed, doc in (polls[i] for i in indexes):
                 keys.append(part.watch(claimed.id))
-                args += [claimed.id, claimed.token, doc["next_poll_at"], pack(doc)]
+                # One argument per poll: Redis arguments cost the client more than their bytes.
+                head = f"{claimed.id} {claimed.token} {doc['next_poll_at']} ".encode()
+                args.append(head + pack(doc))
             calls.append((self._scripts["record"], keys, args))
         own = len(calls)
         results = await run_scripts(self.redis, [*calls, *also], raise_from=own)

@@ -109,7 +109,9 @@ class HostLimits:
         return self._users[host]
 
     async def run(self, host: str, work: Callable[[], Awaitable[T]]) -> T:
-        semaphore = self._semaphores.setdefault(host, asyncio.Semaphore(self.limit))
+        semaphore = self._semaphores.get(host)
+        if semaphore is None:
+            semaphore = self._semaphores[host] = asyncio.Semaphore(self.limit)
         self._users[host] += 1
         try:
             async with semaphore:

@@ -279,7 +279,7 @@ class Poller(ClaimLoop):
         try:
             with POLL_DURATION.time():
                 return await fetch_status(
-                    self.session, spec.status_url, self.settings.request_timeout
+                    self.session, spec.status_target, self.settings.request_timeout
                 )
         except Exception:
             logger.exception(

@@ -8,6 +8,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from yarl import URL
+
 from client.backoff import BackoffPolicy
 from client.learned import upstream_key
 from service.models import full_spec
@@ -21,6 +23,7 @@ class WatchSpec:
     """What a poll or a delivery needs of a watch's spec."""
 
     status_url: str
+    status_target: URL  # the status URL parsed once (aiohttp would parse it on every request)
     host: str  # the status URL's normalised host: what per-host limits and budgets count
     port: int  # the status URL's port (the scheme's when absent): a breaker is per host and port
     webhook_url: str | None
@@ -101,6 +104,7 @@ class SpecCache:
         webhook_url = spec.get("webhook_url")
         return WatchSpec(
             status_url=spec["status_url"],
+            status_target=URL(spec["status_url"]),
             host=normalized_host(spec["status_url"]),
             port=endpoint_port(spec["status_url"]),
             webhook_url=webhook_url,
