@@ -30,6 +30,7 @@ from enum import StrEnum
 from typing import Any
 
 import aiohttp
+import orjson
 from yarl import URL
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class Status(StrEnum):
 
 
 UPSTREAM_STATUSES = frozenset({Status.PENDING, Status.COMPLETED, Status.ERROR})
+_STATUSES = {status.value: status for status in UPSTREAM_STATUSES}
 TERMINAL = frozenset({Status.COMPLETED, Status.ERROR, Status.TIMEOUT})
 
 
@@ -86,6 +88,17 @@ class Observation:
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
+
+
+def parse_json(body: bytes) -> Any:
+    """`body` parsed as JSON: by orjson (several times faster), and by the standard library
+    where orjson refuses what the standard library takes (NaN, integers past 64 bits), so an
+    odd hint never hides a status (`_number` drops such values). Raises ValueError or
+    RecursionError for what is not JSON."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return json.loads(body)
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -136,14 +149,15 @@ def classify_response(
     if len(body) > MAX_BODY_BYTES:
         return Observation(None, http_status, "response body over 64 KiB")
     try:
-        parsed = json.loads(body)
+        parsed = parse_json(body)
     except (ValueError, RecursionError):  # not UTF-8 or not JSON (a ValueError), or too deep
         return Observation(None, http_status, "response body is not JSON")
     result = parsed.get("result") if isinstance(parsed, dict) else None
-    if not isinstance(result, str) or result not in UPSTREAM_STATUSES:
+    status = _STATUSES.get(result) if isinstance(result, str) else None
+    if status is None:
         return Observation(None, http_status, f"unexpected result: {_excerpt(result)}")
     return Observation(
-        Status(result),
+        status,
         http_status,
         progress=_number(parsed, "progress", 0.0, 100.0),
         eta_seconds=_number(parsed, "eta_seconds", 0.0, math.inf),

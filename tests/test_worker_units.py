@@ -135,7 +135,8 @@ class OneSlowHostLoop(ClaimLoop):
     name = "one-slow-host"
 
     async def handle(self, claimed: Claimed) -> None:
-        await self.limited("slow.example", asyncio.Event().wait)
+        async with self.host_slot("slow.example"):
+            await asyncio.Event().wait()
 
 
 async def test_one_slow_host_holds_at_most_half_the_slots() -> None:

@@ -121,7 +121,8 @@ class Dispatcher(ClaimLoop):
             await self._record(claimed, Sent(None, None, "no webhook_url", 0), "failed", 0.0)
             return
         url, body = spec.webhook_url, event_body(doc)
-        sent = await self.limited(spec.webhook_host, lambda: self._send(claimed, url, body))
+        async with self.host_slot(spec.webhook_host):
+            sent = await self._send(claimed, url, body)
         outcome, delay = decide(
             sent.status_code,
             sent.retry_after,

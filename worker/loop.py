@@ -108,18 +108,52 @@ class HostLimits:
         """Requests to `host` running or waiting for a slot."""
         return self._users[host]
 
-    async def run(self, host: str, work: Callable[[], Awaitable[T]]) -> T:
+    async def acquire(self, host: str) -> None:
+        """Wait for a slot of `host` (counted as a user meanwhile); give it back by `release`."""
         semaphore = self._semaphores.get(host)
         if semaphore is None:
             semaphore = self._semaphores[host] = asyncio.Semaphore(self.limit)
         self._users[host] += 1
         try:
-            async with semaphore:
-                return await work()
-        finally:
-            self._users[host] -= 1
-            if not self._users[host]:
-                del self._users[host], self._semaphores[host]
+            await semaphore.acquire()
+        except BaseException:
+            self._leave(host)
+            raise
+
+    def release(self, host: str) -> None:
+        self._semaphores[host].release()
+        self._leave(host)
+
+    def _leave(self, host: str) -> None:
+        self._users[host] -= 1
+        if not self._users[host]:
+            del self._users[host], self._semaphores[host]
+
+
+class HostSlot:
+    """`async with loop.host_slot(host)`: the block runs within the host's limit, unless the
+    loop began stopping meanwhile (`Abandoned`) or the host already holds its share of the
+    loop's slots (`Deferred`). A context manager, not a wrapping coroutine: the block's awaits
+    do not pass through one more frame each time they resume (the poll's hot path)."""
+
+    __slots__ = ("host", "limits", "loop")
+
+    def __init__(self, loop: ClaimLoop, host: str) -> None:
+        self.loop, self.host, self.limits = loop, host, loop.host_limits
+
+    async def __aenter__(self) -> None:
+        if self.limits is None:  # no queue to wait in: nothing to abandon either
+            return
+        if self.limits.users(self.host) >= self.loop.host_share:
+            raise Deferred
+        await self.limits.acquire(self.host)
+        if self.loop.stopping.is_set():
+            self.limits.release(self.host)
+            raise Abandoned
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self.limits is not None:
+            self.limits.release(self.host)
 
 
 class ClaimLoop(ABC):
@@ -241,7 +275,9 @@ class ClaimLoop(ABC):
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self.in_flight.discard(task)
-        self._slot_free.set()
+        # Wake the claim loop only when it would claim (not once per finished item).
+        if not self.in_flight or self.concurrency - len(self.in_flight) >= self.claim_batch:
+            self._slot_free.set()
         self.heartbeat = asyncio.get_running_loop().time()
 
     def stuck_for(self) -> float:
@@ -254,19 +290,8 @@ class ClaimLoop(ABC):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stopping.wait(), seconds)
 
-    async def limited(self, host: str, work: Callable[[], Awaitable[T]]) -> T:
-        """Run `work` within the host's limit, unless the loop began stopping meanwhile."""
-
-        async def started() -> T:
-            if self.stopping.is_set():
-                raise Abandoned
-            return await work()
-
-        if self.host_limits is None:  # no queue to wait in: nothing to abandon either
-            return await work()
-        if self.host_limits.users(host) >= self.host_share:
-            raise Deferred
-        return await self.host_limits.run(host, started)
+    def host_slot(self, host: str) -> HostSlot:
+        return HostSlot(self, host)
 
     async def write_while_held(self, claimed: Claimed, write: Callable[[], Awaitable[T]]) -> T:
         """Run a fenced write (safe to repeat), again after a store error for as long as the

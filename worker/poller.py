@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections import deque
 from typing import cast
 
@@ -195,7 +196,8 @@ class Poller(ClaimLoop):
                 await self._write(claimed, put_off)
                 return
         try:
-            polled = await self.limited(spec.host, lambda: self._poll(claimed, spec))
+            async with self.host_slot(spec.host):
+                polled = await self._poll(claimed, spec)
         except Deferred as deferred:
             DEFERRED[deferred.reason].inc()
             raise
@@ -249,8 +251,19 @@ class Poller(ClaimLoop):
             self._budget_failures.succeeded()
         if not admission.go:
             return self._refuse(claimed.doc, admission)
-        sent_ms = self.server_now_ms()
-        seen = await self._fetch(claimed, spec)
+        sent_ms, started = self.server_now_ms(), time.perf_counter()
+        try:  # anything unexpected is a transient failure (the deadline still holds)
+            seen = await fetch_status(
+                self.session, spec.status_target, self.settings.request_timeout
+            )
+            POLL_DURATION.observe(time.perf_counter() - started)
+        except Exception:
+            logger.exception(
+                "poller: polling the upstream of %s failed",
+                claimed.id,
+                extra=watch_fields(claimed.doc, claimed.doc["attempts"] + 1),
+            )
+            seen = unexpected("polling the upstream")
         self.budget.observe(claimed.doc["tenant"], spec.host, spec.port, seen, admission.probe)
         return seen, sent_ms
 
@@ -273,21 +286,6 @@ class Poller(ClaimLoop):
         self.budget.settle(results[: len(host_calls)], reports)
         self.schedules.settle(results[len(host_calls) :])
         return saved
-
-    async def _fetch(self, claimed: Claimed, spec: WatchSpec) -> Observation:
-        """One request; anything unexpected is a transient failure (the deadline still holds)."""
-        try:
-            with POLL_DURATION.time():
-                return await fetch_status(
-                    self.session, spec.status_target, self.settings.request_timeout
-                )
-        except Exception:
-            logger.exception(
-                "poller: polling the upstream of %s failed",
-                claimed.id,
-                extra=watch_fields(claimed.doc, claimed.doc["attempts"] + 1),
-            )
-            return unexpected("polling the upstream")
 
 
 def unexpected(during: str) -> Observation:
