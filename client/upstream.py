@@ -123,7 +123,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 def _number(body: dict[str, Any], key: str, low: float, high: float) -> float | None:
     value = body.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
         return None
     try:
         number = float(value)

@@ -325,3 +325,34 @@ async def test_vtwatch_dev_exits_non_zero_when_its_worker_dies(
     code = await asyncio.wait_for(dev.run_dev(settings(), "127.0.0.1", port), 10)
 
     assert code == 1
+
+
+async def test_the_outbound_session_keeps_no_cookies_and_guards_every_connection() -> None:
+    """A cookie one upstream sets is never sent on a later request to that host (another
+    tenant's watch may poll it); a host outside the allowed networks is refused."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    from worker.process import outbound_session
+
+    cookies_seen: list[str | None] = []
+
+    async def status(request: web.Request) -> web.Response:
+        cookies_seen.append(request.headers.get("Cookie"))
+        response = web.json_response({"result": "pending"})
+        response.set_cookie("session", "tenant-a-secret")
+        return response
+
+    app = web.Application()
+    app.router.add_get("/status", status)
+    allowed = Settings(allowed_networks="127.0.0.0/8,::1/128")
+    async with TestServer(app, host="127.0.0.1") as server:
+        url = f"http://localhost:{server.port}/status"  # a name: jars keep no cookie of an IP
+        async with outbound_session(allowed) as session:
+            for _ in range(2):
+                async with session.get(url) as response:
+                    assert response.cookies["session"].value == "tenant-a-secret"
+        assert cookies_seen == [None, None]
+        async with outbound_session(Settings()) as session:
+            with pytest.raises(aiohttp.ClientConnectorError):
+                await session.get(url)

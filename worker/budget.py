@@ -95,9 +95,9 @@ class HostBudget:
         self._prefetch: dict[str, int] = {}  # host -> tokens to take ahead (from its budget)
         self._credit: dict[tuple[str, int], tuple[int, float]] = {}  # tokens taken ahead, until
 
-    async def admit(self, host: str, port: int) -> Admission:
-        """Ask for one request to `port` of `host` (raises the store's error: the caller puts
-        it off)."""
+    def spend_credit(self, host: str, port: int) -> Admission | None:
+        """One request to `port` of `host` from the tokens taken ahead, if any are left (no
+        round trip, and no coroutine: most polls of a busy host go this way); else None."""
         key = (host, port)
         credit = self._credit.pop(key, None)
         if credit is not None:
@@ -106,7 +106,12 @@ class HostBudget:
                 if tokens > 1:
                     self._credit[key] = (tokens - 1, until)
                 return GRANTED
-        return await self._asks.add(key)
+        return None
+
+    async def admit(self, host: str, port: int) -> Admission:
+        """Ask for one request to `port` of `host`, from the credit or else with this turn's
+        other asks (raises the store's error: the caller puts it off)."""
+        return self.spend_credit(host, port) or await self._asks.add((host, port))
 
     async def _admit_all(self, asks: list[tuple[str, int]]) -> list[Admission]:
         self._takes += 1

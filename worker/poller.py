@@ -243,7 +243,9 @@ class Poller(ClaimLoop):
         sent (Redis time); else the poll is put off (`Deferred`), or, at the deadline, the
         reason it was refused is returned."""
         try:
-            admission = await self.budget.admit(spec.host, spec.port)
+            admission = self.budget.spend_credit(spec.host, spec.port) or await self.budget.admit(
+                spec.host, spec.port
+            )
         except Exception as exc:  # no budget known: no request (the store is likely failing)
             wait = self._budget_failures.failed(exc)
             admission = Admission(False, wait, "budget_unavailable")

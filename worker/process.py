@@ -95,9 +95,8 @@ class Worker:
             settings.lease_seconds,
             ",".join(map(str, settings.allowed_networks)) or "none",
         )
-        connector = guarded_connector(settings.allowed_networks, limit=settings.worker_concurrency)
         try:
-            async with aiohttp.ClientSession(connector=connector) as session:
+            async with outbound_session(settings) as session:
                 store = Store(
                     redis,
                     namespace=settings.namespace,
@@ -170,6 +169,14 @@ class Worker:
                 continue
             failures.succeeded()
             await asyncio.sleep(SWEEP_INTERVAL)
+
+
+def outbound_session(settings: Settings) -> aiohttp.ClientSession:
+    """The session every upstream poll and webhook goes through: the SSRF guard on every
+    connection, and no cookie jar (a cookie one tenant's upstream sets must not ride along
+    another tenant's requests to that host; nor cost each request a jar lookup)."""
+    connector = guarded_connector(settings.allowed_networks, limit=settings.worker_concurrency)
+    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
 
 
 def tune_gc() -> None:
