@@ -124,7 +124,9 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         # Starlette raises the exception again after this answer, so the server logs it.
-        return JSONResponse({"detail": "internal error"}, status_code=500)
+        request_id = getattr(request.state, "request_id", None)
+        headers = {"X-Request-ID": request_id} if request_id else None
+        return JSONResponse({"detail": "internal error"}, status_code=500, headers=headers)
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: Exception) -> JSONResponse:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import logging
 
+import httpx
 import pytest
 
 from service import logs
-from tests.service_fixtures import ApiFactory
+from service.app import create_app
+from service.settings import Settings
+from tests.service_fixtures import ApiFactory, fake_redis
 
 
 def record(message: str, **extra: object) -> logging.LogRecord:
@@ -59,3 +62,26 @@ async def test_request_ids_are_taken_or_made_and_returned(
 
     assert (response.headers["x-request-id"] == sent) is kept
     assert len(fresh.headers["x-request-id"]) == 32
+
+
+async def test_a_500_answer_carries_the_request_id(no_vtw_env: None) -> None:
+    """The answer Starlette sends for an unexpected error (from outside every middleware)
+    still names the request, so a caller's report can be matched to the server's log."""
+    redis = fake_redis()
+    app = create_app(Settings(), redis=redis)
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("a bug")
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+    ):
+        response = await client.get("/boom", headers={"X-Request-ID": "report-42"})
+    await redis.aclose()
+
+    assert response.status_code == 500
+    assert response.json() == {"detail": "internal error"}
+    assert response.headers["x-request-id"] == "report-42"
