@@ -134,6 +134,9 @@ class FakeResponse:
         self.content = FakeBody(data)
         self.content_length = len(data)
 
+    async def read(self) -> bytes:
+        return await self.content.read()
+
     async def __aenter__(self) -> FakeResponse:
         return self
 

@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 from pydantic import ValidationError
+from yarl import URL
 
 from client.backoff import BackoffPolicy
 from client.upstream import Observation
@@ -25,7 +26,7 @@ from worker.dispatcher import Dispatcher
 from worker.leases import LeaseKeeper
 from worker.loop import ClaimLoop
 from worker.poller import Poller
-from worker.spec import SpecCache, normalized_host
+from worker.spec import SPEC_OVERHEAD_BYTES, SpecCache, normalized_host, parsed_url
 
 from .test_store import TENANT, claim, claim_one, register, save, terminal
 
@@ -291,6 +292,18 @@ def test_the_spec_cache_is_bounded_by_bytes() -> None:
         assert cache.get(json.dumps(spec)).host == f"h{i}.example"
 
     assert cache.size_bytes <= 20_000 and 1 <= len(cache) <= 5
+
+
+def test_the_spec_cache_counts_what_a_small_spec_holds_beyond_its_text() -> None:
+    cache = SpecCache(min_poll_interval=1.0, budget_bytes=20_000)
+    for i in range(200):
+        cache.get(json.dumps({"status_url": f"http://h{i}.example/s"}))
+    assert len(cache) <= 20_000 // SPEC_OVERHEAD_BYTES
+
+
+def test_a_status_url_that_does_not_parse_is_kept_as_text_for_the_request_to_fail() -> None:
+    assert parsed_url("http://h.example/s") == URL("http://h.example/s")
+    assert parsed_url("http://h.example:99999/s") == "http://h.example:99999/s"
 
 
 def test_the_minimum_poll_interval_floors_every_delay_hints_and_deadline_included() -> None:

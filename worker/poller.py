@@ -258,7 +258,6 @@ class Poller(ClaimLoop):
             seen = await fetch_status(
                 self.session, spec.status_target, self.settings.request_timeout
             )
-            POLL_DURATION.observe(time.perf_counter() - started)
         except Exception:
             logger.exception(
                 "poller: polling the upstream of %s failed",
@@ -266,6 +265,8 @@ class Poller(ClaimLoop):
                 extra=watch_fields(claimed.doc, claimed.doc["attempts"] + 1),
             )
             seen = unexpected("polling the upstream")
+        finally:  # cancelled polls included
+            POLL_DURATION.observe(time.perf_counter() - started)
         self.budget.observe(claimed.doc["tenant"], spec.host, spec.port, seen, admission.probe)
         return seen, sent_ms
 

@@ -23,7 +23,9 @@ class WatchSpec:
     """What a poll or a delivery needs of a watch's spec."""
 
     status_url: str
-    status_target: URL  # the status URL parsed once (aiohttp would parse it on every request)
+    # The status URL parsed once (aiohttp would parse it on every request); the text itself
+    # if it does not parse here (then the request fails as a transient error, like before).
+    status_target: URL | str
     host: str  # the status URL's normalised host: what per-host limits and budgets count
     port: int  # the status URL's port (the scheme's when absent): a breaker is per host and port
     webhook_url: str | None
@@ -53,6 +55,16 @@ def _canonical_host(host: str) -> str:
 
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
+# What a cached spec holds beyond its text (the parsed URL, the policy, the names): counted
+# in the cache's budget, so small specs do not overrun it.
+SPEC_OVERHEAD_BYTES = 1024
+
+
+def parsed_url(url: str) -> URL | str:
+    try:
+        return URL(url)
+    except ValueError:
+        return url
 
 
 def endpoint_port(url: str) -> int:
@@ -85,10 +97,10 @@ class SpecCache:
             return spec
         spec = self.parse(spec_json)
         self._specs[spec_json] = spec
-        self.size_bytes += len(spec_json)
+        self.size_bytes += len(spec_json) + SPEC_OVERHEAD_BYTES
         while self.size_bytes > self.budget_bytes and len(self._specs) > 1:
             evicted, _ = self._specs.popitem(last=False)
-            self.size_bytes -= len(evicted)
+            self.size_bytes -= len(evicted) + SPEC_OVERHEAD_BYTES
         return spec
 
     def parse(self, spec_json: str) -> WatchSpec:
@@ -104,7 +116,7 @@ class SpecCache:
         webhook_url = spec.get("webhook_url")
         return WatchSpec(
             status_url=spec["status_url"],
-            status_target=URL(spec["status_url"]),
+            status_target=parsed_url(spec["status_url"]),
             host=normalized_host(spec["status_url"]),
             port=endpoint_port(spec["status_url"]),
             webhook_url=webhook_url,
