@@ -242,7 +242,7 @@ class Poller(ClaimLoop):
         """One request if the host's budget and breaker admit it: what it saw, and when it was
         sent (Redis time); else the poll is put off (`Deferred`), or, at the deadline, the
         reason it was refused is returned."""
-        try:
+        try:  # tokens taken ahead first, without a coroutine (most polls of a busy host)
             admission = self.budget.spend_credit(spec.host, spec.port) or await self.budget.admit(
                 spec.host, spec.port
             )
