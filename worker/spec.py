@@ -14,8 +14,10 @@ from client.backoff import BackoffPolicy
 from client.learned import upstream_key
 from service.models import full_spec
 
-# The cache is bounded by the size of the spec texts it keys on (metadata may take 4 KiB each).
-CACHE_BUDGET_BYTES = 16 * 1024 * 1024
+# The cache is bounded by the size of the spec texts it keys on (metadata may take 4 KiB each)
+# plus what each parsed spec holds (SPEC_OVERHEAD_BYTES): ~45,000 small specs. A worker whose
+# polls cycle through more distinct watches than that parses a spec on most polls (~10 us).
+CACHE_BUDGET_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +41,20 @@ class WatchSpec:
 def normalized_host(url: str) -> str:
     """The host a URL reaches, as per-host limits count it: lower case, without userinfo, port
     or trailing dot, IP literals in one canonical form (so none of these dodge a limit)."""
-    return _canonical_host((urlsplit(url).hostname or "").rstrip("."))
+    return endpoint(url)[0]
+
+
+def endpoint(url: str) -> tuple[str, int]:
+    """The normalised host and the port a URL reaches: its own port, else its scheme's (so
+    `h` and `h:443` are one endpoint for an https URL)."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port is None:
+        port = DEFAULT_PORTS.get(parts.scheme.lower(), 0)
+    return _canonical_host((parts.hostname or "").rstrip(".")), port
 
 
 @functools.lru_cache(maxsize=4096)  # few hosts, many watches of each
@@ -67,15 +82,22 @@ def parsed_url(url: str) -> URL | str:
         return url
 
 
-def endpoint_port(url: str) -> int:
-    """The port a URL reaches: its own, else its scheme's (so `h` and `h:443` are one
-    endpoint for an https URL)."""
-    parts = urlsplit(url)
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    return port if port is not None else DEFAULT_PORTS.get(parts.scheme.lower(), 0)
+@functools.lru_cache(maxsize=1024)  # a few policies, many watches of each
+def backoff_policy(
+    initial_wait_time: float,
+    backoff_factor: float,
+    jitter: float,
+    max_interval: float,
+    min_delay: float,
+) -> BackoffPolicy:
+    """One shared (immutable) policy object per distinct policy."""
+    return BackoffPolicy(
+        initial_wait_time=initial_wait_time,
+        backoff_factor=backoff_factor,
+        jitter=jitter,
+        max_interval=max_interval,
+        min_delay=min_delay,
+    )
 
 
 class SpecCache:
@@ -106,19 +128,20 @@ class SpecCache:
     def parse(self, spec_json: str) -> WatchSpec:
         spec = full_spec(spec_json)
         policy = spec["policy"]
-        backoff = BackoffPolicy(
-            initial_wait_time=policy["initial_wait_time"],
-            backoff_factor=policy["backoff_factor"],
-            jitter=policy["jitter"],
-            max_interval=policy["max_interval"],
-            min_delay=self.min_poll_interval,
+        backoff = backoff_policy(
+            policy["initial_wait_time"],
+            policy["backoff_factor"],
+            policy["jitter"],
+            policy["max_interval"],
+            self.min_poll_interval,
         )
         webhook_url = spec.get("webhook_url")
+        host, port = endpoint(spec["status_url"])
         return WatchSpec(
             status_url=spec["status_url"],
             status_target=parsed_url(spec["status_url"]),
-            host=normalized_host(spec["status_url"]),
-            port=endpoint_port(spec["status_url"]),
+            host=host,
+            port=port,
             webhook_url=webhook_url,
             webhook_host=normalized_host(webhook_url) if webhook_url else None,
             backoff=backoff,
