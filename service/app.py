@@ -54,7 +54,7 @@ def create_app(settings: Settings | None = None, redis: aioredis.Redis | None = 
         app.state.outbox = Outbox(
             client, namespace=settings.namespace, partitions=settings.partitions
         )
-        app.state.events = EventHub(client, app.state.store.keys.events_prefix)
+        app.state.events = EventHub(client, app.state.store.keys)
         try:
             await app.state.store.check_partitions()  # a mismatch stops the start here
         except (RedisError, OSError) as exc:  # not reachable yet: /readyz says so; workers check

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 
@@ -27,12 +28,15 @@ from redis.exceptions import RedisError
 from .connection import subscriber
 from .domain import WatchDoc, WatchState
 from .errors import WatchNotFound
+from .keys import Keys
 from .models import render_watch
 from .store import Store
 
 logger = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 15.0
 LISTEN_TICK = 0.2  # how soon a new stream's subscription starts, at worst
+MARK_SECONDS = 30.0  # a partition is `listening` this long after its last mark...
+MARK_REFRESH_SECONDS = 10.0  # ...renewed this often while one of its watches is followed
 EventKey = tuple[int, int]
 POLL, STATE = 0, 1
 MAX_QUEUED_IDS = 1000  # a tenant stream further behind is told to resync (`event: resync`)
@@ -79,9 +83,11 @@ class EventHub:
     (a watch's, or a tenant's: `"@" + tenant`), and nothing while none is open, fanned out to
     those streams."""
 
-    def __init__(self, redis: aioredis.Redis, channel_prefix: str) -> None:
+    def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
         self.redis = redis
-        self.channel_prefix = channel_prefix
+        self.keys = keys
+        self.channel_prefix = keys.events_prefix
+        self._marked_at = 0.0  # monotonic time the partitions of followed watches were marked
         self._waiting: dict[str, set[Follower]] = {}
         self._subscribed: set[str] = set()  # channels whose subscription is live
         self._someone = asyncio.Event()  # set while anyone follows a channel
@@ -131,6 +137,9 @@ class EventHub:
                             self._resync.clear()
                             await self._sync(pubsub)
                             failures = 0
+                        if time.monotonic() - self._marked_at >= MARK_REFRESH_SECONDS:
+                            self._marked_at = time.monotonic()
+                            await self._mark(self._subscribed)
                         message = await pubsub.get_message(timeout=LISTEN_TICK)
                         if message is not None:
                             channel = message["channel"][len(self.channel_prefix) :]
@@ -155,10 +164,22 @@ class EventHub:
             await pubsub.unsubscribe(*(self.channel_prefix + i for i in gone))
         if new:
             await pubsub.subscribe(*(self.channel_prefix + i for i in new))
+            await self._mark(new)  # before the streams read: their next polls are published
             self._subscribed |= new
             for channel in new:  # anything saved before the subscription took
                 for follower in self._waiting.get(channel, ()):
                     follower.subscribed()
+
+    async def _mark(self, channels: set[str]) -> None:
+        """Say that the partitions of the followed watches (`channels` not of a tenant) are
+        listened to, for MARK_SECONDS: record.lua publishes their polls only then."""
+        markers = {self.keys.of(c).listening for c in channels if not c.startswith("@")}
+        if not markers:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for marker in markers:
+                pipe.set(marker, "1", px=int(MARK_SECONDS * 1000))
+            await pipe.execute()
 
     def _wake(self, channel: str | bytes, payload: str | bytes) -> None:
         key = channel.decode() if isinstance(channel, bytes) else channel

@@ -21,6 +21,9 @@ Per partition (`<tag>` = `{ns}` or `{ns:p}`):
     vtw:<tag>:t:<tenant>:idx:<st>   ZSET  the same, per state
     vtw:<tag>:t:<tenant>:counts     HASH  state -> count, and wh:<state> -> count
     vtw:<tag>:idem:<tenant>:<hash>  STRING idempotency key -> "<id> <body fingerprint>"
+    vtw:<tag>:listening             STRING set (30 s, refreshed) while an API process streams a
+                                          watch of the partition: only then is each saved poll
+                                          published (a cluster would broadcast it to every node)
 
 Global, under `{ns}`:
 
@@ -32,6 +35,7 @@ Global, under `{ns}`:
                                          -> the request id of the last rotation
     vtw:{ns}:t:<tenant>:hosts      ZSET  upstream hosts the tenant's watches polled -> when
     vtw:{ns}:events:<id>           PUBSUB channel (not a key): a message per save of the watch
+                                         (a poll's only while its partition is `listening`)
     vtw:{ns}:events:@<tenant>      PUBSUB channel: a watch id per registration, end or webhook
                                          attempt of the tenant's watches
 
@@ -84,6 +88,10 @@ class Partition:
     @property
     def outbox_leases(self) -> str:
         return self.prefix + "outbox:leases"
+
+    @property
+    def listening(self) -> str:
+        return self.prefix + "listening"
 
     def queue(self, kind: QueueKind) -> tuple[str, str]:
         """The leased schedule `kind` of this partition: (its ZSET, its leases)."""

@@ -307,7 +307,7 @@ class Store:
             by_partition.setdefault(self.keys.of(polls[i][0].id).number, []).append(i)
         for number, indexes in by_partition.items():
             part = self.keys.parts[number]
-            keys = [part.schedule, part.leases]
+            keys = [part.schedule, part.leases, part.listening]
             args: list[Any] = [self.keys.events_prefix]
             for claimed, doc in (polls[i] for i in indexes):
                 keys.append(part.watch(claimed.id))

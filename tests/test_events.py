@@ -12,6 +12,7 @@ import fakeredis
 import pytest
 from redis.asyncio.cluster import RedisCluster
 
+from service.connection import subscriber
 from service.events import MAX_QUEUED_IDS, EventHub, Follower, parse_event_id, stream, tenant_stream
 from service.models import WatchCreate
 from service.settings import Settings
@@ -52,7 +53,7 @@ async def wait_for(condition: Any, seconds: float = 5.0) -> None:
 
 async def test_a_stream_follows_a_watch_from_pending_to_completed(store: Store) -> None:
     doc, _ = await store.register(TENANT, SPEC, 3600)
-    hub = EventHub(store.redis, store.keys.events_prefix)
+    hub = EventHub(store.redis, store.keys)
     chunks: list[str] = []
     following = asyncio.create_task(collect(stream(store, hub, TENANT, doc, None), chunks))
     try:
@@ -92,7 +93,7 @@ async def test_a_stream_follows_a_watch_from_pending_to_completed(store: Store) 
 async def test_resuming_after_an_event_sends_only_later_ones(store: Store) -> None:
     doc, _ = await store.register(TENANT, SPEC, 3600)
     cancelled = await store.cancel(TENANT, doc["id"])
-    hub = EventHub(store.redis, store.keys.events_prefix)
+    hub = EventHub(store.redis, store.keys)
     try:
         fresh = [c async for c in stream(store, hub, TENANT, cancelled, None)]
         (last,) = parse("".join(fresh))
@@ -137,7 +138,7 @@ async def test_the_route_streams_a_finished_watch_and_ends(make_api: ApiFactory)
 async def test_a_tenant_stream_sees_its_own_watches_registered_and_ended_only(
     store: Store,
 ) -> None:
-    hub = EventHub(store.redis, store.keys.events_prefix)
+    hub = EventHub(store.redis, store.keys)
     chunks: list[str] = []
     mine = asyncio.create_task(collect(tenant_stream(store, hub, TENANT), chunks))
     late: list[str] = []  # a second stream of the tenant, opened once the channel is live
@@ -200,7 +201,7 @@ def test_a_follower_resubscribed_after_a_gap_is_told_it_may_have_missed_changes(
 async def test_a_tenant_stream_says_resync_when_its_subscription_was_lost(store: Store) -> None:
     if isinstance(store.redis, fakeredis.FakeAsyncRedis):
         pytest.skip("fakeredis has no CLIENT KILL: the real Redis run covers this")
-    hub = EventHub(store.redis, store.keys.events_prefix)
+    hub = EventHub(store.redis, store.keys)
     chunks: list[str] = []
     following = asyncio.create_task(collect(tenant_stream(store, hub, TENANT), chunks))
     try:
@@ -214,3 +215,52 @@ async def test_a_tenant_stream_says_resync_when_its_subscription_was_lost(store:
     finally:
         following.cancel()
         await hub.aclose()
+
+
+async def _save_a_poll(store: Store) -> str:
+    """Claim the one due watch and save a pending poll of it; returns its id."""
+    claimed = await claim_one(store)
+    polled = copy.deepcopy(claimed.doc)
+    now = await store.server_time_ms()
+    polled.update(attempts=polled["attempts"] + 1, last_polled_at=now, updated_at=now)
+    polled.update(next_poll_at=now, last_result="pending")  # due again at once
+    assert await save(store, claimed, polled)
+    return claimed.id
+
+
+async def test_polls_are_published_only_while_a_stream_of_their_partition_is_open(
+    store: Store,
+) -> None:
+    """On a cluster a PUBLISH reaches every node: a poll nobody follows is not published; once
+    a stream follows a watch of the partition (the hub marks it), every poll there is."""
+    doc, _ = await store.register(TENANT, SPEC, 3600)
+    channel = store.keys.events_prefix + doc["id"]
+    pubsub = await subscriber(store.redis)  # on a cluster: any node hears every PUBLISH
+    await pubsub.subscribe(channel)
+
+    async def messages(seconds: float) -> list[Any]:
+        heard = []
+        loop = asyncio.get_running_loop()
+        until = loop.time() + seconds
+        while loop.time() < until:
+            message = await pubsub.get_message(timeout=0.05)
+            if message is not None and message["type"] == "message":
+                heard.append(message["channel"])
+        return heard
+
+    hub = EventHub(store.redis, store.keys)
+    try:
+        await _save_a_poll(store)
+        unheard = await messages(0.5)
+        with hub.follow(doc["id"]) as follower:
+            await asyncio.wait_for(follower.changed.wait(), 5)  # subscribed (and marked)
+            ttl_ms = await store.redis.pttl(store.keys.of(doc["id"]).listening)
+            await _save_a_poll(store)
+            heard = await messages(0.5)
+    finally:
+        await pubsub.aclose()
+        await hub.aclose()
+
+    assert unheard == []
+    assert 0 < ttl_ms <= 30_000
+    assert heard == [channel]

@@ -1,11 +1,14 @@
 -- Record polls of pending watches of one partition and schedule their next ones, each fenced
 -- by its lease.
--- KEYS: schedule, leases, then the document of each poll, in order
+-- KEYS: schedule, leases, listening, then the document of each poll, in order
 -- ARGV: events channel prefix, then one per poll: "<id> <token> <due ms> <doc JSON>"
--- The event streams of each saved watch hear of it on its channel (prefix .. id).
+-- The event streams of each saved watch hear of it on its channel (prefix .. id), while any
+-- stream of the partition is open (`listening` exists): on a cluster a PUBLISH goes to every
+-- node, so polls nobody follows are not published.
 -- Returns, in order, 1 per saved poll and 0 per lost lease (that watch is left unchanged); a
 -- poll saved by an earlier run of this very call (a reply lost, the call repeated) answers 1.
 local saved = {}
+local publish = redis.call('EXISTS', KEYS[3]) == 1
 for i = 2, #ARGV do
   local poll = ARGV[i]
   local id_end = string.find(poll, ' ', 1, true)
@@ -13,12 +16,14 @@ for i = 2, #ARGV do
   local due_end = string.find(poll, ' ', token_end + 1, true)
   local id = string.sub(poll, 1, id_end - 1)
   local doc = string.sub(poll, due_end + 1)
-  local doc_key = KEYS[1 + i]
+  local doc_key = KEYS[2 + i]
   if holds_lease(KEYS[2], id, string.sub(poll, id_end + 1, token_end - 1)) then
     redis.call('SET', doc_key, doc)
     redis.call('ZADD', KEYS[1], string.sub(poll, token_end + 1, due_end - 1), id)
     redis.call('HDEL', KEYS[2], id)
-    redis.call('PUBLISH', ARGV[1] .. id, '')
+    if publish then
+      redis.call('PUBLISH', ARGV[1] .. id, '')
+    end
     saved[#saved + 1] = 1
   elseif redis.call('GET', doc_key) == doc then
     saved[#saved + 1] = 1
