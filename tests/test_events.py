@@ -12,6 +12,7 @@ import fakeredis
 import pytest
 from redis.asyncio.cluster import RedisCluster
 
+from service import events
 from service.connection import subscriber
 from service.events import MAX_QUEUED_IDS, EventHub, Follower, parse_event_id, stream, tenant_stream
 from service.models import WatchCreate
@@ -264,3 +265,24 @@ async def test_polls_are_published_only_while_a_stream_of_their_partition_is_ope
     assert unheard == []
     assert 0 < ttl_ms <= 30_000
     assert heard == [channel]
+
+
+async def test_a_followed_partition_stays_marked_past_one_mark(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mark expires on its own (an API process may die), so the hub renews it for as long
+    as a stream follows a watch of the partition."""
+    monkeypatch.setattr(events, "MARK_SECONDS", 0.3)
+    monkeypatch.setattr(events, "MARK_REFRESH_SECONDS", 0.1)
+    doc, _ = await store.register(TENANT, SPEC, 3600)
+    marker = store.keys.of(doc["id"]).listening
+    hub = EventHub(store.redis, store.keys)
+    try:
+        with hub.follow(doc["id"]) as follower:
+            await asyncio.wait_for(follower.changed.wait(), 5)
+            await asyncio.sleep(1.0)  # three marks' lifetimes
+            still_marked = await store.redis.exists(marker)
+    finally:
+        await hub.aclose()
+
+    assert still_marked == 1

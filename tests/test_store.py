@@ -652,3 +652,16 @@ async def test_a_save_repeated_after_a_lost_reply_reports_success(store: Store) 
     assert await counts(store) == {"pending": 1, "completed": 1, "wh:pending": 1}
     changed = {**polled, "attempts": 2}
     assert await store.save([(first, changed)]) == [False]  # another write: still fenced
+
+
+async def test_a_recorded_poll_keeps_a_document_with_spaces_exactly(store: Store) -> None:
+    """record.lua takes each poll as one "<id> <token> <due> <doc>" argument: the document
+    (spaces, tabs, non-ASCII) is everything after the third space, byte for byte."""
+    await register(store)
+    claimed = await claim_one(store)
+    doc = copy.deepcopy(claimed.doc)
+    doc.update(attempts=1, last_error="HTTP 503: a b\tc é ✓", last_result=None)
+    assert await record_in(store, claimed, doc, 60)
+
+    stored = await store.get(TENANT, claimed.id)
+    assert stored["last_error"] == "HTTP 503: a b\tc é ✓" and stored["attempts"] == 1

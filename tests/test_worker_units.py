@@ -16,6 +16,7 @@ from yarl import URL
 
 from client.backoff import BackoffPolicy
 from client.upstream import Observation
+from service.domain import new_watch_id
 from service.keys import Keys
 from service.leases import Claim, Claimed, LeasedQueue
 from service.models import WatchCreate
@@ -369,3 +370,11 @@ async def test_the_outbound_session_keeps_no_cookies_and_guards_every_connection
         async with outbound_session(Settings()) as session:
             with pytest.raises(aiohttp.ClientConnectorError):
                 await session.get(url)
+
+
+def test_the_ids_and_tokens_record_lua_splits_on_hold_no_space() -> None:
+    """record.lua splits "<id> <token> <due> <doc>" at its first three spaces."""
+    loop = OneSlowHostLoop(RecordingQueue(), concurrency=8, lease_seconds=30)
+    tokens = [loop._next_token() for _ in range(3)]
+    ids = [new_watch_id(now, partition) for now in (0, 2**47) for partition in (0, 4095)]
+    assert not any(char.isspace() for value in [*ids, *tokens] for char in value)

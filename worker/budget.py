@@ -111,7 +111,12 @@ class HostBudget:
     async def admit(self, host: str, port: int) -> Admission:
         """Ask for one request to `port` of `host`, from the credit or else with this turn's
         other asks (raises the store's error: the caller puts it off)."""
-        return self.spend_credit(host, port) or await self._asks.add((host, port))
+        return self.spend_credit(host, port) or await self.ask(host, port)
+
+    async def ask(self, host: str, port: int) -> Admission:
+        """Ask Redis for one request to `port` of `host`, with this turn's other asks (the
+        credit not consulted: see `spend_credit`)."""
+        return await self._asks.add((host, port))
 
     async def _admit_all(self, asks: list[tuple[str, int]]) -> list[Admission]:
         self._takes += 1

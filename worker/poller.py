@@ -243,7 +243,7 @@ class Poller(ClaimLoop):
         sent (Redis time); else the poll is put off (`Deferred`), or, at the deadline, the
         reason it was refused is returned."""
         try:  # tokens taken ahead first, without a coroutine (most polls of a busy host)
-            admission = self.budget.spend_credit(spec.host, spec.port) or await self.budget.admit(
+            admission = self.budget.spend_credit(spec.host, spec.port) or await self.budget.ask(
                 spec.host, spec.port
             )
         except Exception as exc:  # no budget known: no request (the store is likely failing)

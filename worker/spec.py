@@ -82,22 +82,8 @@ def parsed_url(url: str) -> URL | str:
         return url
 
 
-@functools.lru_cache(maxsize=1024)  # a few policies, many watches of each
-def backoff_policy(
-    initial_wait_time: float,
-    backoff_factor: float,
-    jitter: float,
-    max_interval: float,
-    min_delay: float,
-) -> BackoffPolicy:
-    """One shared (immutable) policy object per distinct policy."""
-    return BackoffPolicy(
-        initial_wait_time=initial_wait_time,
-        backoff_factor=backoff_factor,
-        jitter=jitter,
-        max_interval=max_interval,
-        min_delay=min_delay,
-    )
+# One shared (immutable) policy object per distinct policy: a few policies, many watches each.
+shared_policy = functools.lru_cache(maxsize=1024)(BackoffPolicy)
 
 
 class SpecCache:
@@ -128,12 +114,12 @@ class SpecCache:
     def parse(self, spec_json: str) -> WatchSpec:
         spec = full_spec(spec_json)
         policy = spec["policy"]
-        backoff = backoff_policy(
-            policy["initial_wait_time"],
-            policy["backoff_factor"],
-            policy["jitter"],
-            policy["max_interval"],
-            self.min_poll_interval,
+        backoff = shared_policy(
+            initial_wait_time=policy["initial_wait_time"],
+            backoff_factor=policy["backoff_factor"],
+            jitter=policy["jitter"],
+            max_interval=policy["max_interval"],
+            min_delay=self.min_poll_interval,
         )
         webhook_url = spec.get("webhook_url")
         host, port = endpoint(spec["status_url"])
