@@ -12,9 +12,9 @@ scripts touch, one host per call (`lua/_host.lua`, `host_*.lua`):
   whole fleet, never below a 64th of the limit), answers that are all good add back 5 % of the
   limit per second; a `Retry-After` holds the budget down until it has passed (at most 60 s);
 * a circuit breaker per host and port (a closed port of a host must not stop the polls of a
-  healthy one, another tenant's maybe): when at least half of 10 or more polls of it within
-  10 s fail (no answer, or 5xx), or 5 in a row do (a budget cut to its floor by 503s sends
-  fewer than 10 in 10 s), it is left alone for `VTW_HOST_BREAKER_COOLDOWN`, then one
+  healthy one, another tenant's maybe): when at least half of its polls within 10 s fail (no
+  answer, or 5xx), and they are 10 or more or the last 5 failed in a row (a budget cut to its
+  floor by 503s sends fewer than 10 in 10 s), it is left alone for `VTW_HOST_BREAKER_COOLDOWN`, then one
   request fleet-wide probes it; its answer closes the breaker or opens it for another cool-down.
   While the probe is out, the other polls wait for its lease to end, at most a cool-down.
 

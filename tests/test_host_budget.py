@@ -437,6 +437,23 @@ async def test_failed_polls_in_a_row_open_the_breaker_however_slowly_they_come(
     assert (await state(book, mixed)).breaker == "closed"
 
 
+async def test_a_streak_of_failures_on_a_host_that_mostly_answers_well_is_chance(
+    book: HostBook,
+) -> None:
+    # A busy host failing one poll in ten sees 5 failures in a row now and then: with most of
+    # the window's polls answered well, that does not stop the whole fleet's polls of it.
+    busy = new_host()
+    assert await report(book, busy, ok=20) == (False, False)
+    for _ in range(8):
+        assert await report(book, busy, failed=1) == (False, False)
+    assert (await state(book, busy)).breaker == "closed"
+    assert (await take(book, busy, 1)).granted == 1
+    # Once half of the window's polls failed, it opens.
+    for _ in range(11):
+        assert await report(book, busy, failed=1) == (False, False)
+    assert await report(book, busy, failed=1) == (True, False)  # 20 of 40
+
+
 # -- the tenant's view -------------------------------------------------------------------------
 
 

@@ -5,9 +5,10 @@
 -- * otherwise, when a port's polls all answered well, the budget grows back (additive: a share
 --   of the limit per second since the previous report, at most one second's worth), never
 --   above the limit (a port that does not answer at all says nothing of the host's load);
--- * per port, closed breaker: within a window, enough polls that mostly failed (no answer, or
---   5xx), or a streak of failed polls however slow, open it for the cool-down; half-open: the
---   probe's answer closes it, or opens it again.
+-- * per port, closed breaker: within a window, polls that mostly failed (no answer, or 5xx),
+--   when they are enough or end in a streak of failures however slow they come, open it for
+--   the cool-down (a streak alone is chance on a busy host that mostly answers well);
+--   half-open: the probe's answer closes it, or opens it again.
 -- A report is sent once, never retried. Run twice, the cut interval and the time-based growth
 -- keep the budget as if run once, and the probe's answer counts once (its id is cleared); only
 -- the breaker's window would count those polls twice.
@@ -57,7 +58,7 @@ for i = 2, #KEYS do
     -- A report with any good answer ends a streak (its polls' order is not known).
     b.streak = ok > 0 and 0 or num(b.streak, 0) + failed
     local polls = b.wok + b.wfail
-    if (polls >= min_polls and b.wfail >= ratio * polls) or b.streak >= streak_max then
+    if b.wfail >= ratio * polls and (polls >= min_polls or b.streak >= streak_max) then
       state, b.wait_until = 'open', now + cooldown
       b.trips = num(b.trips, 0) + 1
       b.wok, b.wfail, b.wstart, b.streak = 0, 0, now, 0
