@@ -21,6 +21,7 @@ DEFAULTS: dict[str, Any] = {
     "next_poll_at": None,
     "finished_at": None,
 }
+_KEPT = object()  # the "default" of a field that has none: unequal to every value
 WEBHOOK_DEFAULTS: dict[str, Any] = {
     "state": WebhookState.NONE.value,
     "attempts": 0,
@@ -30,18 +31,12 @@ WEBHOOK_DEFAULTS: dict[str, Any] = {
 
 def pack(doc: WatchDoc | dict[str, Any]) -> bytes:
     """The stored JSON of `doc`, UTF-8: fields at their default (null, 0, no webhook) left out."""
-    stored = dict(doc)
-    for key, default in DEFAULTS.items():
-        if stored.get(key, ...) == default:
-            del stored[key]
+    stored = {key: value for key, value in doc.items() if value != DEFAULTS.get(key, _KEPT)}
     webhook = cast(dict[str, Any] | None, stored.pop("webhook", None))
-    if webhook is not None:
-        webhook = dict(webhook)
-        for key, default in WEBHOOK_DEFAULTS.items():
-            if webhook.get(key, ...) == default:
-                del webhook[key]
-        if webhook:
-            stored["webhook"] = webhook
+    if webhook:
+        kept = {k: v for k, v in webhook.items() if v != WEBHOOK_DEFAULTS.get(k, _KEPT)}
+        if kept:
+            stored["webhook"] = kept
     return orjson.dumps(stored)
 
 

@@ -3,26 +3,97 @@
 Names follow Prometheus' rules: the `vtwatch_` prefix, base units (seconds), `_total` counters,
 and no watch ids, tenants, URLs or hosts as labels (unbounded cardinality, and private).
 The API serves them at `GET /metrics`; a worker on its own port (`VTW_METRICS_PORT`).
+
+What every poll updates is a `LoopCounter` or `LoopHistogram`: prometheus-client's own take a
+lock on each update (a histogram two), a cost the poller's hot path would pay several times per
+poll; these are updated by the one thread that runs the event loop and read at scrape time.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import bisect
+from collections.abc import Iterable, Iterator, Sequence
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
+
+
+class LoopCounter(Collector):
+    """A counter by one label with a fixed set of values, updated without a lock: only ever
+    from one thread (a worker's event loop); a scrape from another thread reads it."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        label: str,
+        values: Iterable[str],
+        registry: CollectorRegistry = REGISTRY,
+    ) -> None:
+        self.name, self.documentation, self.label = name, documentation, label
+        self.counts = dict.fromkeys(values, 0)
+        registry.register(self)
+
+    def inc(self, value: str) -> None:
+        self.counts[value] += 1
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=[self.label])
+        for value, count in list(self.counts.items()):
+            family.add_metric([value], count)
+        yield family
+
+
+class LoopHistogram(Collector):
+    """A histogram updated without a lock: only ever from one thread (a worker's event loop);
+    a scrape from another thread reads a copy of its counts."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        buckets: Sequence[float],
+        registry: CollectorRegistry = REGISTRY,
+    ) -> None:
+        self.name, self.documentation = name, documentation
+        self.bounds = tuple(float(b) for b in buckets)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one: above every bound
+        self.sum = 0.0
+        registry.register(self)
+
+    def observe(self, amount: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, amount)] += 1  # `le`: a bound is inside
+        self.sum += amount
+
+    def collect(self) -> Iterator[Metric]:
+        counts, total, cumulative = list(self.counts), self.sum, 0
+        buckets = []
+        for bound, count in zip((*map(str, self.bounds), "+Inf"), counts, strict=True):
+            cumulative += count
+            buckets.append((bound, cumulative))
+        yield HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=total)
+
 
 # Polls take from milliseconds to a request timeout; webhooks up to their 15 s timeout.
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30)
 # Lateness and notification: from milliseconds to the first retries of a webhook.
 DELAY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
 
-POLLS = Counter(
+POLLS = LoopCounter(
     "vtwatch_polls",
     "Upstream polls, by what they saw: pending, completed, error, or transient (no answer)",
-    ["outcome"],
+    "outcome",
+    ("pending", "completed", "error", "transient"),
 )
-POLL_DURATION = Histogram(
+POLL_DURATION = LoopHistogram(
     "vtwatch_poll_duration_seconds", "Time of one upstream request", buckets=REQUEST_BUCKETS
 )
-SCHEDULE_LAG = Histogram(
+SCHEDULE_LAG = LoopHistogram(
     "vtwatch_schedule_lag_seconds",
     "How late a poll was claimed: claim time minus the time it was due",
     buckets=DELAY_BUCKETS,

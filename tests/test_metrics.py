@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.metrics import LoopCounter, LoopHistogram
 from tests.service_fixtures import ApiFactory
 
 BODY = {"status_url": "http://translate-1:5000/status"}
@@ -112,3 +114,25 @@ def test_the_grafana_dashboard_charts_only_metrics_that_exist() -> None:
         )
     }
     assert used and used <= known, used - known
+
+
+def test_the_lock_free_poll_metrics_scrape_like_prometheus_clients_own() -> None:
+    """`LoopHistogram` and `LoopCounter` (what every poll updates) expose what a
+    prometheus-client Histogram and Counter would: cumulative `le` buckets, a bound inside its
+    own bucket, `_count` equal to `+Inf`, a `_total` per label value, zeros included."""
+    registry = CollectorRegistry()
+    lag = LoopHistogram("t_lag_seconds", "lag", buckets=(0.1, 1.0), registry=registry)
+    polls = LoopCounter("t_polls", "polls", "outcome", ("pending", "error"), registry=registry)
+    for amount in (0.05, 0.1, 0.5, 7.0):
+        lag.observe(amount)
+    polls.inc("pending")
+    polls.inc("pending")
+
+    scraped = samples(generate_latest(registry).decode())
+    assert scraped[("t_lag_seconds_bucket", (("le", "0.1"),))] == 2
+    assert scraped[("t_lag_seconds_bucket", (("le", "1.0"),))] == 3
+    assert scraped[("t_lag_seconds_bucket", (("le", "+Inf"),))] == 4
+    assert scraped[("t_lag_seconds_count", ())] == 4
+    assert scraped[("t_lag_seconds_sum", ())] == 7.65
+    assert scraped[("t_polls_total", (("outcome", "pending"),))] == 2
+    assert scraped[("t_polls_total", (("outcome", "error"),))] == 0

@@ -25,7 +25,7 @@ from service.settings import Settings
 from service.store import Store
 from worker.dispatcher import Dispatcher
 from worker.leases import LeaseKeeper
-from worker.loop import ClaimLoop
+from worker.loop import ClaimLoop, WriteBatch
 from worker.poller import Poller
 from worker.spec import SPEC_OVERHEAD_BYTES, SpecCache, normalized_host, parsed_url
 
@@ -378,3 +378,38 @@ def test_the_ids_and_tokens_record_lua_splits_on_hold_no_space() -> None:
     tokens = [loop._next_token() for _ in range(3)]
     ids = [new_watch_id(now, partition) for now in (0, 2**47) for partition in (0, 4095)]
     assert not any(char.isspace() for value in [*ids, *tokens] for char in value)
+
+
+async def test_writes_made_while_a_batch_is_in_flight_go_together_after_it() -> None:
+    """Group commit: one send in flight at a time; the writes made meanwhile wait for it and go
+    in the next send together (fewer round trips under load); a failed send fails its items
+    only."""
+    sent: list[list[int]] = []
+    gate = asyncio.Event()
+
+    async def send(items: list[int]) -> list[int]:
+        sent.append(items)
+        if items == [0]:
+            await gate.wait()
+        if 13 in items:
+            raise RuntimeError("store down")
+        return [item * 10 for item in items]
+
+    batch: WriteBatch[int, int] = WriteBatch(send)
+    first = asyncio.create_task(batch.add(0))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert sent == [[0]]
+    meanwhile = [asyncio.create_task(batch.add(i)) for i in (1, 2, 3)]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert sent == [[0]]  # still one send in flight
+    gate.set()
+    assert await first == 0
+    assert await asyncio.gather(*meanwhile) == [10, 20, 30]
+    assert sent == [[0], [1, 2, 3]]
+
+    failing = asyncio.create_task(batch.add(13))
+    with pytest.raises(RuntimeError):
+        await failing
+    assert await batch.add(4) == 40  # the next batch is not hurt

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import random
 import secrets
+import time
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -37,7 +38,10 @@ R = TypeVar("R")
 
 
 class WriteBatch(Generic[T, R]):
-    """Coalesces the writes made in one event-loop turn into one call of `send` (one round trip).
+    """Coalesces writes into one call of `send` (one round trip): those made in one event-loop
+    turn, and those made while the previous call was in flight, which go together as soon as
+    it ends (group commit: under load, batches grow rather than round trips multiply; at most
+    one call in flight, so a batch is bounded by the writers waiting on it).
 
     `await batch.add(item)` returns that item's result; a failed send fails every item in it.
     """
@@ -46,11 +50,11 @@ class WriteBatch(Generic[T, R]):
         self._send = send
         self._items: list[T] = []
         self._futures: list[asyncio.Future[R]] = []
-        self._tasks: set[asyncio.Task[list[R]]] = set()
+        self._sending: asyncio.Task[list[R]] | None = None
 
     async def add(self, item: T) -> R:
         loop = asyncio.get_running_loop()
-        if not self._items:
+        if not self._items and self._sending is None:
             loop.call_soon(self._flush)
         future: asyncio.Future[R] = loop.create_future()
         self._items.append(item)
@@ -60,13 +64,13 @@ class WriteBatch(Generic[T, R]):
     def _flush(self) -> None:
         items, futures = self._items, self._futures
         self._items, self._futures = [], []
-        task = asyncio.ensure_future(self._send(items))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task = self._sending = asyncio.ensure_future(self._send(items))
         task.add_done_callback(lambda done: self._settle(done, futures))
 
-    @staticmethod
-    def _settle(done: asyncio.Future[list[R]], futures: list[asyncio.Future[R]]) -> None:
+    def _settle(self, done: asyncio.Future[list[R]], futures: list[asyncio.Future[R]]) -> None:
+        self._sending = None
+        if self._items:  # written meanwhile: their turn now
+            self._flush()
         error = done.exception() if not done.cancelled() else asyncio.CancelledError()
         for index, future in enumerate(futures):
             if future.done():
@@ -198,11 +202,11 @@ class ClaimLoop(ABC):
 
     def server_now_ms(self) -> int:
         """Redis time, estimated from the last claim plus this process's monotonic clock."""
-        return int(asyncio.get_running_loop().time() * 1000 + self._clock_offset_ms)
+        return int(time.monotonic() * 1000 + self._clock_offset_ms)
 
     def sync_clock(self, redis_now_ms: int) -> None:
         """Take Redis time as read by a claim (what `server_now_ms` estimates from)."""
-        self._clock_offset_ms = redis_now_ms - asyncio.get_running_loop().time() * 1000
+        self._clock_offset_ms = redis_now_ms - time.monotonic() * 1000
 
     def stop(self) -> None:
         """Stop claiming (idempotent); wakes the loop wherever it waits."""
@@ -223,8 +227,8 @@ class ClaimLoop(ABC):
 
     async def _claim_until_stopped(self) -> None:
         token, lost_token, lost_partition = self._next_token(), None, None
-        clock = asyncio.get_running_loop().time
-        picker = self.picker
+        loop = asyncio.get_running_loop()
+        clock, create_task, picker = loop.time, loop.create_task, self.picker
         while not self.stopping.is_set():
             self.heartbeat = clock()
             free = self.concurrency - len(self.in_flight)
@@ -255,7 +259,7 @@ class ClaimLoop(ABC):
             self.sync_clock(claim.now_ms)
             for claimed in claim.watches:
                 self.keeper.hold(claimed, since=sent_at)
-                task = asyncio.create_task(self._handle(claimed))
+                task = create_task(self._handle(claimed))
                 self.in_flight.add(task)
                 task.add_done_callback(self._done)
             picker.claimed(partition, claim.now_ms, claim.next_due_ms, len(claim.watches) >= free)

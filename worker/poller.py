@@ -49,9 +49,6 @@ from .schedules import LearnedSchedules, completion_sample
 from .spec import SpecCache, WatchSpec
 
 logger = logging.getLogger(__name__)
-POLL_OUTCOMES = {
-    name: POLLS.labels(name) for name in ("pending", "completed", "error", "transient")
-}
 DEFERRED = {
     name: POLLS_DEFERRED.labels(name)
     for name in ("budget", "budget_unavailable", "breaker", "host_share")
@@ -208,7 +205,7 @@ class Poller(ClaimLoop):
             updated = refused(doc, spec, polled, now_ms)
         else:
             seen, sent_ms = polled
-            POLL_OUTCOMES[seen.status.value if seen.status is not None else "transient"].inc()
+            POLLS.inc(seen.status.value if seen.status is not None else "transient")
             try:
                 updated = advance(
                     doc, spec, seen, now_ms, self.rng, planner=planner, sent_ms=sent_ms
