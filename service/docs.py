@@ -21,22 +21,28 @@ DEFAULTS: dict[str, Any] = {
     "next_poll_at": None,
     "finished_at": None,
 }
-_KEPT = object()  # the "default" of a field that has none: unequal to every value
 WEBHOOK_DEFAULTS: dict[str, Any] = {
     "state": WebhookState.NONE.value,
     "attempts": 0,
     "last_status_code": None,
 }
+_DEFAULT_ITEMS = tuple(DEFAULTS.items())
+_KEPT = object()  # the "default" of a field that has none: unequal to every value
 
 
 def pack(doc: WatchDoc | dict[str, Any]) -> bytes:
     """The stored JSON of `doc`, UTF-8: fields at their default (null, 0, no webhook) left out."""
-    stored = {key: value for key, value in doc.items() if value != DEFAULTS.get(key, _KEPT)}
+    stored = dict(doc)
+    for key, default in _DEFAULT_ITEMS:
+        if key in stored and stored[key] == default:
+            del stored[key]
     webhook = cast(dict[str, Any] | None, stored.pop("webhook", None))
-    if webhook:
-        kept = {k: v for k, v in webhook.items() if v != WEBHOOK_DEFAULTS.get(k, _KEPT)}
-        if kept:
-            stored["webhook"] = kept
+    if webhook and webhook != WEBHOOK_DEFAULTS:  # (one C comparison for most documents)
+        stored["webhook"] = {
+            key: value
+            for key, value in webhook.items()
+            if value != WEBHOOK_DEFAULTS.get(key, _KEPT)
+        }
     return orjson.dumps(stored)
 
 
