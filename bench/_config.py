@@ -12,7 +12,6 @@ class Config:
     watches: int = 20_000
     concurrency: int = 256
     per_host_concurrency: int | None = None  # None: the same as concurrency
-    requests: int = 20_000
     repeats: int = 3
     warmup: float = 2.0
     window: float = 10.0

@@ -27,7 +27,6 @@ from service.store import Store
 from worker.cli import run_async
 from worker.process import tune_gc
 
-BARE_WARMUP_SHARE = 0.1
 ENTRY = Path(__file__).resolve().with_name("worker.py")  # runs the bare loop with --child-bare
 # Every watch is due again at once: the worker polls as fast as it can.
 SATURATE = Policy(initial_wait_time=0.05, backoff_factor=1, jitter=0, max_interval=0.05)
@@ -103,18 +102,17 @@ def saturated_specs(urls: Sequence[str]) -> Iterator[dict[str, Any]]:
 
 
 async def bare_loop(
-    urls: Sequence[str], concurrency: int, total: int, sim_pid: int
+    urls: Sequence[str], concurrency: int, warmup: float, window: float, sim_pid: int
 ) -> dict[str, Any]:
-    """`total` GETs with `concurrency` coroutines on one session; rate after the warm-up."""
-    warmup = int(total * BARE_WARMUP_SHARE)
+    """GETs with `concurrency` coroutines on one session for `warmup` + `window` seconds; the
+    rate over the window (the worker's measure: the same warm-up, the same length)."""
     issued = done = errors = 0
-    marks: list[CpuMarks] = []
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
 
         async def run() -> None:
             nonlocal issued, done, errors
-            while issued < total:
+            while not stop.is_set():
                 url = urls[issued % len(urls)]
                 issued += 1
                 try:
@@ -124,26 +122,32 @@ async def bare_loop(
                 except aiohttp.ClientError:
                     errors += 1
                 done += 1
-                if done == warmup:
-                    marks.append(CpuMarks(time.process_time(), sim_pid))
 
-        await asyncio.gather(*(run() for _ in range(concurrency)))
-        end = CpuMarks(time.process_time(), sim_pid)
+        stop = asyncio.Event()
+        runners = [asyncio.create_task(run()) for _ in range(concurrency)]
+        await asyncio.sleep(warmup)
+        start, counted = CpuMarks(time.process_time(), sim_pid), done
+        await asyncio.sleep(window)
+        end, counted = CpuMarks(time.process_time(), sim_pid), done - counted
+        stop.set()
+        await asyncio.gather(*runners)
     return {
-        "requests": total - warmup,
-        "seconds": end.at - marks[0].at,
+        "requests": counted,
+        "seconds": end.at - start.at,
         "errors": errors,
-        "cpu": asdict(marks[0].until(end)),
+        "cpu": asdict(start.until(end)),
     }
 
 
-def bare_child_main(urls_file: str, concurrency: int, total: int, sim_pid: int) -> None:
+def bare_child_main(
+    urls_file: str, concurrency: int, warmup: float, window: float, sim_pid: int
+) -> None:
     """The child's side of `run_bare`: the result as one JSON line on stdout."""
     urls = Path(urls_file).read_text().split()
     result: dict[str, Any] = {}
 
     async def measure() -> None:
-        result.update(await bare_loop(urls, concurrency, total, sim_pid))
+        result.update(await bare_loop(urls, concurrency, warmup, window, sim_pid))
 
     tune_gc()  # like for like: the worker's garbage-collector settings ...
     run_async(measure())  # ... and its event loop (uvloop if installed)
@@ -152,7 +156,8 @@ def bare_child_main(urls_file: str, concurrency: int, total: int, sim_pid: int) 
 
 async def run_bare(sim: Simulator, urls_file: Path, cfg: Config, folder: Path) -> BareRun:
     argv = [sys.executable, str(ENTRY), "--child-bare", str(urls_file)]
-    argv += ["--concurrency", str(cfg.concurrency), "--requests", str(cfg.requests)]
+    argv += ["--concurrency", str(cfg.concurrency)]
+    argv += ["--warmup", str(cfg.warmup), "--window", str(cfg.window)]
     argv += ["--sim-pid", str(sim.proc.pid)]
     proc = Proc("bare loop", argv, folder / "bare.log")
     code = await proc.wait(timeout=300)

@@ -10,8 +10,8 @@ What runs, all on 127.0.0.1:
   watch that stays `pending` for a day;
 * per repeat, interleaved:
   1. **bare loop**: a separate Python process with one `aiohttp.ClientSession` (connector limit C)
-     and C coroutines doing `GET <job status URL>` + `read()` for `--requests` requests; req/s is
-     counted after the first 10 % (connection warm-up);
+     and C coroutines doing `GET <job status URL>` + `read()`; req/s is counted like the
+     worker's polls/s, over `--window` seconds after `--warmup` seconds;
   2. **worker**: `vtwatch worker` as its own process (`VTW_WORKER_CONCURRENCY=C`,
      `VTW_PER_HOST_CONCURRENCY`, `VTW_ALLOWED_NETWORKS=127.0.0.0/8,::1/128`) on `--watches`
      pending watches registered through `Store.register`, policy 0.05 s / factor 1 / no jitter /
@@ -301,7 +301,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--watches", type=positive_int, default=d.watches, help="saturated watches (%(default)s)")
     add("--concurrency", type=positive_int, default=d.concurrency, help="C of both loops")
     add("--per-host-concurrency", type=positive_int, default=None, help="worker's; default C")
-    add("--requests", type=positive_int, default=d.requests, help="bare loop requests per run")
     add("--repeats", type=positive_int, default=d.repeats, help="interleaved runs (%(default)s)")
     add("--warmup", type=float, default=d.warmup, help="seconds before each window")
     add("--window", type=float, default=d.window, help="seconds measured per worker run")
@@ -326,7 +325,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child_bare:
-        bare_child_main(args.child_bare, args.concurrency, args.requests, args.sim_pid)
+        bare_child_main(args.child_bare, args.concurrency, args.warmup, args.window, args.sim_pid)
         return 0
     cfg = Config(**{f.name: getattr(args, f.name) for f in fields(Config)})
     report = asyncio.run(run_benchmark(cfg))
