@@ -38,11 +38,9 @@ def pack(doc: WatchDoc | dict[str, Any]) -> bytes:
             del stored[key]
     webhook = cast(dict[str, Any] | None, stored.pop("webhook", None))
     if webhook and webhook != WEBHOOK_DEFAULTS:  # (one C comparison for most documents)
-        stored["webhook"] = {
-            key: value
-            for key, value in webhook.items()
-            if value != WEBHOOK_DEFAULTS.get(key, _KEPT)
-        }
+        kept = {k: v for k, v in webhook.items() if v != WEBHOOK_DEFAULTS.get(k, _KEPT)}
+        if kept:  # never an empty webhook: the scripts read a missing one as the defaults
+            stored["webhook"] = kept
     return orjson.dumps(stored)
 
 

@@ -14,10 +14,10 @@ scripts touch, one host per call (`lua/_host.lua`, `host_*.lua`):
 * a circuit breaker per host and port (a closed port of a host must not stop the polls of a
   healthy one, another tenant's maybe): when at least half of its polls within 10 s fail (no
   answer, or 5xx), and they are 10 or more or the last 5 failed in a row (a budget cut to its
-  floor by 503s sends fewer than 10 in 10 s), it is left alone for `VTW_HOST_BREAKER_COOLDOWN`,
-  then one request fleet-wide probes it; its answer closes the breaker or opens it for another
-  cool-down. While the probe is out, the other polls wait for its lease to end, at most a
-  cool-down.
+  floor by 503s sends fewer than 10 in 10 s), or 10 in a row fail, it is left alone for
+  `VTW_HOST_BREAKER_COOLDOWN`, then one request fleet-wide probes it; its answer closes the
+  breaker or opens it for another cool-down. While the probe is out, the other polls wait for
+  its lease to end, at most a cool-down.
 
 Times are Redis server time. The hosts and ports a tenant's watches polled are noted apart
 (`Keys.tenant_hosts`), so `GET /v1/status` shows a tenant only the hosts it uses.

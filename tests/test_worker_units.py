@@ -410,6 +410,9 @@ async def test_writes_made_while_a_batch_is_in_flight_go_together_after_it() -> 
     assert sent == [[0], [1, 2, 3]]
 
     failing = asyncio.create_task(batch.add(13))
+    behind = asyncio.create_task(batch.add(5))  # the same turn: the same (failing) send
     with pytest.raises(RuntimeError):
         await failing
+    with pytest.raises(RuntimeError):
+        await behind
     assert await batch.add(4) == 40  # the next batch is not hurt

@@ -69,16 +69,23 @@ class WriteBatch(Generic[T, R]):
 
     def _settle(self, done: asyncio.Future[list[R]], futures: list[asyncio.Future[R]]) -> None:
         self._sending = None
-        if self._items:  # written meanwhile: their turn now
-            self._flush()
-        error = done.exception() if not done.cancelled() else asyncio.CancelledError()
-        for index, future in enumerate(futures):
-            if future.done():
-                continue
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(done.result()[index])
+        try:
+            error = done.exception() if not done.cancelled() else asyncio.CancelledError()
+            results = done.result() if error is None else []
+            for index, future in enumerate(futures):
+                if future.done():
+                    continue
+                if error is None and index < len(results):
+                    future.set_result(results[index])
+                else:
+                    future.set_exception(error or RuntimeError("no result for this write"))
+        finally:
+            if done.cancelled():  # shutting down: nothing more is sent
+                for future in self._futures:
+                    future.cancel()
+                self._items, self._futures = [], []
+            elif self._items:  # written meanwhile: their turn now
+                self._flush()
 
 
 class LeaseLost(Exception):

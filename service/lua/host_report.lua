@@ -7,7 +7,8 @@
 --   above the limit (a port that does not answer at all says nothing of the host's load);
 -- * per port, closed breaker: within a window, polls that mostly failed (no answer, or 5xx),
 --   when they are enough or end in a streak of failures however slow they come, open it for
---   the cool-down (a streak alone is chance on a busy host that mostly answers well);
+--   the cool-down (a streak of 5 alone is chance on a busy host that mostly answers well; one
+--   of 10 is not: a host that just died in a good window);
 --   half-open: the probe's answer closes it, or opens it again.
 -- A report is sent once, never retried. Run twice, the cut interval and the time-based growth
 -- keep the budget as if run once, and the probe's answer counts once (its id is cleared); only
@@ -58,7 +59,8 @@ for i = 2, #KEYS do
     -- A report with any good answer ends a streak (its polls' order is not known).
     b.streak = ok > 0 and 0 or num(b.streak, 0) + failed
     local polls = b.wok + b.wfail
-    if b.wfail >= ratio * polls and (polls >= min_polls or b.streak >= streak_max) then
+    local mostly_failed = b.wfail >= ratio * polls and (polls >= min_polls or b.streak >= streak_max)
+    if mostly_failed or b.streak >= 2 * streak_max then
       state, b.wait_until = 'open', now + cooldown
       b.trips = num(b.trips, 0) + 1
       b.wok, b.wfail, b.wstart, b.streak = 0, 0, now, 0
