@@ -16,6 +16,7 @@ from yarl import URL
 
 from client.backoff import BackoffPolicy
 from client.upstream import Observation
+from service.docs import pack, unpack
 from service.domain import new_watch_id
 from service.keys import Keys
 from service.leases import Claim, Claimed, LeasedQueue
@@ -416,3 +417,24 @@ async def test_writes_made_while_a_batch_is_in_flight_go_together_after_it() -> 
     with pytest.raises(RuntimeError):
         await behind
     assert await batch.add(4) == 40  # the next batch is not hurt
+
+
+@pytest.mark.parametrize(
+    ("doc", "stored"),
+    [
+        ({"id": "w", "attempts": 0, "reason": None, "progress": 0.0}, {"id": "w", "progress": 0.0}),
+        ({"id": "w", "webhook": {"state": "none"}}, {"id": "w"}),
+        ({"id": "w", "webhook": {"state": "none", "attempts": 0}}, {"id": "w"}),
+        (
+            {"id": "w", "webhook": {"state": "pending", "attempts": 0}},
+            {"id": "w", "webhook": {"state": "pending"}},
+        ),
+        ({"id": "w", "webhook": {}}, {"id": "w"}),
+    ],
+)
+def test_a_packed_document_leaves_out_defaults_and_never_an_empty_webhook(
+    doc: dict[str, Any], stored: dict[str, Any]
+) -> None:
+    """The Lua scripts read a missing webhook as the defaults; an empty one would read as nil."""
+    assert json.loads(pack(doc)) == stored
+    assert unpack(pack(doc))["webhook"]["state"] == doc.get("webhook", {}).get("state", "none")
