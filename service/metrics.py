@@ -6,7 +6,8 @@ The API serves them at `GET /metrics`; a worker on its own port (`VTW_METRICS_PO
 
 What every poll updates is a `LoopCounter` or `LoopHistogram`: prometheus-client's own take a
 lock on each update (a histogram two), a cost the poller's hot path would pay several times per
-poll; these are updated by the one thread that runs the event loop and read at scrape time.
+poll; these are updated by the one thread that runs the event loop and read at scrape time
+(on that loop here: both the API's and the worker's `/metrics` handlers are coroutines).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 class LoopCounter(Collector):
     """A counter by one label with a fixed set of values, updated without a lock: only ever
-    from one thread (a worker's event loop); a scrape from another thread reads it."""
+    from one thread (a worker's event loop). A scrape reads a copy of its counts."""
 
     def __init__(
         self,
@@ -50,8 +51,9 @@ class LoopCounter(Collector):
 
 
 class LoopHistogram(Collector):
-    """A histogram updated without a lock: only ever from one thread (a worker's event loop);
-    a scrape from another thread reads a copy of its counts."""
+    """A histogram updated without a lock: only ever from one thread (a worker's event loop).
+    A scrape reads a copy of its counts (from another thread, one taken between two updates
+    may be off by the update in progress, never torn)."""
 
     def __init__(
         self,

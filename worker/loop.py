@@ -44,6 +44,7 @@ class WriteBatch(Generic[T, R]):
     one call in flight, so a batch is bounded by the writers waiting on it).
 
     `await batch.add(item)` returns that item's result; a failed send fails every item in it.
+    `send` must not add to its own batch (it would wait for itself).
     """
 
     def __init__(self, send: Callable[[list[T]], Awaitable[list[R]]]) -> None:
