@@ -11,6 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from service.auth import check_open_mode
+from service.models import render_summary
 from service.settings import Settings
 from tests.service_fixtures import ApiFactory, down_redis
 
@@ -582,3 +583,11 @@ async def test_openapi_lists_the_routes_and_describes_the_watch(api: httpx.Async
     assert watch["properties"]["attempts"]["description"]
     post = schema["paths"]["/v1/watches"]["post"]
     assert {"200", "201", "409", "422"} <= set(post["responses"])
+
+
+def test_the_summary_shows_counts_as_stored_so_drift_is_visible() -> None:
+    """A count the scripts let go negative is a bug to see, not to hide (item 17 of #8)."""
+    summary = render_summary({"pending": -1, "completed": 3, "wh:failed": -2})
+
+    assert summary.by_state["pending"] == -1 and summary.total == 2
+    assert summary.webhooks.failed == -2
