@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -96,7 +97,25 @@ def test_the_warm_learned_schedule_saves_requests(lognormal: dict[str, StrategyR
     assert learned.latency_p95 <= defaults.latency_p95
 
 
-def test_cli_mix(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--jobs", "20", "--train-jobs", "30", "--mix", "bimodal"]) == 0
+MIX_ROWS = ["ours (defaults)", "ours (learned)", "original", "fixed 1 s"]
+
+
+@pytest.mark.parametrize(
+    ("mix", "described", "deadline"),
+    [
+        ("lognormal", "lognormal median", 600),
+        ("bimodal", "bimodal", 600),
+        ("loguniform", "log-uniform", 60),
+    ],
+)
+def test_cli_mix(
+    capsys: pytest.CaptureFixture[str], mix: str, described: str, deadline: int
+) -> None:
+    assert main(["--jobs", "20", "--train-jobs", "30", "--mix", mix]) == 0
     out = capsys.readouterr().out
-    assert "bimodal" in out and "deadline 600 s" in out and "ours (learned)" in out
+    header, blank, columns, *rows = out.strip().splitlines()
+    assert f"durations {described}" in header and f"deadline {deadline} s" in header
+    assert "learned warmed on 30 jobs" in header
+    assert not blank and columns.startswith("strategy")
+    # The strategy is the first column (cells are 2+ spaces apart; names hold single spaces).
+    assert [re.split(r"\s{2,}", row)[0] for row in rows] == MIX_ROWS
