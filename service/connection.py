@@ -69,7 +69,7 @@ def connect(settings: Settings) -> aioredis.Redis:
         health_check_interval=15,
         retry=Retry(NoBackoff(), retries=0),
     )
-    return aioredis.Redis(connection_pool=pool)
+    return aioredis.Redis.from_pool(pool)  # its `aclose()` closes the pool's connections too
 
 
 # A node that stopped answering, or a cluster in a failover: the slot map must be read again.

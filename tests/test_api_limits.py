@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from redis.exceptions import BusyLoadingError, OutOfMemoryError, ReadOnlyError, ResponseError
 
 from service.settings import Settings
 from service.store import Store
-from tests.service_fixtures import ApiFactory
+from tests.service_fixtures import REAL_REDIS_URL, ApiFactory, real_redis_or_skip
 
 BODY = {"status_url": "http://translate-1:5000/status"}
 
@@ -66,3 +68,24 @@ def test_redis_commands_are_never_resent_by_the_client_library() -> None:
     connection = client.connection_pool.make_connection()
 
     assert connection.retry.get_retries() == 0
+
+
+async def test_closing_a_client_closes_its_connections() -> None:
+    """The API, the worker and `vtwatch dev` close their client on shutdown: that must close
+    the pool's connections too (a client given a pool by hand leaves them open)."""
+    from service.connection import connect
+
+    probe = await real_redis_or_skip(decode_responses=True)
+    client = connect(Settings(redis_url=REAL_REDIS_URL))
+    name = f"vtw-close-test-{id(client)}"
+    await client.client_setname(name)
+
+    await client.aclose()
+
+    for _ in range(50):
+        names = [entry.get("name") for entry in await probe.client_list()]
+        if name not in names:
+            break
+        await asyncio.sleep(0.02)
+    await probe.aclose()
+    assert name not in names
