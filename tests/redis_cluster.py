@@ -80,6 +80,8 @@ class LocalCluster:
                 "yes",
                 "--appendfsync",
                 "everysec",
+                "--repl-diskless-sync-delay",  # replicas sync at once, not 5 s after they ask
+                "0",
                 "--logfile",
                 str(data / "redis.log"),
             ],
