@@ -4,8 +4,8 @@ processes on loopback; one client (this process) makes one call at a time.
 
 What runs, all on 127.0.0.1: a private `redis-server` (`--save "" --appendonly no`) and a
 cluster of 3 masters + 3 replicas with AOF everysec (`tests/redis_cluster.py`, as the tests
-use), measured once every master's replica is `online` (its first sync is held back a few
-seconds after `cluster_state:ok`, and a `WAIT` meanwhile times out). Every call goes through
+use), measured once every master's replica is `online` (its first sync ends a moment after
+`cluster_state:ok`, and a `WAIT` before then times out). Every call goes through
 the service's own code: a client from `service.connection.connect` (as the API's), a `Store`,
 and for the waited registrations a `Replication` as the API builds it
 (`VTW_REDIS_WAIT_REPLICAS`, `VTW_REDIS_WAIT_TIMEOUT`). Each (target, P) has a namespace of its
@@ -248,8 +248,8 @@ async def registrations(report: Report, redis: aioredis.Redis, cfg: StatusConfig
 
 async def replicas_online(local: LocalCluster) -> float:
     """Until every master has a replica `online` (its first full sync done); the seconds it
-    took. `cluster_state:ok` comes first: Redis holds a replica's first sync back a few seconds
-    (`repl-diskless-sync-delay`), and a `WAIT` meanwhile times out."""
+    took. `cluster_state:ok` comes first (the tests' cluster syncs at once,
+    `repl-diskless-sync-delay 0`, yet after it), and a `WAIT` before then times out."""
     started = time.monotonic()
     while True:
         states = []
@@ -292,7 +292,7 @@ async def run_benchmark(cfg: StatusConfig) -> Report:
         try:
             await reads(report, one, "one Redis", 1, cfg, page=False)
         finally:
-            await one.aclose(close_connection_pool=True)  # a pool of its own (`connect`)
+            await one.aclose()
         await redis_proc.stop()
         log("starting the cluster (3 masters + 3 replicas, AOF everysec)")
         # Synchronous on purpose: a Ctrl-C meanwhile cancels at the next await, once `local`

@@ -10,7 +10,7 @@ On a cluster (`VTW_REDIS_CLUSTER`), redirects are followed by the client: `MOVED
 (a slot that moved or is moving) and `TRYAGAIN` (a multi-key call during a migration) mean the
 command did not run, so it is sent to the right node (the promised writes of `replication`
 follow them themselves, their WAIT with them). `TRYAGAIN` is tried again for a moment only
-(redis-py: 16 tries, about 0.4 s; a promised write: about 0.8 s); a migration of the slot
+(redis-py: 16 tries, about 0.4 s; a promised write: 16 tries 50 ms apart); a migration of the slot
 still under way then is an error like a lost node, and nothing was written. A failover's
 errors (`CLUSTERDOWN`, a lost connection, `READONLY`) are not retried blindly: they surface like
 a lost single Redis, the client refreshes its slot map before its next command, and the callers

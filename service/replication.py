@@ -10,8 +10,8 @@ replica a moment later); it is logged and counted (`vtwatch_replica_wait_short_t
 On a cluster the pipeline does not follow redirects itself: redis-py would send a redirected
 script again on a connection of its own, to another node, and the WAIT would cover nothing
 (a slot that moved or is moving). A redirect means the script did not run, so it is followed
-here, the WAIT with it: `MOVED`, after reading the slot map again; `ASK`, to the node named,
-after `ASKING` on the same connection; `TRYAGAIN` (a multi-key call in a slot being migrated),
+here, the WAIT with it: `MOVED`, to the node named; `ASK`, to the node named, after `ASKING` on
+the same connection; `TRYAGAIN` (a multi-key call in a slot being migrated), to the same node
 after a pause. Still redirected after `REDIRECTS` tries, the last error is raised.
 """
 
@@ -24,6 +24,7 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.cluster import PRIMARY
 from redis.commands.core import AsyncScript
 from redis.exceptions import AskError, MovedError, NoScriptError, TryAgainError
 
@@ -62,8 +63,9 @@ class Replication:
 
     async def _run_on_cluster(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
         cluster = cast(RedisCluster, self.redis)
-        node = cluster.get_node_from_key(keys[0])
-        asking = reloaded = False
+        node = cast(ClusterNode, cluster.get_node_from_key(keys[0]))  # a primary: never None
+        asking = False
+        loaded: set[str] = set()  # nodes this call loaded the script on after a NOSCRIPT
         error: Exception | None = None
         for _ in range(REDIRECTS):
             started = time.perf_counter()
@@ -77,35 +79,35 @@ class Replication:
                 *_, result, acked = await pipe.execute(
                     raise_on_error=False, allow_redirections=False
                 )
-            if isinstance(result, NoScriptError) and not reloaded:  # to the same node again
-                await cluster.script_load(script.script)
-                reloaded = True
-            elif isinstance(result, MovedError | AskError):
-                if isinstance(result, MovedError):
-                    await cluster.nodes_manager.initialize()  # the slot map, for the next calls
-                node = await self._named(cluster, result, node)
-                asking = isinstance(result, AskError)
+            if isinstance(result, NoScriptError) and node.name not in loaded:
+                # to this node only (a shard in a failover must not fail a healthy one's write)
+                await cluster.execute_command("SCRIPT LOAD", script.script, target_nodes=node)
+                loaded.add(node.name)
+            elif isinstance(result, AskError):  # MOVED too: a MovedError is an AskError
+                # The client's own map is left to its next command's MOVED (a patch of one
+                # slot, no CLUSTER SLOTS per redirect); this call goes where it was sent.
+                node = self._named(cluster, result, node)
+                asking = not isinstance(result, MovedError)
             elif isinstance(result, TryAgainError):
                 await asyncio.sleep(TRYAGAIN_PAUSE)
-                node, asking = cluster.get_node_from_key(keys[0]), False
             else:
                 return self._answered(result, acked, started)
             error = result
         assert error is not None
+        logger.warning("a promised write was still redirected after %d tries: %s", REDIRECTS, error)
         raise error
 
     @staticmethod
-    async def _named(
-        cluster: RedisCluster, redirect: MovedError | AskError, answered: ClusterNode | None
-    ) -> ClusterNode:
-        """The node a redirect names (an empty host: the one of the node that answered)."""
-        host = redirect.host or (answered.host if answered else "")
+    def _named(cluster: RedisCluster, redirect: AskError, answered: ClusterNode) -> ClusterNode:
+        """The node a redirect names (an empty host: the one of the node that answered); a node
+        the client has not seen (a new master holds no slot yet, so the slot map omits it) is
+        added to its nodes, as redis-py adds the target of a MOVED."""
+        host = redirect.host or answered.host
         named = cluster.get_node(host=host, port=redirect.port)
-        if named is None:  # a node the client has not seen yet
-            await cluster.nodes_manager.initialize()
-            named = cluster.get_node(host=host, port=redirect.port)
         if named is None:
-            raise redirect
+            manager = cluster.nodes_manager
+            named = ClusterNode(host, redirect.port, PRIMARY, **manager.connection_kwargs)
+            manager.set_nodes(manager.nodes_cache, {named.name: named})
         return named
 
     def _answered(self, result: Any, acked: Any, started: float) -> Any:

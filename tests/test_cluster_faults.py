@@ -300,6 +300,41 @@ async def test_a_migration_stuck_past_the_retry_budget_fails_the_call_and_writes
     assert (await store.get(TENANT, claimed.id))["attempts"] == 1
 
 
+async def test_a_promised_write_whose_keys_all_moved_follows_ask_with_its_wait(
+    migrating: Migrating,
+) -> None:
+    """Every key of the slot moved, the slot not yet handed over: the old owner answers ASK to
+    an outbox claim (a promised write); it runs once on the new owner after ASKING, its WAIT on
+    the same connection there."""
+    store, move = migrating.store, migrating.move
+    outbox = Outbox(
+        store.redis,
+        namespace=store.keys.namespace,
+        partitions=P,
+        replication=Replication(store.redis, 1),
+    )
+    watch = await register(store, next(migrating.keys()))
+    (claimed,) = (await store.schedule.claim(10, 30, "t1", partition=0)).watches
+    assert claimed.id == watch["id"]
+    assert await store.save([(claimed, terminal(claimed, "completed", "pending"))]) == [True]
+    # A lease that lapses: the claim's two keys (queue, leases) both exist, so the new owner
+    # runs it after ASKING (a missing key there would be TRYAGAIN until the slot is handed over).
+    assert len((await outbox.queue.claim(10, 0.05, "d0", partition=0)).watches) == 1
+    await asyncio.sleep(0.1)
+    await move.begin()
+    async with node(move.src) as src:
+        while batch := await src.execute_command("CLUSTER GETKEYSINSLOT", move.slot, 100):
+            await move.move(batch)
+    asks, dst_waits = (await error_counts(move.src)).get("ASK", 0), await wait_calls(move.dst)
+
+    deliveries = (await outbox.queue.claim(10, 30, "d1", partition=0)).watches
+
+    assert [d.id for d in deliveries] == [watch["id"]]
+    assert (await error_counts(move.src)).get("ASK", 0) > asks
+    assert await wait_calls(move.dst) - dst_waits == 1
+    assert (await outbox.queue.claim(10, 30, "d2", partition=0)).watches == []  # leased once
+
+
 # -- WAIT, on a Redis with one real replica --------------------------------------------------
 
 
