@@ -1,9 +1,11 @@
-"""Test doubles shared by the client tests: a virtual clock and a scripted upstream."""
+"""Test doubles shared by the tests: a virtual clock, a scripted upstream, and `served` (an
+aiohttp app on a free loopback port)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -60,3 +62,17 @@ def job_ending_at(end: float, outcome: str = "completed") -> Callable[[float], R
         return 200, {"result": outcome if now >= end else "pending"}, {}
 
     return answer
+
+
+@contextlib.asynccontextmanager
+async def served(app: web.Application) -> AsyncIterator[str]:
+    """Serve `app` on a free loopback port; yields its base URL (no trailing slash)."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()

@@ -30,6 +30,7 @@ from service.metrics import POLLS_DEFERRED
 from service.models import WatchCreate
 from service.settings import Settings
 from service.store import Store
+from tests.fakes import served
 from tests.service_fixtures import ApiFactory, fake_redis
 from worker.budget import HostBudget, failed
 from worker.poller import Poller, unexpected
@@ -542,15 +543,8 @@ async def upstream() -> AsyncIterator[tuple[str, list[float]]]:
 
     app = web.Application()
     app.router.add_get("/status", status)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}/status", hits
-    finally:
-        await runner.cleanup()
+    async with served(app) as base:
+        yield f"{base}/status", hits
 
 
 def spec_of(url: str) -> dict[str, Any]:

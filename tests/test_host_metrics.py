@@ -20,6 +20,7 @@ from prometheus_client import REGISTRY, generate_latest
 from service.auth import OPEN_TENANT
 from service.settings import Settings
 from service.store import Store
+from tests.fakes import served
 from tests.service_fixtures import ApiFactory, fake_redis, real_redis_or_skip
 from tests.test_host_budget import poller_settings, port_of, spec_of
 from tests.test_metrics import samples
@@ -64,15 +65,8 @@ async def upstream() -> AsyncIterator[tuple[str, list[int]]]:
 
     app = web.Application()
     app.router.add_get("/status/{code}", status)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}", answered
-    finally:
-        await runner.cleanup()
+    async with served(app) as base:
+        yield f"{base}", answered
 
 
 def scrape() -> Scrape:

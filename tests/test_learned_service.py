@@ -29,6 +29,7 @@ from service.durations import SCALE, DurationBook, durations_of
 from service.models import WatchCreate
 from service.settings import Settings
 from service.store import Store
+from tests.fakes import served
 from worker.poller import Poller, advance
 from worker.schedules import LearnedSchedules
 from worker.spec import SpecCache
@@ -281,16 +282,9 @@ async def upstream() -> AsyncIterator[Upstream]:
 
     app = web.Application()
     app.router.add_get("/jobs/{id}/status", status)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    job.url = f"http://127.0.0.1:{port}/jobs/j1{secrets.token_hex(3)}/status"
-    try:
+    async with served(app) as base:
+        job.url = f"{base}/jobs/j1{secrets.token_hex(3)}/status"
         yield job
-    finally:
-        await runner.cleanup()
 
 
 def spec_of(url: str, **policy: Any) -> dict[str, Any]:
