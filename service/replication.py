@@ -47,55 +47,56 @@ class Replication:
         """Run `script`; when `durable`, wait for the configured replicas to have the write."""
         if not durable or self.replicas == 0:
             return await script(keys=keys, args=args)
-        if isinstance(self.redis, RedisCluster):
-            return await self._run_on_cluster(script, keys, args)
-        for _ in range(2):  # once more after NOSCRIPT (it did not run)
-            started = time.perf_counter()
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-                pipe.execute_command("WAIT", self.replicas, self.timeout_ms)
-                result, acked = await pipe.execute(raise_on_error=False)
-            if isinstance(result, NoScriptError):
-                await self.redis.script_load(script.script)
-                continue
-            return self._answered(result, acked, started)
-        raise AssertionError("NOSCRIPT twice in a row")
-
-    async def _run_on_cluster(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
-        cluster = cast(RedisCluster, self.redis)
-        node = cast(ClusterNode, cluster.get_node_from_key(keys[0]))  # a primary: never None
+        # On a cluster, the node of the call's slot (a primary: never None); else None.
+        node = (
+            cast(ClusterNode, self.redis.get_node_from_key(keys[0]))
+            if isinstance(self.redis, RedisCluster)
+            else None
+        )
         asking = False
         loaded: set[str] = set()  # nodes this call loaded the script on after a NOSCRIPT
-        error: Exception | None = None
         for _ in range(REDIRECTS):
             started = time.perf_counter()
-            async with cluster.pipeline(transaction=False) as pipe:
-                if asking:
-                    pipe.execute_command("ASKING", target_nodes=node)
-                pipe.execute_command(
-                    "EVALSHA", script.sha, len(keys), *keys, *args, target_nodes=node
-                )
-                pipe.execute_command("WAIT", self.replicas, self.timeout_ms, target_nodes=node)
-                *_, result, acked = await pipe.execute(
-                    raise_on_error=False, allow_redirections=False
-                )
-            if isinstance(result, NoScriptError) and node.name not in loaded:
+            result, acked = await self._send(script, keys, args, node, asking)
+            name = node.name if node is not None else ""
+            if isinstance(result, NoScriptError) and name not in loaded:  # it did not run
                 # to this node only (a shard in a failover must not fail a healthy one's write)
-                await cluster.execute_command("SCRIPT LOAD", script.script, target_nodes=node)
-                loaded.add(node.name)
-            elif isinstance(result, AskError):  # MOVED too: a MovedError is an AskError
-                # The client's own map is left to its next command's MOVED (a patch of one
-                # slot, no CLUSTER SLOTS per redirect); this call goes where it was sent.
-                node = self._named(cluster, result, node)
+                load = ("SCRIPT LOAD", script.script)
+                await self.redis.execute_command(*load, **_on(node))  # type: ignore[no-untyped-call]
+                loaded.add(name)
+            elif node is not None and isinstance(result, AskError):
+                # MOVED too (a MovedError is an AskError). The client's own map is left to its
+                # next command's MOVED (a patch of one slot, no CLUSTER SLOTS per redirect).
+                node = self._named(cast(RedisCluster, self.redis), result, node)
                 asking = not isinstance(result, MovedError)
             elif isinstance(result, TryAgainError):
                 await asyncio.sleep(TRYAGAIN_PAUSE)
             else:
                 return self._answered(result, acked, started)
-            error = result
-        assert error is not None
-        logger.warning("a promised write was still redirected after %d tries: %s", REDIRECTS, error)
-        raise error
+        logger.warning(
+            "a promised write was still redirected after %d tries: %s", REDIRECTS, result
+        )
+        raise result
+
+    async def _send(
+        self,
+        script: AsyncScript,
+        keys: list[str],
+        args: list[Any],
+        node: ClusterNode | None,
+        asking: bool,
+    ) -> tuple[Any, Any]:
+        """The script and its WAIT in one pipeline, on one connection (to `node` on a cluster,
+        redirects returned rather than followed); their replies, errors included."""
+        target = _on(node)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if asking:
+                pipe.execute_command("ASKING", **target)
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args, **target)
+            pipe.execute_command("WAIT", self.replicas, self.timeout_ms, **target)
+            # On a cluster the redirects come back as replies, to be followed with the WAIT.
+            replies = await pipe.execute(raise_on_error=False, **_redirects(node))
+        return replies[-2], replies[-1]
 
     @staticmethod
     def _named(cluster: RedisCluster, redirect: AskError, answered: ClusterNode) -> ClusterNode:
@@ -124,3 +125,12 @@ class Replication:
                 self.timeout_ms,
             )
         return result
+
+
+def _redirects(node: ClusterNode | None) -> dict[str, bool]:
+    return {} if node is None else {"allow_redirections": False}
+
+
+def _on(node: ClusterNode | None) -> dict[str, Any]:
+    """A command's routing: to `node` on a cluster; nothing to say on one Redis."""
+    return {} if node is None else {"target_nodes": node}
