@@ -38,3 +38,8 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1: {text}")
     return value
+
+
+def positive_ints(text: str) -> tuple[int, ...]:
+    """An argparse type: comma-separated integers of at least 1 ("1,12,64")."""
+    return tuple(positive_int(part) for part in text.split(","))

@@ -46,6 +46,7 @@ import platform
 import secrets
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, cast
 
@@ -53,7 +54,7 @@ import aiohttp
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
-from bench._config import Config, log
+from bench._config import Config, log, positive_ints
 from bench._fixtures import (
     TENANT,
     Simulator,
@@ -242,7 +243,7 @@ async def measure_target(
     sim: Simulator,
     urls: list[str],
     cfg: Config,
-    workers: list[int],
+    workers: Sequence[int],
     folder: Path,
 ) -> Target:
     cluster = isinstance(redis, RedisCluster)
@@ -364,12 +365,9 @@ def format_table(targets: list[Target], args: argparse.Namespace) -> str:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 
-    def ints(value: str) -> list[int]:
-        return [int(v) for v in value.split(",")]
-
     parser.add_argument("--watches", type=int, default=50_000)
-    parser.add_argument("--workers", type=ints, default=[1, 2, 4])
-    parser.add_argument("--partitions", type=ints, default=[12, 48])
+    parser.add_argument("--workers", type=positive_ints, default=(1, 2, 4))
+    parser.add_argument("--partitions", type=positive_ints, default=(12, 48))
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--window", type=float, default=8.0)
     parser.add_argument("--json", action="store_true")

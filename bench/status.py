@@ -51,7 +51,6 @@ if __name__ == "__main__":  # run as a script: let `worker` be the package, not 
 import argparse
 import asyncio
 import json
-import math
 import os
 import platform
 import secrets
@@ -67,15 +66,16 @@ from typing import Any
 import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
 
-from bench._config import log, positive_int
+from bench._config import log, positive_int, positive_ints
 from bench._fixtures import delete_namespace, spec_for
+from bench._lateness import percentile
 from bench._procs import start_redis, wait_redis
 from service.connection import connect
 from service.models import Policy
 from service.replication import Replication
 from service.settings import Settings
 from service.store import Store
-from tests.redis_cluster import LocalCluster, start_cluster
+from tests.redis_cluster import LocalCluster, replicas_in_sync, start_cluster
 
 TENANT = "bench-status"  # the tenant read: --per-partition watches in each partition
 WRITER = "bench-register"  # the tenant the timed registrations are for
@@ -126,11 +126,6 @@ class Report:
 # --- measuring ------------------------------------------------------------------------------
 
 
-def percentile(sorted_ms: Sequence[float], q: float) -> float:
-    """Nearest rank: the smallest value with at least q of the values at or below it."""
-    return sorted_ms[max(0, math.ceil(q * len(sorted_ms)) - 1)]
-
-
 def figure(what: str, target: str, partitions: int, ms: list[float], **extra: Any) -> Figure:
     ms = sorted(ms)
     return Figure(
@@ -139,7 +134,7 @@ def figure(what: str, target: str, partitions: int, ms: list[float], **extra: An
         partitions,
         len(ms),
         statistics.median(ms),
-        percentile(ms, 0.99),
+        percentile(ms, 99) or 0.0,  # (never None: at least one call)
         ms[-1],
         **extra,
     )
@@ -252,12 +247,7 @@ async def replicas_online(local: LocalCluster) -> float:
     `repl-diskless-sync-delay 0`, yet after it), and a `WAIT` before then times out."""
     started = time.monotonic()
     while True:
-        states = []
-        for port in local.masters():
-            with local.node(port) as node:
-                info = node.info("replication")
-            links = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
-            states.append(bool(links) and all(link.get("state") == "online" for link in links))
+        states = [replicas_in_sync(port) for port in local.masters()]
         if len(states) == 3 and all(states):
             return time.monotonic() - started
         if time.monotonic() - started > SYNC_SECONDS:
@@ -370,20 +360,13 @@ def format_table(report: Report) -> str:
     return "\n".join(lines)
 
 
-def ints(text: str) -> tuple[int, ...]:
-    values = tuple(int(v) for v in text.split(","))
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"partition counts of at least 1: {text}")
-    return values
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     d = StatusConfig()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add = parser.add_argument
-    add("--partitions", type=ints, default=d.partitions, help="cluster reads' P (1,12,64)")
+    add("--partitions", type=positive_ints, default=d.partitions, help="cluster reads' P (1,12,64)")
     add("--calls", type=positive_int, default=d.calls, help="timed calls per read (%(default)s)")
     add("--warmup", type=int, default=d.warmup, help="untimed calls first (%(default)s)")
     add("--per-partition", type=positive_int, default=d.per_partition, help="tenant's watches")

@@ -44,6 +44,24 @@ def _free_ports(n: int) -> list[int]:
     return found
 
 
+def replicas_in_sync(master: int) -> bool:
+    """Whether the Redis on port `master` has replicas, each `online` with its link up: a
+    `WAIT` can succeed (a fresh replica's first sync ends a moment after it connects)."""
+    try:
+        with redis.Redis(port=master, decode_responses=True, socket_timeout=2) as client:
+            info = client.info("replication")
+        replicas = [info[f"slave{i}"] for i in range(int(info.get("connected_slaves", 0)))]
+        if not replicas or any(r["state"] != "online" for r in replicas):
+            return False
+        for replica in replicas:
+            with redis.Redis(port=int(replica["port"]), socket_timeout=2) as follower:
+                if follower.info("replication")["master_link_status"] != "up":
+                    return False
+        return True
+    except redis.RedisError:
+        return False
+
+
 @dataclass
 class LocalCluster:
     root: Path

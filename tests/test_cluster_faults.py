@@ -42,7 +42,7 @@ from service.replication import Replication
 from service.roster import Roster
 from service.settings import Settings
 from service.store import Store
-from tests.redis_cluster import LocalCluster, _free_ports
+from tests.redis_cluster import LocalCluster, _free_ports, replicas_in_sync
 from tests.service_fixtures import (
     ApiFactory,
     cluster_client,
@@ -71,23 +71,6 @@ async def wait_calls(port: int) -> int:
     async with node(port) as client:
         stats = await client.info("commandstats")
     return int(stats.get("cmdstat_wait", {}).get("calls", 0))
-
-
-async def replicas_up(master: int) -> bool:
-    """Whether the master's replicas are synchronised and acknowledge (a WAIT can succeed)."""
-    try:
-        async with node(master) as client:
-            info = await client.info("replication")
-            replicas = [info[f"slave{i}"] for i in range(int(info["connected_slaves"]))]
-            if not replicas or any(r["state"] != "online" for r in replicas):
-                return False
-            for replica in replicas:
-                async with node(int(replica["port"])) as follower:
-                    if (await follower.info("replication"))["master_link_status"] != "up":
-                        return False
-            return True
-    except RedisError:
-        return False
 
 
 async def until(check: Callable[[], bool], seconds: float = 5.0) -> None:
@@ -169,7 +152,7 @@ async def migrating(cluster: LocalCluster) -> AsyncIterator[Migrating]:
     move = SlotMove(key_slot(part.schedule.encode()), src, dst, masters)
     for master in (src, dst):  # a cluster just made syncs its replicas for a few seconds
         deadline = time.monotonic() + 20
-        while not await replicas_up(master):
+        while not replicas_in_sync(master):
             assert time.monotonic() < deadline, f"the replica of {master} is not up"
             await asyncio.sleep(0.05)
     stale = cluster_client(cluster.url)
@@ -372,7 +355,7 @@ def replicated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicated]
     )
     try:
         deadline = time.monotonic() + 20
-        while not asyncio.run(replicas_up(master)):
+        while not replicas_in_sync(master):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the replica did not come online ({root})")
             time.sleep(0.05)
