@@ -1,10 +1,12 @@
-"""Test doubles shared by the tests: a virtual clock, a scripted upstream, and `served` (an
-aiohttp app on a free loopback port)."""
+"""Test doubles shared by the tests: a virtual clock, a scripted upstream, `served` (an
+aiohttp app on a free loopback port) and `until` (a condition awaited with a deadline)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -76,3 +78,11 @@ async def served(app: web.Application) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
+
+
+async def until(check: Callable[[], bool], seconds: float = 10.0) -> None:
+    """Until `check()` is true, looking every 10 ms; fails after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "not within the deadline"
+        await asyncio.sleep(0.01)

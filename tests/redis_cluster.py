@@ -44,6 +44,22 @@ def _free_ports(n: int) -> list[int]:
     return found
 
 
+def redis_server(port: int, data: Path, *options: str) -> subprocess.Popen[bytes]:
+    """A `redis-server` on 127.0.0.1:`port` with its own data directory `data` (made if need
+    be), no snapshots and no AOF unless `options` say otherwise, its log in `data`."""
+    data.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [
+            "redis-server",
+            *("--port", str(port), "--bind", "127.0.0.1", "--dir", str(data)),
+            *("--save", "", "--appendonly", "no", "--logfile", str(data / "redis.log")),
+            *options,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def replicas_in_sync(master: int) -> bool:
     """Whether the Redis on port `master` has replicas, each `online` with its link up: a
     `WAIT` can succeed (a fresh replica's first sync ends a moment after it connects)."""
@@ -76,35 +92,14 @@ class LocalCluster:
 
     def start_node(self, port: int) -> None:
         data = self.root / str(port)
-        data.mkdir(exist_ok=True)
-        self.procs[port] = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                str(data / "nodes.conf"),
-                "--cluster-node-timeout",
-                str(NODE_TIMEOUT_MS),
-                "--dir",
-                str(data),
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "everysec",
-                "--repl-diskless-sync-delay",  # replicas sync at once, not 5 s after they ask
-                "0",
-                "--logfile",
-                str(data / "redis.log"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        self.procs[port] = redis_server(
+            port,
+            data,
+            *("--cluster-enabled", "yes", "--cluster-config-file", str(data / "nodes.conf")),
+            *("--cluster-node-timeout", str(NODE_TIMEOUT_MS)),
+            *("--appendonly", "yes", "--appendfsync", "everysec"),
+            # replicas sync at once, not 5 s after they ask
+            *("--repl-diskless-sync-delay", "0"),
         )
 
     def node(self, port: int) -> redis.Redis:

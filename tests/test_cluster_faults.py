@@ -21,9 +21,8 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -42,7 +41,8 @@ from service.replication import Replication
 from service.roster import Roster
 from service.settings import Settings
 from service.store import Store
-from tests.redis_cluster import LocalCluster, _free_ports, replicas_in_sync
+from tests.fakes import until
+from tests.redis_cluster import LocalCluster, _free_ports, redis_server, replicas_in_sync
 from tests.service_fixtures import (
     ApiFactory,
     cluster_client,
@@ -71,13 +71,6 @@ async def wait_calls(port: int) -> int:
     async with node(port) as client:
         stats = await client.info("commandstats")
     return int(stats.get("cmdstat_wait", {}).get("calls", 0))
-
-
-async def until(check: Callable[[], bool], seconds: float = 5.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, "not within the deadline"
-        await asyncio.sleep(0.01)
 
 
 # -- a slot migrated by hand ---------------------------------------------------------------
@@ -328,20 +321,6 @@ class Replicated:
     replica_process: subprocess.Popen[bytes]
 
 
-def start_redis(port: int, data: Path, *options: str) -> subprocess.Popen[bytes]:
-    data.mkdir()
-    return subprocess.Popen(
-        [
-            "redis-server",
-            *("--port", str(port), "--bind", "127.0.0.1", "--dir", str(data)),
-            *("--save", "", "--appendonly", "no", "--logfile", str(data / "redis.log")),
-            *options,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
 @pytest.fixture(scope="module")
 def replicated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicated]:
     """A Redis master and its one replica, on free loopback ports, for this module only."""
@@ -349,9 +328,9 @@ def replicated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicated]
         pytest.skip("no replication tests: redis-server not installed")
     root = tmp_path_factory.mktemp("replicated")
     master, replica = _free_ports(2)
-    processes = [start_redis(master, root / "master", "--repl-diskless-sync-delay", "0")]
+    processes = [redis_server(master, root / "master", "--repl-diskless-sync-delay", "0")]
     processes.append(
-        start_redis(replica, root / "replica", "--replicaof", "127.0.0.1", str(master))
+        redis_server(replica, root / "replica", "--replicaof", "127.0.0.1", str(master))
     )
     try:
         deadline = time.monotonic() + 20

@@ -16,6 +16,7 @@ from redis.exceptions import ConnectionError, ReadOnlyError, ResponseError
 from service.keys import Keys
 from service.leases import Claim, Claimed, LeasedQueue
 from service.settings import Settings
+from tests.fakes import until
 from worker import partitions, process, retry
 from worker.leases import LeaseKeeper
 from worker.loop import ClaimLoop
@@ -59,13 +60,6 @@ def streak_logs(caplog: pytest.LogCaptureFixture, what: str) -> tuple[int, int]:
 @pytest.fixture(autouse=True)
 def quick_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(retry, "outage_backoff", lambda failures: 0.01)
-
-
-async def until(condition: Any, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.02)
 
 
 class FaultyQueue(LeasedQueue):
