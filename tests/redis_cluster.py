@@ -97,7 +97,7 @@ class LocalCluster:
             data,
             *("--cluster-enabled", "yes", "--cluster-config-file", str(data / "nodes.conf")),
             *("--cluster-node-timeout", str(NODE_TIMEOUT_MS)),
-            *("--appendonly", "yes", "--appendfsync", "everysec"),
+            *(("--appendonly", "yes", "--appendfsync", "everysec") if self.aof else ()),
             # replicas sync at once, not 5 s after they ask
             *("--repl-diskless-sync-delay", "0"),
         )
