@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator
 from contextlib import suppress
 from datetime import datetime
 from typing import Any
@@ -30,6 +29,7 @@ from service.models import WatchCreate
 from service.outbox import Outbox
 from service.settings import Settings
 from service.store import RETENTION_RECHECK_MS, Store
+from tests.fakes import served
 from tests.service_fixtures import ApiFactory, delete_namespace, real_redis_or_skip
 from worker.dispatcher import Dispatcher
 
@@ -129,22 +129,10 @@ def skew_local_clock(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
     monkeypatch.setattr(time, "time_ns", lambda: TRUE_TIME_NS() + int(seconds * 1e9))
 
 
-@pytest.fixture
-async def real_store() -> AsyncIterator[Store]:
-    """A store on the real Redis, in a fresh namespace deleted afterwards."""
-    client = await real_redis_or_skip(decode_responses=True)
-    namespace = "t" + secrets.token_hex(6)
-    try:
-        yield Store(client, namespace=namespace)
-    finally:
-        await delete_namespace(client, namespace)
-        await client.aclose()
-
-
+@pytest.mark.parametrize("redis_client", ["redis"], indirect=True)  # fakeredis: the skewed clock
 async def test_the_webhook_timestamp_is_redis_time_on_a_worker_10_minutes_ahead(
-    real_store: Store, monkeypatch: pytest.MonkeyPatch, no_vtw_env: None
+    store: Store, monkeypatch: pytest.MonkeyPatch, no_vtw_env: None
 ) -> None:
-    store = real_store
     arrivals: list[tuple[dict[str, str], bytes]] = []
     arrived = asyncio.Event()
 
@@ -156,11 +144,8 @@ async def test_the_webhook_timestamp_is_redis_time_on_a_worker_10_minutes_ahead(
 
     app = web.Application()
     app.router.add_post("/hooks", receive)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}/hooks"
+    async with served(app) as base:
+        url = f"{base}/hooks"
         spec = WatchCreate.model_validate(
             {"status_url": "http://translate-1:5000/status", "webhook_url": url}
         ).spec()
@@ -177,8 +162,6 @@ async def test_the_webhook_timestamp_is_redis_time_on_a_worker_10_minutes_ahead(
                 await asyncio.wait_for(arrived.wait(), 5)
             dispatcher.stop()
             await asyncio.wait_for(running, 5)
-    finally:
-        await runner.cleanup()
     redis_now = await store.server_time_ms() / 1000
 
     assert len(arrivals) == 1, arrivals
