@@ -29,7 +29,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
-from redis.exceptions import RedisError
+from redis.exceptions import AskError, MovedError, RedisError
 
 import worker.partitions as partitions_module
 from service.domain import WatchDoc
@@ -66,11 +66,11 @@ async def error_counts(port: int) -> dict[str, int]:
     return {name.removeprefix("errorstat_"): int(v["count"]) for name, v in stats.items()}
 
 
-async def wait_calls(port: int) -> int:
-    """WAIT commands the node has run so far."""
+async def wait_calls(port: int, command: str = "wait") -> int:
+    """WAIT (or `command`) commands the node has run so far."""
     async with node(port) as client:
         stats = await client.info("commandstats")
-    return int(stats.get("cmdstat_wait", {}).get("calls", 0))
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
 
 
 # -- a slot migrated by hand ---------------------------------------------------------------
@@ -226,6 +226,16 @@ async def test_a_partition_keeps_working_while_its_slot_migrates_and_after(
     late = Store(
         stale, namespace=store.keys.namespace, partitions=P, replication=Replication(stale, 1)
     )
+    # A promised write as the stale client's first call there: MOVED, followed with its WAIT.
+    outbox = Outbox(
+        stale, namespace=late.keys.namespace, partitions=P, replication=late.replication
+    )
+    dst_waits, dst_askings = await wait_calls(move.dst), await wait_calls(move.dst, "asking")
+    moved = (await error_counts(move.src)).get("MOVED", 0)
+    assert (await outbox.queue.claim(10, 30, "o1", partition=0)).watches == []
+    assert (await error_counts(move.src)).get("MOVED", 0) > moved
+    assert await wait_calls(move.dst) - dst_waits == 1
+    assert await wait_calls(move.dst, "asking") == dst_askings  # a MOVED is no ASK
     dst_waits = await wait_calls(move.dst)
     fifth = await register(late, next(keys))
     assert await wait_calls(move.dst) - dst_waits == 1
@@ -244,6 +254,25 @@ async def test_a_partition_keeps_working_while_its_slot_migrates_and_after(
     assert not created and again["id"] == fourth["id"]
     assert (await store.get(TENANT, leased[0].id))["attempts"] == 1  # saved while it moved
     assert await move.keys_on(move.src) == 0 and await move.keys_on(move.dst) > 0
+
+
+async def test_a_redirect_to_a_node_the_slot_map_omits_adds_it(cluster: LocalCluster) -> None:
+    """A new master holds no slot until the first one moves to it, so the slot map read before
+    leaves it out: a redirect there must reach it, not fail every try."""
+    client = cluster_client(cluster.url)
+    try:
+        await client.initialize()
+        known = client.get_node_from_key("{p0}x")
+        assert known is not None
+        unseen = _free_ports(1)[0]
+
+        named = Replication._named(client, AskError(f"42 127.0.0.1:{unseen}"), known)
+        again = Replication._named(client, MovedError(f"42 :{unseen}"), known)  # no host: known's
+
+        assert (named.host, named.port) == ("127.0.0.1", unseen)
+        assert client.get_node(host="127.0.0.1", port=unseen) is named is again
+    finally:
+        await client.aclose()
 
 
 async def test_a_migration_stuck_past_the_retry_budget_fails_the_call_and_writes_nothing(
