@@ -4,7 +4,9 @@ The poller's schedule and the dispatcher's outbox are both one: an item's score 
 due, or its lease expiry while claimed. A claim gives each item the caller's fencing token (kept
 in a hash beside the ZSET); every later write of that item checks the token, so a worker whose
 lease passed to another changes nothing. Extending a lease moves only its expiry, never the
-token, so an extension cannot race a write made with the token.
+token, so an extension cannot race a write made with the token. A refused write is either a
+lease lost (another worker's claim took the item) or an item that ended while held (its watch
+was cancelled, or deleted): `LeasedQueue.ended` tells which (fence.lua).
 """
 
 from __future__ import annotations
@@ -102,8 +104,9 @@ class LeasedQueue:
     ) -> None:
         self.redis, self.keys, self.kind = redis, keys, kind
         self.replication = replication or Replication(redis)
-        scripts = load_scripts(redis, ("claim", "extend"))
+        scripts = load_scripts(redis, ("claim", "extend", "fence"))
         self._claim, self._extend = scripts["claim"], scripts["extend"]
+        self._fence = scripts["fence"]
 
     @property
     def partitions(self) -> int:
@@ -152,6 +155,14 @@ class LeasedQueue:
     async def release(self, items: list[Claimed], delay_seconds: float = 0.0) -> None:
         """Give leases back: the items are due again after `delay_seconds`, for any worker."""
         await self._call_extend(items, delay_seconds, "release")
+
+    async def ended(self, claimed: Claimed) -> bool:
+        """After the fence refused a write of `claimed` (or its lease was found gone): True when
+        its watch ended meanwhile with no worker holding it (cancelled, or deleted), False when
+        another worker's claim took it (a lease lost)."""
+        part = self.keys.of(claimed.id)
+        keys = [part.queue(self.kind)[1], part.watch(claimed.id)]
+        return text(await self._fence(keys=keys, args=[claimed.id, claimed.token])) == "ended"
 
     async def _call_extend(self, items: list[Claimed], seconds: float, how: str) -> list[bool]:
         """One extend.lua call per partition of `items`, all in one pipeline."""

@@ -120,6 +120,11 @@ NOTIFY_LATENCY = Histogram(
 LEASES_LOST = Counter(
     "vtwatch_lease_lost", "Claimed items whose lease passed to another worker (work dropped)"
 )
+LEASES_ENDED = Counter(
+    "vtwatch_leases_ended",
+    "Claimed items whose watch ended while held, with no other worker involved (cancelled or "
+    "deleted): their work dropped",
+)
 INFLIGHT_POLLS = Gauge("vtwatch_inflight_polls", "Polls claimed and not yet saved, this process")
 DUE_BACKLOG = Gauge("vtwatch_due_backlog", "Watches due now and not claimed (read at scrape)")
 OLDEST_DUE_AGE = Gauge(

@@ -93,7 +93,8 @@ class LeaseKeeper:
             else:
                 self.lost += 1
                 self.drop(claimed)
-                logger.info("lease on %s was lost to another claim", claimed.id)
+                # Taken by another claim, or its watch ended (a cancel): the loop tells which.
+                logger.debug("lease on %s is no longer held", claimed.id)
 
     async def release_all(self) -> None:
         """Give back what is still held (shutdown): due at once for another worker."""

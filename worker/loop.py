@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 
 from service.leases import Claimed, LeasedQueue
 from service.logs import watch_fields
-from service.metrics import LEASES_LOST
+from service.metrics import LEASES_ENDED, LEASES_LOST
 
 from .leases import LeaseKeeper
 from .partitions import Assignment, PartitionPicker
@@ -90,7 +90,8 @@ class WriteBatch(Generic[T, R]):
 
 
 class LeaseLost(Exception):
-    """Another worker holds the item now; this worker's result must be dropped."""
+    """The fence refused the item's write (or its lease was found gone): another worker holds
+    it now, or its watch ended meanwhile (a cancel); this worker's result must be dropped."""
 
 
 class Abandoned(Exception):
@@ -335,18 +336,37 @@ class ClaimLoop(ABC):
             self.keeper.drop(claimed)
             raise
         except LeaseLost:
-            LEASES_LOST.inc()
-            logger.info(
-                "%s: lease on %s was lost; its new holder decides",
-                self.name,
-                claimed.id,
-                extra=watch_fields(claimed.doc),
-            )
+            await self._refused(claimed)
         except Exception as exc:  # the lease lapses and the item is tried again
             self._item_failures.failed(exc)
         else:
             self._item_failures.succeeded()
         self.keeper.drop(claimed)
+
+    async def _refused(self, claimed: Claimed) -> None:
+        """Count and log a refused write: a watch that ended while held (an ordinary cancel) is
+        no lease lost, which would say that workers stall past their leases."""
+        try:
+            ended = await self.queue.ended(claimed)
+        except Exception as exc:  # cannot tell: counted as lost
+            logger.debug("%s: why %s was refused is unknown: %s", self.name, claimed.id, exc)
+            ended = False
+        if ended:
+            LEASES_ENDED.inc()
+            logger.debug(
+                "%s: %s ended while held; its result is dropped",
+                self.name,
+                claimed.id,
+                extra=watch_fields(claimed.doc),
+            )
+            return
+        LEASES_LOST.inc()
+        logger.info(
+            "%s: lease on %s was lost; its new holder decides",
+            self.name,
+            claimed.id,
+            extra=watch_fields(claimed.doc),
+        )
 
     async def _defer(self, claimed: Claimed, seconds: float | None) -> None:
         delay = random.uniform(0.5, 1.5) * DEFER_SECONDS if seconds is None else max(0.0, seconds)
