@@ -5,6 +5,9 @@
                         one per live secret; secrets are "whsec_" + base64 of random bytes.
 
 Receivers may equally use PyPI's `standardwebhooks` package; both accept what the other makes.
+`verify` takes whatever a sender put in the headers: anything that does not check out, however
+malformed (a timestamp of 400 digits, a header of bytes no encoding holds), raises
+`WebhookVerificationError` and nothing else.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import secrets
 import time
 from collections.abc import Iterable, Mapping
@@ -20,6 +24,7 @@ from .errors import ClientError
 
 SECRET_PREFIX = "whsec_"
 TOLERANCE_SECONDS = 300
+TIMESTAMP = re.compile(r"[0-9]{1,12}")  # unix seconds; ASCII digits (int() takes more)
 
 
 class WebhookVerificationError(ClientError):
@@ -55,15 +60,28 @@ def verify(
     now: float | None = None,
 ) -> None:
     """Raise WebhookVerificationError unless a signature matches and the timestamp is fresh."""
-    lowered = {name.lower(): value for name, value in headers.items()}
-    try:
-        msg_id = lowered["webhook-id"]
-        timestamp = int(lowered["webhook-timestamp"])
-        signatures = lowered["webhook-signature"].split()
-    except (KeyError, ValueError) as exc:
-        raise WebhookVerificationError("missing or malformed webhook headers") from exc
-    if abs((time.time() if now is None else now) - timestamp) > tolerance:
+    lowered = {str(name).lower(): value for name, value in headers.items()}
+    msg_id, timestamp, signatures = (
+        lowered.get(f"webhook-{name}") for name in ("id", "timestamp", "signature")
+    )
+    if not (isinstance(msg_id, str) and _encodable(msg_id)):
+        raise WebhookVerificationError("missing or malformed webhook-id")
+    if not (isinstance(timestamp, str) and TIMESTAMP.fullmatch(timestamp)):
+        raise WebhookVerificationError("missing or malformed webhook-timestamp")
+    if not isinstance(signatures, str):
+        raise WebhookVerificationError("missing or malformed webhook-signature")
+    if abs((time.time() if now is None else now) - int(timestamp)) > tolerance:
         raise WebhookVerificationError("webhook timestamp too old or too new")
-    expected = sign(secret, msg_id, timestamp, body)
-    if not any(hmac.compare_digest(expected, candidate) for candidate in signatures):
+    expected = sign(secret, msg_id, int(timestamp), body)
+    candidates = (c for c in signatures.split() if c.isascii())  # compare_digest takes no other
+    if not any(hmac.compare_digest(expected, candidate) for candidate in candidates):
         raise WebhookVerificationError("no matching signature")
+
+
+def _encodable(text: str) -> bool:
+    """Whether UTF-8 holds `text` (an undecodable header's bytes come as lone surrogates)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
