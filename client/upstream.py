@@ -5,8 +5,9 @@ with a `Retry-After` header and body hints `progress` (0-100) and `eta_seconds`.
 
 * transient (retry with backoff): connection errors, timeouts, 408, 425, 429, 5xx, a body that
   is not the expected JSON, a body over 64 KiB;
-* terminal `error`: 404, 410 and any other 4xx (with a reason), and a destination the
-  caller's connector refuses (`DestinationRefused`, the service's SSRF guard);
+* terminal `error`: 404, 410 and any other 4xx (with a reason), a destination the caller's
+  connector refuses (`DestinationRefused`, the service's SSRF guard), and a redirect when the
+  caller does not follow them (the service: each hop would be a request its budget never saw);
 * otherwise the reported status; hints that are out of range or unusable are ignored.
 
 Whatever an upstream sends, a poll ends as an `Observation`: `classify_response` never raises,
@@ -33,12 +34,15 @@ import aiohttp
 import orjson
 from yarl import URL
 
+from ._capped import read_capped
+
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
 # How much of an unexpected value an error text may quote: never echo a hostile body.
 EXCERPT_CHARS = 64
 TRANSIENT_HTTP = frozenset({408, 425, 429})
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 class Status(StrEnum):
@@ -205,10 +209,19 @@ async def fetch_status(
     url: str | URL,
     timeout: float,
     headers: dict[str, str] | None = None,
+    *,
+    follow_redirects: bool = True,
 ) -> Observation:
-    """One `GET url` with a total timeout and a capped body read; never raises (but cancels)."""
+    """One `GET url` with a total timeout and a capped body read; never raises (but cancels).
+
+    `follow_redirects=False` (the service's workers: every request a host sees must be
+    admitted by its budget) makes a redirect a terminal error naming where it led."""
     try:
-        async with session.get(url, headers=headers, timeout=_timeout(timeout)) as response:
+        async with session.get(
+            url, headers=headers, timeout=_timeout(timeout), allow_redirects=follow_redirects
+        ) as response:
+            if not follow_redirects and response.status in REDIRECTS:
+                return _redirect_refused(response)
             body = await _read_capped(response)
             return classify_response(response.status, body, response.headers.get("Retry-After"))
     except aiohttp.ClientConnectorError as exc:
@@ -225,22 +238,24 @@ async def fetch_status(
         return Observation(None, None, f"unexpected {name}", internal=True)
 
 
+def _redirect_refused(response: aiohttp.ClientResponse) -> Observation:
+    location = _excerpt(response.headers.get("Location", ""))
+    return Observation(
+        Status.ERROR,
+        response.status,
+        f"HTTP {response.status}: redirect to {location} not followed; watch the final URL",
+    )
+
+
 @functools.lru_cache(maxsize=64)
 def _timeout(seconds: float) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(total=seconds)
 
 
 async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
-    """The body, or its first MAX_BODY_BYTES + 1 bytes when it is longer (a transient error)."""
-    length = response.content_length
-    if length is not None and length > MAX_BODY_BYTES:
-        return b"x" * (MAX_BODY_BYTES + 1)
-    if length is not None and "Content-Encoding" not in response.headers:
-        return await response.read()  # exactly the length it declared: within the cap
-    body = b""  # unknown length, or compressed (a small body may inflate far past the cap)
-    while len(body) <= MAX_BODY_BYTES and len(body) != length:
-        chunk = await response.content.read(MAX_BODY_BYTES + 1 - len(body))
-        if not chunk:
-            break
-        body += chunk
-    return body
+    """The body, or MAX_BODY_BYTES + 1 bytes when it is longer (a transient error)."""
+    body = await read_capped(response, MAX_BODY_BYTES)
+    return _TOO_LONG if body is None else body
+
+
+_TOO_LONG = bytes(MAX_BODY_BYTES + 1)  # what classify_response calls a body over the cap

@@ -1,23 +1,37 @@
-"""Fleet-wide state of upstream hosts in Redis: a request budget per host, a circuit breaker per
-port of a host.
+"""Fleet-wide state of upstream hosts in Redis: a request budget per host shared fairly between
+tenants, circuit breakers per port of a host, for the fleet and for each tenant.
 
-Each normalised host has one hash (`Keys.host`, a hash tag of its own) and one per port its
-watches poll (`Keys.breaker`, under the same tag: one Redis Cluster slot) that only the host
-scripts touch, one host per call (`lua/_host.lua`, `host_*.lua`):
+Each normalised host has one hash (`Keys.host`, a hash tag of its own), two sorted sets for the
+fair shares (`Keys.fair`, `Keys.backlog`) and the breakers of the ports its watches poll
+(`Keys.breaker`), all under the same tag (one Redis Cluster slot), touched only by the host
+scripts, one host per call (`lua/_host.lua`, `host_*.lua`):
 
 * a token bucket refilled at the host's *budget* (requests/s for every worker together, at most
   `VTW_HOST_RATE_LIMIT`) and `VTW_HOST_BURST` deep; workers take tokens for a whole batch of
   polls in one call (`take`);
+* the budget is shared max-min fairly between the tenants that want it: a tenant alone may
+  take it all; while another tenant was refused within `BACKLOG_MS`, each takes at most its
+  equal share (a virtual clock advancing at the budget divided by the refused tenants, each
+  tenant's tag one step per request), and what a tenant leaves unused goes to the others
+  (work-conserving). O(1) Redis work per take and tenant (a few sorted-set operations on sets
+  of the host's recent tenants);
 * the budget follows the host's answers (AIMD): a 429 or 503 halves it (once per second for the
   whole fleet, never below a 64th of the limit), answers that are all good add back 5 % of the
   limit per second; a `Retry-After` holds the budget down until it has passed (at most 60 s);
-* a circuit breaker per host and port (a closed port of a host must not stop the polls of a
-  healthy one, another tenant's maybe): when at least half of its polls within 10 s fail (no
-  answer, or 5xx), and they are 10 or more or the last 5 failed in a row (a budget cut to its
-  floor by 503s sends fewer than 10 in 10 s), or 10 in a row fail, it is left alone for
-  `VTW_HOST_BREAKER_COOLDOWN`, then one request fleet-wide probes it; its answer closes the
-  breaker or opens it for another cool-down. While the probe is out, the other polls wait for
-  its lease to end, at most a cool-down.
+* a circuit breaker per host, port and *tenant*: when at least half of a tenant's polls of the
+  port within 10 s fail (no answer, or 5xx), and they are 10 or more or the last 5 failed in a
+  row (a budget cut to its floor by 503s sends fewer than 10 in 10 s), or 10 in a row fail, that
+  tenant's polls of the port are left alone for `VTW_HOST_BREAKER_COOLDOWN`, then one of its
+  requests probes; its answer closes the breaker or opens it for another cool-down. One
+  tenant's broken paths thus cost that tenant alone;
+* a fleet breaker per host and port for real outages: it opens when a second tenant's breaker
+  opens within a cool-down of another's while no tenant's polls of the port mostly answered
+  within the window; then nobody's requests go until the cool-down ends, and one request
+  fleet-wide probes (the tenant whose probe just failed yields it to another that is waiting).
+  While a probe is out, the other polls wait for its lease to end, at most a cool-down.
+
+Webhook receivers' hosts have a budget of their own (`Keys.host(host, "r")`, shared fairly the
+same way, no breakers: deliveries have their own retry schedule).
 
 Times are Redis server time. The hosts and ports a tenant's watches polled are noted apart
 (`Keys.tenant_hosts`), so `GET /v1/status` shows a tenant only the hosts it uses.
@@ -33,10 +47,11 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from .keys import Keys
+from .keys import HostKind, Keys
 from .leases import ScriptCall, load_scripts, run_scripts, text
 
 logger = logging.getLogger(__name__)
+Entry = tuple[int, str]  # (port, tenant): what a take or a report is about on one host
 
 SCRIPTS = ("host_take", "host_report", "host_read", "tenant_hosts")
 PRELUDES = ("_prelude", "_host")
@@ -55,6 +70,7 @@ TENANT_HOSTS_MAX = 50  # hosts kept per tenant
 TENANT_HOSTS_TTL_MS = 86_400_000
 STATUS_HOSTS = 20  # hosts `GET /v1/status` shows: the tenant's most recently polled
 STATUS_SEEN_MS = 3_600_000  # ...within the last hour
+BACKLOG_MS = 2_000  # a tenant refused within this long wants more than it got: a fair share
 BREAKER_STATES = frozenset({"closed", "open", "half_open"})
 LAST_TIME_MS = 253_402_300_799_000  # 9999-12-31T23:59:59Z: a stored time shown must be a date
 
@@ -76,13 +92,15 @@ class Grant:
     granted: int
     wait_ms: int  # until the next request could be granted
     budget: float  # requests/s now (unrounded: a tiny limit is no 0)
-    breaker: str  # the port's breaker: 'closed', 'open' or 'half_open'
+    breaker: str  # the breaker that decided: 'closed', 'open' or 'half_open'
     probe: str | None  # the id of the breaker's probe when the first granted request is it
+    share: float  # requests/s this tenant's refused requests may come back at
 
 
 @dataclass(slots=True)
 class Report:
-    """What a worker's polls of one port of a host saw since its last report."""
+    """What a worker's polls of one port of a host, for one tenant, saw since its last
+    report."""
 
     ok: int = 0  # answered (any HTTP status but 5xx), 429 included
     failed: int = 0  # no answer (connection error, timeout) or 5xx
@@ -114,15 +132,23 @@ class HostBook:
         self._scripts = load_scripts(redis, SCRIPTS, PRELUDES)
 
     async def take(
-        self, wants: Mapping[str, Mapping[int, int]], policy: HostPolicy, probe_id: str
-    ) -> dict[str, dict[int, Grant] | Exception]:
-        """Take `wants[host][port]` requests of each host's budget, through each port's
-        breaker: one script call per host, all in one round trip. A host whose call failed gets
-        its error (the other hosts their grants); a failed round trip raises. Never retried: a
-        repeat after a lost reply would take twice."""
+        self,
+        wants: Mapping[str, Mapping[Entry, int]],
+        policy: HostPolicy,
+        probe_id: str,
+        kind: HostKind = "h",
+    ) -> dict[str, dict[Entry, Grant] | Exception]:
+        """Take `wants[host][(port, tenant)]` requests of each host's budget, each tenant its
+        fair share, through each port's breakers (upstream hosts only: `kind` "h"): one script
+        call per host, all in one round trip. A host whose call failed gets its error (the
+        other hosts their grants); a failed round trip raises. Never retried: a repeat after a
+        lost reply would take twice."""
         hosts = list(wants)
+        breakers = kind == "h"
         calls: list[ScriptCall] = []
         for host in hosts:
+            keys = [self.keys.host(host, kind), self.keys.fair(host, kind)]
+            keys.append(self.keys.backlog(host, kind))
             args: list[Any] = [
                 host,
                 policy.rate_limit,
@@ -131,11 +157,14 @@ class HostBook:
                 int(policy.probe_lease_seconds * 1000),
                 int(policy.cooldown_seconds * 1000),
                 HOST_TTL_MS,
+                BACKLOG_MS,
+                "1" if breakers else "0",
             ]
-            for port, n in wants[host].items():
-                args += [port, n]
-            breakers = [self.keys.breaker(host, port) for port in wants[host]]
-            calls.append((self._scripts["host_take"], [self.keys.host(host), *breakers], args))
+            for (port, tenant), n in wants[host].items():
+                args += [port, tenant, n]
+                if breakers:
+                    keys += [self.keys.breaker(host, port), self.keys.breaker(host, port, tenant)]
+            calls.append((self._scripts["host_take"], keys, args))
         results = await run_scripts(self.redis, calls, raise_from=0)
         return {
             host: result if isinstance(result, Exception) else _grants(list(wants[host]), result)
@@ -143,19 +172,21 @@ class HostBook:
         }
 
     def report_call(
-        self, host: str, reports: Mapping[int, Report], policy: HostPolicy
+        self, host: str, reports: Mapping[Entry, Report], policy: HostPolicy
     ) -> ScriptCall:
-        """The reports of a host's ports as one script call, for the caller's pipeline; its
-        result is `(breakers tripped, cut)` (see `reported`)."""
+        """The reports of a host's (port, tenant) entries as one script call, for the caller's
+        pipeline; its result is `(breakers tripped, cut)` (see `reported`)."""
         throttled = sum(r.throttled for r in reports.values())
         quiet = max(0, min(MAX_QUIET_MS, max((r.quiet_ms for r in reports.values()), default=0)))
-        ports: list[Any] = []
-        for port, report in reports.items():
+        keys = [self.keys.host(host)]
+        entries: list[Any] = []
+        for (port, tenant), report in reports.items():
             probe_ok = "1" if report.probe_ok else "0"
-            ports += [port, report.ok, report.failed, report.probe or "", probe_ok]
+            entries += [port, tenant, report.ok, report.failed, report.probe or "", probe_ok]
+            keys += [self.keys.breaker(host, port), self.keys.breaker(host, port, tenant)]
         return (
             self._scripts["host_report"],
-            [self.keys.host(host), *(self.keys.breaker(host, port) for port in reports)],
+            keys,
             [
                 host,
                 policy.rate_limit,
@@ -172,7 +203,7 @@ class HostBook:
                 BREAKER_MIN_POLLS,
                 BREAKER_FAILURE_RATIO,
                 BREAKER_STREAK,
-                *ports,
+                *entries,
             ],
         )
 
@@ -190,8 +221,11 @@ class HostBook:
             [TENANT_HOSTS_MAX, TENANT_HOSTS_TTL_MS, *(f"{p} {h}" for h, p in endpoints)],
         )
 
-    async def read(self, host: str, port: int) -> HostState | None:
+    async def read(self, host: str, port: int, tenant: str | None = None) -> HostState | None:
+        """The host's budget and the port's breaker: the fleet's, or what holds `tenant`."""
         keys = [self.keys.host(host), self.keys.breaker(host, port)]
+        if tenant is not None:
+            keys.append(self.keys.breaker(host, port, tenant))
         return _state(port, await self._scripts["host_read"](keys=keys))
 
     async def of_tenant(self, tenant: str) -> list[HostState]:
@@ -217,7 +251,11 @@ class HostBook:
         if not endpoints:
             return []
         calls: list[ScriptCall] = [
-            (self._scripts["host_read"], [self.keys.host(h), self.keys.breaker(h, p)], [])
+            (
+                self._scripts["host_read"],
+                [self.keys.host(h), self.keys.breaker(h, p), self.keys.breaker(h, p, tenant)],
+                [],
+            )
             for h, p, _ in endpoints
         ]
         results = await run_scripts(self.redis, calls, raise_from=0)
@@ -237,18 +275,19 @@ class HostBook:
         return states
 
 
-def _grants(ports: list[int], result: list[Any]) -> dict[int, Grant]:
-    """A take's answer for one host: its budget, then four values per port."""
+def _grants(entries: list[Entry], result: list[Any]) -> dict[Entry, Grant]:
+    """A take's answer for one host: its budget, then five values per entry."""
     budget = float(result[0])
     return {
-        port: Grant(
-            int(result[1 + 4 * i]),
-            int(result[2 + 4 * i]),
+        entry: Grant(
+            int(result[1 + 5 * i]),
+            int(result[2 + 5 * i]),
             budget,
-            text(result[3 + 4 * i]),
-            text(result[4 + 4 * i]) or None,
+            text(result[3 + 5 * i]),
+            text(result[4 + 5 * i]) or None,
+            float(result[5 + 5 * i]),
         )
-        for i, port in enumerate(ports)
+        for i, entry in enumerate(entries)
     }
 
 

@@ -43,8 +43,14 @@ Each upstream host, and each upstream (host and path template, `client.learned.u
 has keys under a tag of its own (its state is fleet-wide, read and written by its own scripts,
 one per call), so busy ones spread over the slots:
 
-    vtw:{ns/h/<digest>}:host           HASH  the host's request budget (a token bucket)
-    vtw:{ns/h/<digest>}:breaker:<port> HASH  the circuit breaker of one port of the host
+    vtw:{ns/h/<digest>}:host           HASH  the host's request budget (a token bucket) and
+                                             its fair-share clock (`hosts.py`)
+    vtw:{ns/h/<digest>}:fair           ZSET  tenant -> its fair-share tag on the budget
+    vtw:{ns/h/<digest>}:backlog        ZSET  tenant -> when the budget last refused it
+    vtw:{ns/h/<digest>}:breaker:<port> HASH  the fleet's circuit breaker of one port of the host
+    vtw:{ns/h/<digest>}:breaker:<port>:t:<tenant>
+                                       HASH  one tenant's circuit breaker of that port
+    vtw:{ns/r/<digest>}:host|fair|backlog    the same budget for a webhook receiver's host
     vtw:{ns/u/<digest>}:durations      HASH  one upstream's learned job durations: bin -> weight
                                              x scale, `scale`, `upstream` (`durations.py`)
 """
@@ -57,6 +63,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from .domain import MAX_PARTITIONS, partition_of
+
+HostKind = Literal["h", "r"]  # an upstream host, a webhook receiver host
 
 NAMESPACE_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 QueueKind = Literal["schedule", "outbox"]
@@ -176,17 +184,28 @@ class Keys:
     def tenant_hosts(self, tenant: str) -> str:
         return self.tenant_prefix(tenant) + "hosts"
 
-    def host(self, host: str) -> str:
-        """The budget of one normalised upstream host, under a hash tag of its own."""
-        return self._host_tag(host) + "host"
+    def host(self, host: str, kind: HostKind = "h") -> str:
+        """The budget of one normalised host (`h`: an upstream; `r`: a webhook receiver),
+        under a hash tag of its own."""
+        return self._host_tag(host, kind) + "host"
 
-    def breaker(self, host: str, port: int) -> str:
-        """The circuit breaker of one port of a host: in its budget's hash slot (same tag)."""
-        return f"{self._host_tag(host)}breaker:{port}"
+    def fair(self, host: str, kind: HostKind = "h") -> str:
+        """The tenants' fair-share tags on a host's budget (same tag as the budget)."""
+        return self._host_tag(host, kind) + "fair"
 
-    def _host_tag(self, host: str) -> str:
+    def backlog(self, host: str, kind: HostKind = "h") -> str:
+        """The tenants a host's budget refused lately (same tag as the budget)."""
+        return self._host_tag(host, kind) + "backlog"
+
+    def breaker(self, host: str, port: int, tenant: str | None = None) -> str:
+        """The circuit breaker of one port of an upstream host, the fleet's or one tenant's:
+        in its budget's hash slot (same tag)."""
+        fleet = f"{self._host_tag(host, 'h')}breaker:{port}"
+        return fleet if tenant is None else f"{fleet}:t:{tenant}"
+
+    def _host_tag(self, host: str, kind: HostKind) -> str:
         digest = hashlib.sha256(host.encode()).hexdigest()[:20]
-        return f"vtw:{{{self.namespace}/h/{digest}}}:"
+        return f"vtw:{{{self.namespace}/{kind}/{digest}}}:"
 
     def durations(self, upstream: str) -> str:
         """The learned job durations of one upstream (`upstream_key`), under a tag of its own."""

@@ -180,6 +180,18 @@ def _embedded_ipv4(address: int) -> ipaddress.IPv4Address | None:
     return None
 
 
+SIIT_PREFIX = int(ipaddress.IPv6Address("::ffff:0:0:0")) >> 32  # IPv4-translated ::ffff:0:0:0/96
+
+
+def carried_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 host an IPv6 address reaches (IPv4-mapped or -translated, NAT64, 6to4), if
+    any: one host however it is spelt, for what counts per host (budgets, limits)."""
+    address = int(ip)
+    if address >> 32 == SIIT_PREFIX:
+        return ipaddress.IPv4Address(address & 0xFFFFFFFF)
+    return _embedded_ipv4(address)
+
+
 def is_blocked(ip: IPAddress, allowed: Sequence[Network] = ()) -> bool:
     """Whether the guard refuses a connection to `ip` (see the module docstring)."""
     if any(ip in network for network in allowed if network.version == ip.version):

@@ -58,23 +58,38 @@ def new_host() -> str:
 
 
 async def take(
-    book: HostBook, host: str, n: int, pol: HostPolicy | None = None, port: int = PORT
+    book: HostBook,
+    host: str,
+    n: int,
+    pol: HostPolicy | None = None,
+    port: int = PORT,
+    tenant: str = TENANT,
 ) -> Any:
-    return (await book.take({host: {port: n}}, pol or policy(), secrets.token_hex(4)))[host][port]
+    entry = (port, tenant)
+    return (await book.take({host: {entry: n}}, pol or policy(), secrets.token_hex(4)))[host][entry]
 
 
 async def report(
-    book: HostBook, host: str, pol: HostPolicy | None = None, port: int = PORT, **counts: Any
+    book: HostBook,
+    host: str,
+    pol: HostPolicy | None = None,
+    port: int = PORT,
+    tenant: str = TENANT,
+    **counts: Any,
 ) -> Any:
-    call = book.report_call(host, {port: Report(**counts)}, pol or policy())
+    call = book.report_call(host, {(port, tenant): Report(**counts)}, pol or policy())
     script, keys, args = call
     return HostBook.reported(await script(keys=keys, args=args))
 
 
-async def state(book: HostBook, host: str, port: int = PORT) -> Any:
-    found = await book.read(host, port)
+async def state(book: HostBook, host: str, port: int = PORT, tenant: str = TENANT) -> Any:
+    found = await book.read(host, port, tenant)
     assert found is not None
     return found
+
+
+async def admit(budget: HostBudget, host: str, port: int = PORT, tenant: str = TENANT) -> Any:
+    return budget.spend_credit(host, port, tenant) or await budget.ask(host, port, tenant)
 
 
 # -- the token bucket ------------------------------------------------------------------------
@@ -204,7 +219,7 @@ async def test_a_tiny_budget_is_no_zero_and_puts_polls_off_without_dividing_by_i
     assert grant.granted == 1 and grant.budget == pytest.approx(0.0009)
 
     budget = HostBudget(book, tiny, random.Random(1))
-    first, second = await asyncio.gather(budget.admit(host, PORT), budget.admit(host, PORT))
+    first, second = await asyncio.gather(admit(budget, host), admit(budget, host))
     assert not first.go and not second.go
     assert first.reason == second.reason == "budget"
     assert 0 < first.wait_seconds < second.wait_seconds < math.inf
@@ -222,16 +237,16 @@ async def test_a_large_budget_is_taken_ahead_and_a_small_one_exactly(book: HostB
     book.take = counted  # type: ignore[method-assign]
     big, small = new_host(), new_host()
     wide = HostBudget(book, policy(rate=2000.0, burst=2000.0), random.Random(1))
-    assert (await wide.admit(big, PORT)).go  # learns the budget: 2000/s, 100 ahead next time
-    assert (await wide.admit(big, PORT)).go
+    assert (await admit(wide, big)).go  # learns the budget: 2000/s, 100 ahead next time
+    assert (await admit(wide, big)).go
     before = takes
-    spent = [await wide.admit(big, PORT) for _ in range(100)]
+    spent = [await admit(wide, big) for _ in range(100)]
     assert all(a.go for a in spent) and takes == before  # the tokens taken ahead, no round trip
     await asyncio.sleep(0.15)  # unspent ones are dropped after CREDIT_SECONDS
-    assert (await wide.admit(big, PORT)).go and takes == before + 1
+    assert (await admit(wide, big)).go and takes == before + 1
 
     narrow = HostBudget(book, policy(rate=20.0, burst=3.0), random.Random(1))
-    answers = [await narrow.admit(small, PORT) for _ in range(5)]
+    answers = [await admit(narrow, small) for _ in range(5)]
     assert [a.go for a in answers] == [True, True, True, False, False]  # the burst, no more
 
 
@@ -246,13 +261,13 @@ def test_garbage_retry_after_values_are_bounded_before_they_reach_redis() -> Non
     ]
     for observation in seen:
         budget.observe(TENANT, "h.example", PORT, observation, None)
-    gathered = budget._reports["h.example"][PORT]
+    gathered = budget._reports["h.example"][PORT, TENANT]
     assert gathered.throttled == 4 and gathered.failed == 1 and gathered.ok == 3
     assert gathered.quiet_ms == 86_400_000  # the huge one, clamped here...
     book = HostBook.__new__(HostBook)
     book._scripts = {"host_report": None}  # type: ignore[dict-item]
     book.keys = Keys()
-    _, _, args = book.report_call("h.example", {PORT: gathered}, policy())
+    _, _, args = book.report_call("h.example", {(PORT, TENANT): gathered}, policy())
     assert args[4] == MAX_QUIET_MS  # ...and to a minute in the report
 
 
@@ -281,11 +296,19 @@ def test_what_counts_as_a_failed_poll_for_the_breaker(
 # -- the circuit breaker -----------------------------------------------------------------------
 
 
-async def trip(book: HostBook, host: str, pol: HostPolicy | None = None, port: int = PORT) -> None:
-    """Open the breaker of `port` of the host: 6 of 10 polls in the window failed."""
-    await take(book, host, 1, pol, port)
-    assert await report(book, host, pol, port, ok=4, failed=5) == (False, False)
-    assert await report(book, host, pol, port, failed=1) == (True, False)
+async def trip(
+    book: HostBook,
+    host: str,
+    pol: HostPolicy | None = None,
+    port: int = PORT,
+    tenant: str = TENANT,
+    opened: int = 1,
+) -> None:
+    """Open the tenant's breaker of `port` of the host: 6 of 10 polls in the window failed
+    (`opened`: the breakers that opens, 2 when it also opens the fleet's)."""
+    await take(book, host, 1, pol, port, tenant)
+    assert await report(book, host, pol, port, tenant, ok=4, failed=5) == (False, False)
+    assert await report(book, host, pol, port, tenant, failed=1) == (opened, False)
 
 
 async def test_mostly_failing_polls_open_the_breaker_and_one_probe_goes_after_the_cooldown(
@@ -345,14 +368,14 @@ def test_polls_refused_by_a_breaker_come_back_spread_over_a_fifth_of_their_wait(
         async def take(self, wants: Any, pol: HostPolicy, probe_id: str) -> Any:
             wait_ms = 10_000
             return {
-                h: {p: Grant(0, wait_ms, LIMIT, "half_open", None) for p in ports}
-                for h, ports in wants.items()
+                h: {e: Grant(0, wait_ms, LIMIT, "half_open", None, LIMIT) for e in entries}
+                for h, entries in wants.items()
             }
 
     budget = HostBudget(Book(), policy(), random.Random(7))  # type: ignore[arg-type]
 
     async def ask_all() -> list[Any]:
-        return await asyncio.gather(*(budget.admit("h.example", PORT) for _ in range(500)))
+        return await asyncio.gather(*(admit(budget, "h.example") for _ in range(500)))
 
     waits = [a.wait_seconds for a in asyncio.run(ask_all())]
     assert all(10.0 <= w <= 12.0 for w in waits)
@@ -395,17 +418,18 @@ async def test_a_breaker_is_per_port_while_the_budget_is_the_hosts(book: HostBoo
     assert (await state(book, host, port=9)).breaker == "open"
     assert (await state(book, host)).breaker == "closed"
 
-    grants = await book.take({host: {9: 3, PORT: 3}}, policy(), secrets.token_hex(4))
-    assert grants[host][9].granted == 0 and grants[host][9].breaker == "open"
-    assert grants[host][PORT].granted >= 1 and grants[host][PORT].breaker == "closed"
+    nine, port = (9, TENANT), (PORT, TENANT)
+    grants = await book.take({host: {nine: 3, port: 3}}, policy(), secrets.token_hex(4))
+    assert grants[host][nine].granted == 0 and grants[host][nine].breaker == "open"
+    assert grants[host][port].granted >= 1 and grants[host][port].breaker == "closed"
     # Every port draws on the host's one bucket: the budget per machine is no port's.
-    fresh = new_host()
-    grants = await book.take({fresh: {80: 3, PORT: 3}}, policy(burst=4.0), secrets.token_hex(4))
-    assert (grants[fresh][80].granted, grants[fresh][PORT].granted) == (3, 1)
+    fresh, eighty = new_host(), (80, TENANT)
+    grants = await book.take({fresh: {eighty: 3, port: 3}}, policy(burst=4.0), "p")
+    assert (grants[fresh][eighty].granted, grants[fresh][port].granted) == (3, 1)
 
     # One report for both ports: each port's answers move its own breaker.
     script, keys, args = book.report_call(
-        host, {9: Report(failed=1), PORT: Report(ok=20)}, policy()
+        host, {nine: Report(failed=1), port: Report(ok=20)}, policy()
     )
     assert HostBook.reported(await script(keys=keys, args=args)) == (0, False)
     assert (await state(book, host)).breaker == "closed"
@@ -478,7 +502,7 @@ async def test_status_shows_the_tenants_hosts_with_budget_and_breaker(
     api = await make_api(keyed, redis=redis)
     book = Store(redis).hosts
     host = "translate-1"
-    await trip(book, host)
+    await trip(book, host, tenant="a")
     script, keys, args = book.tenant_hosts_call("a", [(host, PORT)])
     await script(keys=keys, args=args)
 
@@ -659,7 +683,7 @@ async def test_a_closed_port_of_one_tenant_does_not_stop_another_tenants_polls_o
         for claimed in leased.watches:
             poller.keeper.hold(claimed)
         await asyncio.gather(*(poller._handle(c) for c in leased.watches))
-        assert (await state(book, "127.0.0.1", port=9)).breaker == "open"
+        assert (await state(book, "127.0.0.1", port=9, tenant="mallory")).breaker == "open"
 
         victim, _ = await store.register("victim", spec_of(url), 60)
         leased = await claim(store, 50)

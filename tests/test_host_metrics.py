@@ -168,7 +168,7 @@ async def test_a_breaker_trip_moves_the_trips_counter_once_then_polls_are_put_of
         assert answered == [503] * 5
         assert moved(before, tripped, TRIPS) == 1
         assert moved(before, tripped, CUTS) == 1  # a 503 is throttling too
-        state = await store.hosts.read("127.0.0.1", port_of(url))
+        state = await store.hosts.read("127.0.0.1", port_of(url), TENANT)
         assert state is not None and state.breaker == "open" and state.trips == 1
 
         await store.register(TENANT, spec_of(url), 60)

@@ -1,15 +1,16 @@
 """The poller's side of the fleet-wide host budgets and breakers (`service.hosts`).
 
-Admission: every poll asks before its request; the asks of one event-loop turn (a claimed
-batch) go to Redis together, one script call per host (for all its ports) in one round trip.
-Denied polls are put off in line: the k-th denied one of a host waits for the k-th next token,
-so they come back at the rate the budget allows, not all at once. A host with a large budget
+Admission: every poll asks before its request, for its tenant; the asks of one event-loop turn
+(a claimed batch) go to Redis together, one script call per host (for all its ports and
+tenants) in one round trip. Denied polls are put off in line: the k-th denied one of a tenant on
+a host waits for the k-th next token of that tenant's share, so they come back at the rate the
+budget allows it, not all at once. A host with a large budget
 (`PREFETCH_SECONDS` of it at least `MIN_PREFETCH` requests) is asked for that many more tokens,
 which the next polls spend without a round trip (or drop after `CREDIT_SECONDS`): a busy host
 then costs one take per few hundred polls, and a small budget is taken exactly as asked.
 
-Reports: what each poll saw (answered, failed, throttled, the probe's answer) is summed per host
-and port and sent with the poller's next batched save, in the same pipeline: at most once (a
+Reports: what each poll saw (answered, failed, throttled, the probe's answer) is summed per host,
+port and tenant and sent with the poller's next batched save, in the same pipeline: at most once (a
 report lost with a failed save is not sent again; the budget only reacts a little later).
 """
 
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from client.upstream import Observation
-from service.hosts import HostBook, HostPolicy, Report
+from service.hosts import Entry, HostBook, HostPolicy, Report
 from service.leases import ScriptCall
 from service.metrics import BREAKER_TRIPS, HOST_BUDGET_CUTS
 from service.settings import Settings
@@ -61,6 +62,7 @@ class Admission:
 
 
 GRANTED = Admission(True)
+Ask = tuple[str, int, str]  # (host, port, tenant): one request's claim on a host's budget
 
 
 def policy_of(settings: Settings) -> HostPolicy:
@@ -85,20 +87,21 @@ class HostBudget:
         self.book = book
         self.policy = policy
         self.rng = rng
-        self._asks: WriteBatch[tuple[str, int], Admission] = WriteBatch(self._admit_all)
-        self._reports: dict[str, dict[int, Report]] = {}
+        self._asks: WriteBatch[Ask, Admission] = WriteBatch(self._admit_all)
+        self._reports: dict[str, dict[Entry, Report]] = {}
         self._tenants: dict[str, set[tuple[str, int]]] = {}
         self._noted: dict[tuple[str, str, int], float] = {}
         self._id = secrets.token_hex(4)
         self._takes = 0
         self._failing: dict[str, int] = {}  # hosts whose take failed: failures in a row
         self._prefetch: dict[str, int] = {}  # host -> tokens to take ahead (from its budget)
-        self._credit: dict[tuple[str, int], tuple[int, float]] = {}  # tokens taken ahead, until
+        self._credit: dict[Ask, tuple[int, float]] = {}  # tokens taken ahead, until
 
-    def spend_credit(self, host: str, port: int) -> Admission | None:
-        """One request to `port` of `host` from the tokens taken ahead, if any are left (no
-        round trip, and no coroutine: most polls of a busy host go this way); else None."""
-        key = (host, port)
+    def spend_credit(self, host: str, port: int, tenant: str) -> Admission | None:
+        """One request of `tenant` to `port` of `host` from the tokens taken ahead for it, if
+        any are left (no round trip, and no coroutine: most polls of a busy host go this way);
+        else None."""
+        key = (host, port, tenant)
         credit = self._credit.pop(key, None)
         if credit is not None:
             tokens, until = credit
@@ -108,48 +111,45 @@ class HostBudget:
                 return GRANTED
         return None
 
-    async def admit(self, host: str, port: int) -> Admission:
-        """Ask for one request to `port` of `host`, from the credit or else with this turn's
-        other asks (raises the store's error: the caller puts it off)."""
-        return self.spend_credit(host, port) or await self.ask(host, port)
+    async def ask(self, host: str, port: int, tenant: str) -> Admission:
+        """Ask Redis for one request of `tenant` to `port` of `host`, with this turn's other
+        asks (the credit not consulted: see `spend_credit`; raises the store's error: the
+        caller puts the poll off)."""
+        return await self._asks.add((host, port, tenant))
 
-    async def ask(self, host: str, port: int) -> Admission:
-        """Ask Redis for one request to `port` of `host`, with this turn's other asks (the
-        credit not consulted: see `spend_credit`)."""
-        return await self._asks.add((host, port))
-
-    async def _admit_all(self, asks: list[tuple[str, int]]) -> list[Admission]:
+    async def _admit_all(self, asks: list[Ask]) -> list[Admission]:
         self._takes += 1
-        wants: dict[str, Counter[int]] = {}
-        for host, port in asks:
-            wants.setdefault(host, Counter())[port] += 1
-        for host, ports in wants.items():
-            for port in ports:
-                ports[port] += self._prefetch.get(host, 0)
+        wants: dict[str, Counter[Entry]] = {}
+        for host, port, tenant in asks:
+            wants.setdefault(host, Counter())[port, tenant] += 1
+        for host, entries in wants.items():
+            for entry in entries:
+                entries[entry] += self._prefetch.get(host, 0)
         grants = await self.book.take(wants, self.policy, f"{self._id}:{self._takes:x}")
-        asked: Counter[tuple[str, int]] = Counter()
-        in_line: Counter[str] = Counter()  # denied for the host's budget so far
+        asked: Counter[Ask] = Counter()
+        in_line: Counter[tuple[str, str]] = Counter()  # denied for the budget so far
         unavailable = {h: self._failed(h, e) for h, e in grants.items() if isinstance(e, Exception)}
         for host in grants.keys() - unavailable.keys():
             if self._failing.pop(host, 0):
                 logger.info("poller: the budget of host %s can be taken again", host)
         admissions = []
-        for host, port in asks:
+        for ask in asks:
+            host, port, tenant = ask
             if host in unavailable:  # this host only: the others' polls go on
                 wait = unavailable[host] * self.rng.uniform(1, 1 + SPREAD)
                 admissions.append(Admission(False, wait, "budget_unavailable"))
                 continue
-            by_port = grants[host]
-            assert not isinstance(by_port, Exception)
-            grant, place = by_port[port], asked[host, port]
-            asked[host, port] += 1
+            by_entry = grants[host]
+            assert not isinstance(by_entry, Exception)
+            grant, place = by_entry[port, tenant], asked[ask]
+            asked[ask] += 1
             if place < grant.granted:
                 admissions.append(Admission(True, probe=grant.probe if place == 0 else None))
                 continue
             wait = grant.wait_ms / 1000
             if grant.breaker == "closed":
-                wait += in_line[host] / max(grant.budget, MIN_RATE)
-                in_line[host] += 1
+                wait += in_line[host, tenant] / max(grant.share, MIN_RATE)
+                in_line[host, tenant] += 1
                 reason = "budget"
                 spread = SPREAD
             else:
@@ -158,7 +158,7 @@ class HostBudget:
         self._keep_credit(asked, grants)
         return admissions
 
-    def _keep_credit(self, asked: Counter[tuple[str, int]], grants: dict[str, Any]) -> None:
+    def _keep_credit(self, asked: Counter[Ask], grants: dict[str, Any]) -> None:
         """Keep the tokens granted beyond this turn's asks for the next polls (a closed
         breaker's only), and size the next prefetch of each host from its budget now."""
         until = time.monotonic() + CREDIT_SECONDS
@@ -169,10 +169,10 @@ class HostBudget:
             if isinstance(by_port, Exception):
                 self._prefetch.pop(host, None)
                 continue
-            for port, grant in by_port.items():
-                extra = grant.granted - asked[host, port]
+            for (port, tenant), grant in by_port.items():
+                extra = grant.granted - asked[host, port, tenant]
                 if extra > 0 and grant.breaker == "closed" and not grant.probe:
-                    self._credit[host, port] = (extra, until)
+                    self._credit[host, port, tenant] = (extra, until)
                 ahead = int(grant.budget * PREFETCH_SECONDS)
                 self._prefetch[host] = min(MAX_PREFETCH, ahead) if ahead >= MIN_PREFETCH else 0
 
@@ -194,9 +194,9 @@ class HostBudget:
         self._note(tenant, host, port)
         if seen.internal:
             return
-        report = self._reports.setdefault(host, {}).get(port)
+        report = self._reports.setdefault(host, {}).get((port, tenant))
         if report is None:
-            report = self._reports[host][port] = Report()
+            report = self._reports[host][port, tenant] = Report()
         bad = failed(seen)
         if bad:
             report.failed += 1

@@ -239,10 +239,11 @@ class Poller(ClaimLoop):
         """One request if the host's budget and breaker admit it: what it saw, and when it was
         sent (Redis time); else the poll is put off (`Deferred`), or, at the deadline, the
         reason it was refused is returned."""
+        tenant = claimed.doc["tenant"]
         try:  # tokens taken ahead first, without a coroutine (most polls of a busy host)
-            admission = self.budget.spend_credit(spec.host, spec.port) or await self.budget.ask(
-                spec.host, spec.port
-            )
+            admission = self.budget.spend_credit(
+                spec.host, spec.port, tenant
+            ) or await self.budget.ask(spec.host, spec.port, tenant)
         except Exception as exc:  # no budget known: no request (the store is likely failing)
             wait = self._budget_failures.failed(exc)
             admission = Admission(False, wait, "budget_unavailable")
@@ -253,7 +254,10 @@ class Poller(ClaimLoop):
         sent_ms, started = self.server_now_ms(), time.perf_counter()
         try:  # anything unexpected is a transient failure (the deadline still holds)
             seen = await fetch_status(
-                self.session, spec.status_target, self.settings.request_timeout
+                self.session,
+                spec.status_target,
+                self.settings.request_timeout,
+                follow_redirects=False,
             )
         except Exception:
             logger.exception(
@@ -264,7 +268,7 @@ class Poller(ClaimLoop):
             seen = unexpected("polling the upstream")
         finally:  # cancelled polls included
             POLL_DURATION.observe(time.perf_counter() - started)
-        self.budget.observe(claimed.doc["tenant"], spec.host, spec.port, seen, admission.probe)
+        self.budget.observe(tenant, spec.host, spec.port, seen, admission.probe)
         return seen, sent_ms
 
     def _refuse(self, doc: WatchDoc, admission: Admission) -> str:

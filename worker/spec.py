@@ -13,6 +13,7 @@ from yarl import URL
 from client.backoff import BackoffPolicy
 from client.learned import upstream_key
 from service.models import full_spec
+from service.ssrf import carried_ipv4
 
 # The cache is bounded by the size of the spec texts it keys on (metadata may take 4 KiB each)
 # plus what each parsed spec holds (SPEC_OVERHEAD_BYTES): ~45,000 small specs. A worker whose
@@ -59,10 +60,16 @@ def endpoint(url: str) -> tuple[str, int]:
 
 @functools.lru_cache(maxsize=4096)  # few hosts, many watches of each
 def _canonical_host(host: str) -> str:
+    """IP literals in one form, an IPv6 spelling of an IPv4 host (mapped, translated, NAT64,
+    6to4: the socket reaches that IPv4) as the IPv4 itself; names in IDNA."""
     try:
-        return ipaddress.ip_address(host).compressed
+        ip = ipaddress.ip_address(host)
     except ValueError:
         pass
+    else:
+        if isinstance(ip, ipaddress.IPv6Address):
+            ip = carried_ipv4(ip) or ip
+        return ip.compressed
     try:
         return host.encode("idna").decode("ascii")
     except UnicodeError:

@@ -1,56 +1,60 @@
--- Take requests from one host's fleet-wide budget for each of its ports, or the one probe of a
--- port's breaker. Closed breaker: as many as the bucket holds (one bucket for every port of the
--- host); the rest wait until the next token. Open: none until the cool-down ends; then one
--- request (the probe) and, while it is out (half-open), none until it reports or its lease
--- lapses: the others are told to wait for the lease to end, at most a cool-down (so that the
--- polls of a host that stays down come back once per cool-down, not every second). A call
--- repeated after its reply was lost only leaves budget unused (a lost probe's
--- lease lapses and another request probes).
--- KEYS: host state (the budget), then the breaker of each port asked for (the same hash tag)
--- ARGV: host, limit (req/s), burst, probe id, probe lease ms, cooldown ms, ttl ms, then for
---       each breaker key: its port, n
--- Returns {budget (requests/s, as text: unrounded, however small), then per port: granted,
--- wait ms for the rest, breaker state, probe id or ''}; breaker state: 'closed', 'open' or
--- 'half_open'.
+-- Take requests from one host's fleet-wide budget, shared fairly between tenants (`fair_take`),
+-- each entry through two circuit breakers of its port (when the call has breakers): the port's
+-- own for the whole fleet, and the tenant's on that port. The fleet's is checked first: open,
+-- nobody's requests go until its cool-down ends, then one request fleet-wide probes it (not
+-- twice in a row by the same tenant when another tenant is waiting). Then the tenant's:
+-- closed, requests go as the budget allows; open, none until its cool-down ends, then one
+-- request of that tenant probes it. A probe takes no token. While a probe is out
+-- (half-open), the others wait for its lease to end, at most a cool-down. A call repeated
+-- after its reply was lost only leaves budget unused (a lost probe's lease lapses).
+-- KEYS: host state (the budget), the fair tags, the backlog, then, when ARGV[9] is '1', for
+--       each entry: the port's fleet breaker and the tenant's breaker (all one hash tag)
+-- ARGV: host, limit (req/s), burst, probe id, probe lease ms, cooldown ms, ttl ms, backlog ms,
+--       breakers ('1' or '0'), then for each entry: port, tenant, n
+-- Returns {budget (requests/s, as text: unrounded, however small), then per entry: granted,
+-- wait ms for the rest, breaker state ('closed', 'open' or 'half_open'), probe id or '', the
+-- rate (as text) at which this tenant's refused requests may come back}.
 local now = now_ms()
 local h = host_load(KEYS[1])
 local limit, burst = tonumber(ARGV[2]), tonumber(ARGV[3])
-local lease, cooldown, ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local probe_id, lease, cooldown = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
+local ttl, backlog_ms, breakers = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9] == '1'
 h.host, h.limit, h.burst, h.seen = ARGV[1], limit, burst, now
-host_refill(h, now, limit, burst)
+local size = host_refill(h, now, limit, burst)
+local backlogged = fair_open(h, now, KEYS[2], KEYS[3], backlog_ms)
 local out = {tostring(h.rate)}
-for i = 2, #KEYS do
-  local port, n = ARGV[6 + 2 * i - 2], tonumber(ARGV[7 + 2 * i - 2])
-  local b = host_load(KEYS[i])
-  b.port, b.seen = port, now
-  local state = b.state or 'closed'
-  local granted, wait, probe = 0, 0, ''
-  if state == 'closed' then
-    granted = math.min(n, math.floor(h.tokens))
-    h.tokens = h.tokens - granted
-    if granted < n then
-      wait = math.ceil((1 - h.tokens) * 1000 / h.rate)
-    end
-  else
-    local wait_until = num(b.wait_until, 0)
-    if now < wait_until then
-      wait = wait_until - now
-      if state == 'half_open' then
-        wait = math.min(wait, cooldown)
+for i = 0, (#ARGV - 9) / 3 - 1 do
+  local port, tenant, n = ARGV[10 + 3 * i], ARGV[11 + 3 * i], tonumber(ARGV[12 + 3 * i])
+  local state, granted, wait, probe, rate = 'closed', 0, 0, '', h.rate
+  if breakers then
+    local fleet_key, own_key = KEYS[4 + 2 * i], KEYS[5 + 2 * i]
+    local fleet, own = host_load(fleet_key), host_load(own_key)
+    fleet.port, fleet.seen, own.port, own.seen = port, now, port, now
+    local barred = fleet.prober == tenant and fleet.others == '1'
+    state, granted, wait, probe = breaker_admit(fleet, now, probe_id, lease, cooldown, barred)
+    if state ~= 'closed' then
+      if probe ~= '' then
+        fleet.prober, fleet.others = tenant, ''
+      elseif tenant ~= fleet.prober then
+        fleet.others = '1'
       end
     else
-      granted, probe, state = 1, ARGV[4], 'half_open'
-      b.probe = probe
-      b.wait_until = now + lease
-      wait = math.min(lease, cooldown)
+      state, granted, wait, probe = breaker_admit(own, now, probe_id, lease, cooldown, false)
     end
+    host_save(fleet_key, fleet, ttl)
+    host_save(own_key, own, ttl)
   end
-  b.state = state
-  host_save(KEYS[i], b, ttl)
+  if state == 'closed' then
+    granted, wait, rate = fair_take(h, now, tenant, n, backlogged, size, KEYS[2], KEYS[3])
+  end
   out[#out + 1] = granted
   out[#out + 1] = wait
   out[#out + 1] = state
   out[#out + 1] = probe
+  out[#out + 1] = tostring(rate)
 end
 host_save(KEYS[1], h, ttl)
+for i = 2, 3 do
+  redis.call('PEXPIRE', KEYS[i], ttl)
+end
 return out
