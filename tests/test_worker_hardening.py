@@ -2,12 +2,16 @@
 real Redis, the real `Poller` and claim loop, an upstream served on loopback):
 
 1. a watch cancelled while a worker holds it is no lease lost (`vtwatch_leases_ended_total`,
-   not `vtwatch_lease_lost_total`, whose alert says workers stall past their leases).
+   not `vtwatch_lease_lost_total`, whose alert says workers stall past their leases);
+2. one slow host holds at most half of a worker's slots whatever `VTW_PER_HOST_CONCURRENCY`
+   (the rule used to exist only while that limit was below `VTW_WORKER_CONCURRENCY`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,11 +21,14 @@ import pytest
 from aiohttp import web
 from prometheus_client import REGISTRY
 
+from service.keys import Keys
+from service.leases import Claim, Claimed, LeasedQueue
 from service.models import WatchCreate
 from service.settings import Settings
 from service.store import Store
 from tests.fakes import served, until
 from worker.budget import GRANTED
+from worker.loop import ClaimLoop
 from worker.poller import Poller
 
 from .test_store import TENANT, claim, claim_one
@@ -145,3 +152,112 @@ async def test_a_lease_taken_by_another_claim_is_still_a_lost_lease(
     assert (await store.get(TENANT, doc["id"]))["attempts"] == 0  # the write was refused
     assert counter("vtwatch_lease_lost_total") == lost + 1
     assert counter("vtwatch_leases_ended_total") == ended
+
+
+# -- 2. one slow host holds at most half the slots, whatever the per-host limit -----------------
+
+
+class EndlessQueue(LeasedQueue):
+    """Hands out a new item at every claim; records the items given back (deferred)."""
+
+    def __init__(self) -> None:
+        self.keys = Keys()
+        self.claims = 0
+        self.released: list[tuple[str, float]] = []
+
+    async def claim(
+        self,
+        limit: int,
+        lease_seconds: float,
+        token: str,
+        lost_token: str | None = None,
+        partition: int = 0,
+    ) -> Claim:
+        self.claims += 1
+        doc: Any = {"id": f"w{self.claims}"}
+        return Claim(0, None, [Claimed(f"w{self.claims}", token, doc)])
+
+    async def extend(self, items: list[Claimed], lease_seconds: float) -> list[bool]:
+        return [True] * len(items)
+
+    async def release(self, items: list[Claimed], delay_seconds: float = 0.0) -> None:
+        self.released += [(claimed.id, delay_seconds) for claimed in items]
+
+
+class OneSlowHostLoop(ClaimLoop):
+    name = "one-slow-host"
+
+    async def handle(self, claimed: Claimed) -> None:
+        async with self.host_slot("slow.example"):
+            await asyncio.Event().wait()
+
+
+@pytest.mark.parametrize("host_limit", [None, 8, 64])
+async def test_one_slow_host_holds_half_the_slots_when_the_per_host_limit_cannot_bind(
+    host_limit: int | None,
+) -> None:
+    queue = EndlessQueue()
+    loop = OneSlowHostLoop(queue, concurrency=8, lease_seconds=30, host_limit=host_limit)
+    claiming = asyncio.create_task(loop._claim_until_stopped())
+    await until(lambda: len(queue.released) >= 10, seconds=5)
+    loop.stop()
+    await asyncio.wait_for(claiming, 1)
+
+    assert loop.host_limits.users("slow.example") == len(loop.in_flight) == 4
+    assert all(0.5 <= delay <= 1.5 for _, delay in queue.released)
+    assert not any(loop.keeper.held.get(i) for i, _ in queue.released)
+    await loop.drain(0)
+    assert loop.host_limits.users("slow.example") == 0
+
+
+@contextlib.asynccontextmanager
+async def served_on(app: web.Application, host: str) -> AsyncIterator[str]:
+    """`served`, on another loopback address (another host to the worker)."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, host, 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        await runner.cleanup()
+
+
+@STORES
+async def test_a_hanging_host_leaves_a_healthy_host_of_the_same_worker_its_slots(
+    store: Store, held: HeldUpstream
+) -> None:
+    """`VTW_WORKER_CONCURRENCY=8`, the per-host limit at its default (64): 24 watches of an
+    upstream that never answers, then one of another host whose job has ended, 4 s deadline.
+    The hanging host holds 4 slots; the healthy watch is polled at once and completes (before
+    the fix the hanging host held all 8 slots for a request timeout: past the deadline)."""
+    for _ in range(24):
+        await store.register(TENANT, spec_of(held.url), 60)
+
+    async def healthy(request: web.Request) -> web.Response:
+        return web.json_response({"result": "completed"})
+
+    app = web.Application()
+    app.router.add_get("/status", healthy)
+    async with served_on(app, "127.0.0.2") as other, aiohttp.ClientSession() as session:
+        poller = new_poller(store, session, worker_concurrency=8)
+        assert poller.settings.per_host_concurrency == 64
+        running = asyncio.create_task(poller.run(grace_seconds=0))
+        try:
+            await until(lambda: held.arrived >= 4, seconds=5)
+            doc, _ = await store.register(TENANT, spec_of(f"{other}/status", max_wait_time=4), 4)
+            registered = time.monotonic()
+            watch = doc
+            while watch["state"] == "pending":
+                assert time.monotonic() - registered < 4, "the healthy watch was not polled"
+                await asyncio.sleep(0.02)
+                watch = await store.get(TENANT, doc["id"])
+            in_flight = held.arrived
+        finally:
+            poller.stop()
+            await asyncio.wait_for(running, 5)
+
+    assert watch["state"] == "completed" and watch["attempts"] == 1
+    assert watch["last_polled_at"] - watch["created_at"] <= 1_500
+    assert in_flight == 4  # the hanging host never held more than its share

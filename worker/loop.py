@@ -18,7 +18,7 @@ import time
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 from redis.exceptions import RedisError
 
@@ -110,44 +110,46 @@ class Deferred(Exception):
 
 
 class HostLimits:
-    """At most `limit` concurrent requests per host; a host's semaphore is dropped when unused."""
+    """Per host of one loop: its users (items inside `host_slot`, running or waiting for a
+    slot), counted always (the share rule binds whatever the limit), and, when `limit` can bind
+    (it is below the loop's concurrency; None: it cannot), a semaphore of `limit` slots. A host
+    is forgotten with its last user."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int | None) -> None:
         self.limit = limit
         self._semaphores: dict[str, asyncio.Semaphore] = {}
         self._users: Counter[str] = Counter()
 
     def users(self, host: str) -> int:
-        """Requests to `host` running or waiting for a slot."""
+        """Items of `host` running or waiting for a slot."""
         return self._users[host]
 
+    def join(self, host: str) -> None:
+        self._users[host] += 1
+
+    def leave(self, host: str) -> None:
+        self._users[host] -= 1
+        if not self._users[host]:
+            del self._users[host]
+            self._semaphores.pop(host, None)
+
     async def acquire(self, host: str) -> None:
-        """Wait for a slot of `host` (counted as a user meanwhile); give it back by `release`."""
+        """Wait for a slot of `host` (a user who joined); give it back by `release`."""
         semaphore = self._semaphores.get(host)
         if semaphore is None:
-            semaphore = self._semaphores[host] = asyncio.Semaphore(self.limit)
-        self._users[host] += 1
-        try:
-            await semaphore.acquire()
-        except BaseException:
-            self._leave(host)
-            raise
+            semaphore = self._semaphores[host] = asyncio.Semaphore(cast(int, self.limit))
+        await semaphore.acquire()
 
     def release(self, host: str) -> None:
         self._semaphores[host].release()
-        self._leave(host)
-
-    def _leave(self, host: str) -> None:
-        self._users[host] -= 1
-        if not self._users[host]:
-            del self._users[host], self._semaphores[host]
 
 
 class HostSlot:
     """`async with loop.host_slot(host)`: the block runs within the host's limit, unless the
     loop began stopping meanwhile (`Abandoned`) or the host already holds its share of the
-    loop's slots (`Deferred`). A context manager, not a wrapping coroutine: the block's awaits
-    do not pass through one more frame each time they resume (the poll's hot path)."""
+    loop's slots (`Deferred`: so one slow host never takes every slot, whatever the per-host
+    limit). A context manager, not a wrapping coroutine: the block's awaits do not pass through
+    one more frame each time they resume (the poll's hot path)."""
 
     __slots__ = ("host", "limits", "loop")
 
@@ -155,18 +157,27 @@ class HostSlot:
         self.loop, self.host, self.limits = loop, host, loop.host_limits
 
     async def __aenter__(self) -> None:
-        if self.limits is None:  # no queue to wait in: nothing to abandon either
-            return
-        if self.limits.users(self.host) >= self.loop.host_share:
+        limits, host = self.limits, self.host
+        if limits.users(host) >= self.loop.host_share:
             raise Deferred
-        await self.limits.acquire(self.host)
+        limits.join(host)
+        if limits.limit is None:  # no queue to wait in: nothing to abandon either
+            return
+        try:
+            await limits.acquire(host)
+        except BaseException:
+            limits.leave(host)
+            raise
         if self.loop.stopping.is_set():
-            self.limits.release(self.host)
+            limits.release(host)
+            limits.leave(host)
             raise Abandoned
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self.limits is not None:
-            self.limits.release(self.host)
+        limits = self.limits
+        if limits.limit is not None:
+            limits.release(self.host)
+        limits.leave(self.host)
 
 
 class ClaimLoop(ABC):
@@ -188,10 +199,10 @@ class ClaimLoop(ABC):
         self.concurrency = concurrency
         self.lease_seconds = lease_seconds
         self.keeper = LeaseKeeper(queue, lease_seconds, self.name)
-        # A per-host limit at or above the process's concurrency could never bind: skip its cost.
-        self.host_limits = (
-            HostLimits(host_limit) if host_limit is not None and host_limit < concurrency else None
-        )
+        # A per-host limit at or above the process's concurrency could never bind: no semaphores
+        # then; the users of each host are counted whatever the limit (`host_share`).
+        binding = host_limit is not None and host_limit < concurrency
+        self.host_limits = HostLimits(host_limit if binding else None)
         # The most items one host may hold, running or queued: half the slots.
         self.host_share = max(1, concurrency // 2)
         self.stopping = asyncio.Event()
