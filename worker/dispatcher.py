@@ -1,13 +1,18 @@
 """The webhook dispatcher: delivers each terminal event from the outbox, signed, at least once.
 
-2xx is success; redirects are not followed (a 3xx is a failure); 410 and a receiver the SSRF
-guard refuses stop delivery; 429 and 503
-honour `Retry-After` within [d, 2d] of the scheduled delay d; other failures retry on the
-configured schedule with ±20 % jitter, then the delivery is `failed` until a manual retry.
+2xx is success, decided by the status line alone (the body is drained for a second at most,
+never waited for); redirects are not followed (a 3xx is a failure); 410 and a receiver the SSRF
+guard refuses stop delivery; 429 and 503 honour `Retry-After` within [d, 2d] of the scheduled
+delay d; other failures retry on the configured schedule with ±20 % jitter, then the delivery is
+`failed` until a manual retry.
+
+A POST starts only on a lease confirmed for its whole timeout: whatever needs Redis is fetched
+first, and nothing is awaited between the confirmation and the POST (`_send`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
@@ -32,6 +37,7 @@ from .spec import SpecCache
 
 logger = logging.getLogger(__name__)
 MAX_RESPONSE_BYTES = 64 * 1024
+DRAIN_SECONDS = 1.0  # for a body after its status line, which alone decides
 SCHEDULE_JITTER = 0.2
 
 
@@ -140,11 +146,14 @@ class Dispatcher(ClaimLoop):
             NOTIFY_LATENCY.observe(max(0, self.server_now_ms() - finished_at) / 1000)
 
     async def _send(self, claimed: Claimed, url: str, body: bytes) -> Sent:
-        """Sign and POST, once a host slot is ours: the lease is checked and the timestamp (Redis
-        time) taken right before the request, not before the wait for the slot."""
+        """Sign and POST, once a host slot is ours. Everything that needs Redis (the secrets)
+        comes first; then the lease is confirmed for the whole timeout, the timestamp (Redis
+        time) taken, and the POST started, with no await in between: a pause of this process
+        (GC, SIGSTOP, a slow Redis) before the confirmation is seen by it, so a lease that
+        passed to another worker meanwhile sends nothing."""
+        secrets = await self.outbox.secrets(claimed.doc["tenant"])
         if not await self.keeper.confirm(claimed, margin=self.settings.webhook_timeout):
             raise LeaseLost(claimed.id)
-        secrets = await self.outbox.secrets(claimed.doc["tenant"])
         msg_id = f"msg_{claimed.id}"
         sent_at = self.server_now_ms() // 1000
         headers = {
@@ -177,7 +186,10 @@ class Dispatcher(ClaimLoop):
         )
 
     async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> Sent:
+        """The status line is the answer; the body is only drained after it (`_drain`), and
+        nothing after the status line (a stalled body, a reset) can undo a 2xx."""
         started = time.monotonic()
+        answer: Sent | None = None
 
         def elapsed_ms() -> int:
             return int((time.monotonic() - started) * 1000)
@@ -190,14 +202,33 @@ class Dispatcher(ClaimLoop):
                 allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=self.settings.webhook_timeout),
             ) as response:
-                await response.content.read(MAX_RESPONSE_BYTES)
                 code = response.status
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
                 error = None if 200 <= code < 300 else f"HTTP {code}"
-                return Sent(code, retry_after, error, elapsed_ms())
+                answer = Sent(code, retry_after, error, elapsed_ms())
+                await _drain(response)
+                return answer
         except aiohttp.ClientConnectorError as exc:
             refused = isinstance(exc.os_error, DestinationRefused)
             error = exc.os_error.strerror if refused else describe_exception(exc)
             return Sent(None, None, error, elapsed_ms(), refused=refused)
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+            if answer is not None:  # the exchange failed only after its status line
+                return answer
             return Sent(None, None, describe_exception(exc), elapsed_ms())
+
+
+async def _drain(response: aiohttp.ClientResponse) -> None:
+    """Read a short body, so the connection can serve the next webhook to this host: at most
+    `MAX_RESPONSE_BYTES` within `DRAIN_SECONDS` (the attempt record keeps none of it). Whatever
+    the body does (stalls, is cut off, never ends), the answer already stands."""
+    try:
+        async with asyncio.timeout(DRAIN_SECONDS):
+            left = MAX_RESPONSE_BYTES
+            while left > 0 and not response.content.at_eof():
+                chunk = await response.content.read(left)
+                if not chunk:
+                    return
+                left -= len(chunk)
+    except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
+        pass  # the connection is closed on release instead of reused
