@@ -14,10 +14,14 @@ import secrets
 import time
 from collections import Counter
 
+import aiohttp
 import pytest
+from aiohttp import web
 
+from client.upstream import Status, fetch_status
 from service.hosts import HostBook, HostPolicy, Report
 from service.store import Store
+from tests.fakes import served
 from worker.spec import endpoint
 
 PORT = 443
@@ -224,3 +228,27 @@ def test_ipv6_spellings_of_an_ipv4_host_are_that_host(url: str) -> None:
 
 def test_a_real_ipv6_host_stays_itself() -> None:
     assert endpoint("http://[2001:4860::8888]/s") == ("2001:4860::8888", 80)
+
+
+# -- every request a host sees is admitted: the workers follow no redirect ---------------------
+
+
+async def test_the_workers_fetch_follows_no_redirect_and_says_where_it_led() -> None:
+    hops: list[str] = []
+
+    async def hop(request: web.Request) -> web.Response:
+        hops.append(request.path)
+        left = int(request.match_info["left"])
+        if left == 0:
+            return web.json_response({"result": "completed"})
+        raise web.HTTPFound(f"/r/{left - 1}")
+
+    app = web.Application()
+    app.router.add_get("/r/{left}", hop)
+    async with served(app) as base, aiohttp.ClientSession() as session:
+        seen = await fetch_status(session, f"{base}/r/8", 5, follow_redirects=False)
+        assert hops == ["/r/8"]  # one request: the one the budget admitted
+        assert seen.status is Status.ERROR and seen.http_status == 302
+        assert seen.error == "HTTP 302: redirect to '/r/7' not followed; watch the final URL"
+        followed = await fetch_status(session, f"{base}/r/8", 5)  # the client library's way
+    assert followed.status is Status.COMPLETED and len(hops) == 1 + 9
