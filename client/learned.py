@@ -55,6 +55,7 @@ TAIL_SAMPLES = 0.5  # with less weight than this still to end, the job is an out
 MAX_UPSTREAMS = 256
 MAX_KEY_CHARS = 512
 MAX_WEIGHT = 1e9  # no honest histogram weighs this much; a persisted one that does is garbage
+BIN_DIGITS = len(str(BIN_COUNT - 1))  # the longest bin name
 
 _ID_LIKE = re.compile(r"[0-9a-fA-F]{8,}|[0-9a-fA-F-]{32,36}|[\w.~-]*\d[\w.~-]*")
 _VERSION = re.compile(r"v\d+(\.\d+)*", re.IGNORECASE)
@@ -72,6 +73,15 @@ def upstream_key(status_url: str) -> str:
         for s in parts.path.split("/")
     ]
     return (host + "/".join(segments))[:MAX_KEY_CHARS]
+
+
+def _excerpt(value: object) -> str:
+    """A short repr of untrusted data for an error message (an int of thousands of digits
+    has none)."""
+    try:
+        return f"{value!r:.40}"
+    except ValueError:
+        return f"<{type(value).__name__}>"
 
 
 def _bin(seconds: float) -> int:
@@ -164,20 +174,29 @@ class DurationHistogram:
 
     @classmethod
     def from_dict(cls, data: object, half_life: float = HALF_LIFE) -> DurationHistogram:
-        """Rebuild from `to_dict`'s form; anything else is a `ConfigurationError`."""
+        """Rebuild from `to_dict`'s form; anything else (whatever a corrupted store or file
+        holds) is a `ConfigurationError`."""
         if not isinstance(data, dict) or set(data) != {"v", "w"}:
             raise ConfigurationError("a duration histogram is an object with 'v' and 'w'")
         if data["v"] != FORMAT_VERSION:
-            raise ConfigurationError(f"unknown duration histogram version: {data['v']!r:.40}")
+            raise ConfigurationError(f"unknown duration histogram version: {_excerpt(data['v'])}")
         if not isinstance(data["w"], dict):
             raise ConfigurationError("'w' of a duration histogram must be an object")
         histogram = cls(half_life)
         for index, weight in data["w"].items():
-            if not (index.isascii() and index.isdigit() and int(index) < BIN_COUNT):
-                raise ConfigurationError(f"not a histogram bin: {index!r:.40}")
+            # Digits checked before int(): a string of thousands of digits would not convert.
+            if not (
+                isinstance(index, str)
+                and index.isascii()
+                and index.isdigit()
+                and len(index) <= BIN_DIGITS
+                and int(index) < BIN_COUNT
+            ):
+                raise ConfigurationError(f"not a histogram bin: {_excerpt(index)}")
             if isinstance(weight, bool) or not isinstance(weight, int | float):
                 raise ConfigurationError(f"bin {index}: weight must be a number")
-            if not (math.isfinite(weight) and 0 <= weight <= MAX_WEIGHT):
+            # Compared before any conversion: NaN fails it, and so does an int too big for a float.
+            if not 0 <= weight <= MAX_WEIGHT:
                 raise ConfigurationError(f"bin {index}: weight out of range")
             histogram.weights[int(index)] = float(weight)
         if histogram.samples > MAX_WEIGHT:

@@ -4,7 +4,9 @@ real Redis, the real `Poller` and claim loop, an upstream served on loopback):
 1. a watch cancelled while a worker holds it is no lease lost (`vtwatch_leases_ended_total`,
    not `vtwatch_lease_lost_total`, whose alert says workers stall past their leases);
 2. one slow host holds at most half of a worker's slots whatever `VTW_PER_HOST_CONCURRENCY`
-   (the rule used to exist only while that limit was below `VTW_WORKER_CONCURRENCY`).
+   (the rule used to exist only while that limit was below `VTW_WORKER_CONCURRENCY`);
+3. an adaptive watch whose upstream's learned durations are garbage in Redis is polled by the
+   plain backoff rules (it used to stay pending, never polled, past its deadline).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import pytest
 from aiohttp import web
 from prometheus_client import REGISTRY
 
+from client.learned import upstream_key
 from service.keys import Keys
 from service.leases import Claim, Claimed, LeasedQueue
 from service.models import WatchCreate
@@ -30,6 +33,7 @@ from tests.fakes import served, until
 from worker.budget import GRANTED
 from worker.loop import ClaimLoop
 from worker.poller import Poller
+from worker.schedules import LearnedSchedules
 
 from .test_store import TENANT, claim, claim_one
 
@@ -261,3 +265,69 @@ async def test_a_hanging_host_leaves_a_healthy_host_of_the_same_worker_its_slots
     assert watch["state"] == "completed" and watch["attempts"] == 1
     assert watch["last_polled_at"] - watch["created_at"] <= 1_500
     assert in_flight == 4  # the hanging host never held more than its share
+
+
+# -- 3. unreadable learned durations mean the plain backoff ------------------------------------
+
+
+@STORES
+@pytest.mark.parametrize(
+    "garbage",
+    [{"1" * 5_000: "1"}, {"4": "1" * 5_000}, {"4": "nan"}, {"4": "-1"}],
+    ids=["bin-of-5000-digits", "weight-of-5000-digits", "nan", "negative"],
+)
+async def test_an_adaptive_watch_of_an_upstream_with_garbage_durations_is_polled_and_completes(
+    store: Store, garbage: dict[str, str]
+) -> None:
+    """The durations hash of the watch's upstream is corrupted; the job ends 0.5 s in, the
+    deadline is 4 s: the watch is polled by the plain rules and completes in time."""
+    requests: list[float] = []
+    ends_at = time.monotonic() + 0.5
+
+    async def status(request: web.Request) -> web.Response:
+        requests.append(time.monotonic())
+        done = time.monotonic() >= ends_at
+        return web.json_response({"result": "completed" if done else "pending"})
+
+    app = web.Application()
+    app.router.add_get("/jobs/{id}/status", status)
+    async with served(app) as base, aiohttp.ClientSession() as session:
+        url = f"{base}/jobs/j1/status"
+        key = store.keys.durations(upstream_key(url))
+        await store.redis.hset(key, mapping={"scale": "1", **garbage})
+        doc, _ = await store.register(TENANT, spec_of(url, max_wait_time=4), 4)
+        poller = new_poller(store, session, lease_seconds=1)
+        assert poller.specs.get(doc["spec"]).adaptive
+        running = asyncio.create_task(poller.run(grace_seconds=0))
+        try:
+            watch = doc
+            while watch["state"] == "pending":
+                assert time.monotonic() < ends_at + 5, f"still pending: {watch}"
+                await asyncio.sleep(0.02)
+                watch = await store.get(TENANT, doc["id"])
+        finally:
+            poller.stop()
+            await asyncio.wait_for(running, 5)
+
+    assert watch["state"] == "completed", watch
+    assert watch["finished_at"] < watch["deadline"]
+    assert watch["attempts"] == len(requests) >= 1
+
+
+@STORES
+async def test_any_error_interpreting_learned_durations_means_no_planner(
+    store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not only a `ConfigurationError`: whatever reading a histogram raises, its upstream's
+    watches get no planner (the plain rules) rather than a failed poll."""
+    upstream = "h.example/jobs/{id}/status"
+    await store.redis.hset(store.keys.durations(upstream), mapping={"scale": "1", "4": "1"})
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise ValueError("Exceeds the limit (4300 digits) for integer string conversion")
+
+    monkeypatch.setattr("worker.schedules.durations_of", broken)
+    schedules = LearnedSchedules(store.durations, refresh_seconds=60)
+    with caplog.at_level("WARNING", logger="worker.schedules"):
+        assert await schedules.planner(upstream) is None
+    assert "unreadable" in caplog.text and upstream in caplog.text

@@ -20,7 +20,6 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from client.errors import ConfigurationError
 from client.learned import LearnedSchedule
 from service.domain import WatchDoc
 from service.durations import DurationBook, Sample, durations_of
@@ -88,7 +87,7 @@ class LearnedSchedules:
     def _planner_of(self, upstream: str, fields: dict[str, str]) -> LearnedSchedule | None:
         try:
             durations = durations_of(fields, self.book.half_life)
-        except ConfigurationError as exc:
+        except Exception as exc:  # garbage, or a bug reading it: never a stuck watch
             if upstream not in self._garbage:
                 if len(self._garbage) >= GARBAGE_NOTED_MAX:
                     self._garbage.clear()
