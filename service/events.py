@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
@@ -39,6 +40,7 @@ MARK_SECONDS = 30.0  # a partition is `listening` this long after its last mark.
 MARK_REFRESH_SECONDS = 10.0  # ...renewed this often while one of its watches is followed
 EventKey = tuple[int, int]
 POLL, STATE = 0, 1
+EVENT_ID = re.compile(r"([0-9]{1,16})-([01])")  # ASCII: isdigit() takes "²", int() does not
 MAX_QUEUED_IDS = 1000  # a tenant stream further behind is told to resync (`event: resync`)
 
 
@@ -201,12 +203,10 @@ class EventHub:
 
 def parse_event_id(value: str | None) -> EventKey | None:
     """`<ms>-<kind>` as sent in `id:`; None for anything else (then the stream starts afresh)."""
-    if not value:
+    match = EVENT_ID.fullmatch(value.strip()) if value else None
+    if match is None:
         return None
-    ms, _, kind = value.strip().partition("-")
-    if not (ms.isdigit() and kind in ("0", "1")) or len(ms) > 16:
-        return None
-    return int(ms), int(kind)
+    return int(match[1]), int(match[2])
 
 
 def current_events(doc: WatchDoc) -> list[tuple[EventKey, str]]:
