@@ -6,9 +6,13 @@ Nothing is kept in Redis for this: the scripts that save a watch PUBLISH on that
 channel, and one Pub/Sub connection per API process (`EventHub`), subscribed to the watches its
 streams follow, wakes them; a woken stream reads the watch once and emits what changed. A
 stream also re-reads on every heartbeat, so a missed notification (a lost subscription) delays
-an event by one heartbeat at most. Event ids are `<ms>-<kind>` (kind 0 a poll, 1 a state),
-ordered like the events: `Last-Event-ID` resumes after one; a resumed stream whose polls it
-missed gets the latest poll (the current snapshot), since older ones are not kept.
+an event by one heartbeat at most. Event ids are `<ms>-<kind>` (kind 0 a poll, 1 the pending
+state, 2 the end), ordered like the events: `Last-Event-ID` resumes after one; a resumed stream
+whose polls it missed gets the latest poll (the current snapshot), since older ones are not
+kept. A stream of a watch that ended always closes with its end (`event: state`), unless it
+resumed after exactly that event: the end's id need not sort last (a poll is stamped by a
+worker's estimate of the Redis clock, a cancel by Redis itself), and the end has a kind of its
+own so that it never shares an id with the registration of the same millisecond.
 """
 
 from __future__ import annotations
@@ -39,8 +43,8 @@ LISTEN_TICK = 0.2  # how soon a new stream's subscription starts, at worst
 MARK_SECONDS = 30.0  # a partition is `listening` this long after its last mark...
 MARK_REFRESH_SECONDS = 10.0  # ...renewed this often while one of its watches is followed
 EventKey = tuple[int, int]
-POLL, STATE = 0, 1
-EVENT_ID = re.compile(r"([0-9]{1,16})-([01])")  # ASCII: isdigit() takes "²", int() does not
+POLL, STATE, END = 0, 1, 2  # the kinds of event ids
+EVENT_ID = re.compile(r"([0-9]{1,16})-([012])")  # ASCII: isdigit() takes "²", int() does not
 MAX_QUEUED_IDS = 1000  # a tenant stream further behind is told to resync (`event: resync`)
 
 
@@ -210,13 +214,15 @@ def parse_event_id(value: str | None) -> EventKey | None:
 
 
 def current_events(doc: WatchDoc) -> list[tuple[EventKey, str]]:
-    """The events a document stands for now, in order: its last poll, then its state."""
-    events: list[tuple[EventKey, str]] = []
+    """The events a document stands for now, in order: a pending watch's registration and its
+    last poll (by id); an ended watch's last poll, then its end (whatever their ids)."""
+    polls: list[tuple[EventKey, str]] = []
     if doc["attempts"] and doc["last_polled_at"] is not None:
-        events.append(((doc["last_polled_at"], POLL), "poll"))
-    state_at = doc["finished_at"] if doc["finished_at"] is not None else doc["created_at"]
-    events.append(((state_at, STATE), "state"))
-    return sorted(events)
+        polls.append(((doc["last_polled_at"], POLL), "poll"))
+    if doc["state"] == WatchState.PENDING:
+        return sorted([*polls, ((doc["created_at"], STATE), "state")])
+    ended_at = doc["finished_at"] if doc["finished_at"] is not None else doc["created_at"]
+    return [*polls, ((ended_at, END), "state")]
 
 
 def format_event(key: EventKey, name: str, doc: WatchDoc) -> str:
@@ -233,14 +239,24 @@ async def stream(
         changed = follower.changed
         sent = after
         if sent is None:  # a fresh stream starts with the watch as it is now
-            sent = (current_events(doc)[-1][0][0], STATE)
+            sent, _ = current_events(doc)[-1]
             yield format_event(sent, "state", doc)
+            if doc["state"] != WatchState.PENDING:
+                return
         while True:
+            if doc["state"] != WatchState.PENDING:  # its end closes the stream, whatever its id
+                *polls, (end, _) = current_events(doc)
+                if end != after:  # (unless the caller resumed after the end itself)
+                    for key, name in polls:
+                        if key > sent:
+                            yield format_event(key, name, doc)
+                    yield format_event(end, "state", doc)
+                return
             for key, name in current_events(doc):
                 if key > sent:
                     yield format_event(key, name, doc)
                     sent = key
-            if doc["state"] != WatchState.PENDING or hub.closed:
+            if hub.closed:
                 return
             try:
                 await asyncio.wait_for(changed.wait(), HEARTBEAT_SECONDS)
