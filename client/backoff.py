@@ -4,9 +4,11 @@ Exponential growth from `initial_wait_time` by `backoff_factor`, capped at `max_
 jittered (after the cap, so capped pollers do not fall into lockstep) by `±jitter` seconds plus
 `±jitter_ratio` of the delay. Deadline-aware (the Smithy waiter rule): when the next sleep would
 leave less than `initial_wait_time` before the deadline, sleep exactly to the deadline so the last
-poll happens there. Server hints (`Retry-After`, an ETA) replace the blind schedule within bounds,
-and so, after plain pending answers, does a `Planner`'s proposal (a schedule learned from past
-jobs, `client.learned`).
+poll happens there; and the last attempt `max_attempts` allows is kept for the deadline (with
+`max_attempts` 1 the one poll waits for it), so a job that ends in time is never a timeout.
+Server hints (`Retry-After`, an ETA) replace the blind schedule within bounds, and so, after
+plain pending answers, does a `Planner`'s proposal (a schedule learned from past jobs,
+`client.learned`).
 """
 
 from __future__ import annotations
@@ -145,11 +147,24 @@ def planned_within_bounds(policy: BackoffPolicy, planned: float, remaining: floa
     return max(policy.min_delay, policy.clamp_to_deadline(delay, remaining))
 
 
+def last_attempt_next(attempts: int, max_attempts: int | None) -> bool:
+    """After `attempts` polls, is the next one the last that `max_attempts` allows (the one
+    kept for the deadline)?"""
+    return max_attempts is not None and attempts + 1 >= max_attempts
+
+
 def first_poll_delay(
-    policy: BackoffPolicy, remaining: float, rng: random.Random, planner: Planner | None = None
+    policy: BackoffPolicy,
+    remaining: float,
+    rng: random.Random,
+    planner: Planner | None = None,
+    max_attempts: int | None = None,
 ) -> float:
-    """Seconds to wait before the first poll: none, unless a planner knows that jobs here
-    almost never end so soon."""
+    """Seconds to wait before the first poll: none, unless it is the last one allowed (kept
+    for the deadline, `remaining` seconds away), or a planner knows that jobs here almost never
+    end so soon."""
+    if last_attempt_next(0, max_attempts):
+        return max(0.0, remaining)
     planned = planner.planned_delay(policy, 0.0, remaining, rng) if planner else None
     return 0.0 if planned is None else planned_within_bounds(policy, planned, remaining)
 
@@ -176,7 +191,7 @@ def next_poll_delay(
         return None
     if max_attempts is not None and attempt >= max_attempts:
         return None
-    last_attempt = max_attempts is not None and attempt == max_attempts - 1
+    last_attempt = last_attempt_next(attempt, max_attempts)
     plain = seen.status == Status.PENDING and seen.retry_after is None and seen.eta_seconds is None
     if planner is not None and plain and not last_attempt:
         planned = planner.planned_delay(policy, elapsed, remaining, rng)

@@ -197,7 +197,9 @@ class VideoTranslationClient(OwnsSession):
         planner = None
         if self.history is not None and self.adaptive:
             planner = self.history.schedule(self.status_url)
-        first_wait = first_poll_delay(self.policy, self.max_wait_time, self._rng, planner)
+        first_wait = first_poll_delay(
+            self.policy, self.max_wait_time, self._rng, planner, self.max_attempts
+        )
         if first_wait > 0:
             await self._sleep(first_wait)
         pending_since = 0.0  # the job was still pending this many seconds after the start

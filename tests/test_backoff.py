@@ -1,8 +1,11 @@
+import math
 import random
 
 import pytest
 
 from client import BackoffPolicy, ConfigurationError
+from client.backoff import first_poll_delay, next_poll_delay
+from client.upstream import Observation, Status
 
 
 def test_delays_without_jitter_grow_geometrically_up_to_the_cap() -> None:
@@ -87,3 +90,54 @@ def test_eta_hints_aim_early_while_far_and_right_at_it_when_close(
 def test_out_of_range_parameters_are_refused_with_their_name(kwargs: dict[str, float]) -> None:
     with pytest.raises(ConfigurationError, match=next(iter(kwargs))):
         BackoffPolicy(**kwargs)
+
+
+# -- the last attempt allowed is kept for the deadline, the only one included ----------------
+
+
+def waits(max_attempts: int | None, max_wait: float, ends_at: float = math.inf) -> list[float]:
+    """The sleeps before each poll of a job ending at `ends_at` (requests take no time, no
+    jitter): what `first_poll_delay` and `next_poll_delay` plan for client and worker alike."""
+    policy, rng = BackoffPolicy(jitter=0.0), random.Random(0)
+    now = first_poll_delay(policy, max_wait, rng, max_attempts=max_attempts)
+    slept, attempt = [now], 0
+    while True:
+        attempt += 1
+        seen = Observation(Status.COMPLETED if now >= ends_at else Status.PENDING, 200)
+        delay = next_poll_delay(policy, seen, attempt, max_wait - now, max_attempts, rng)
+        if delay is None:
+            return slept
+        slept.append(delay)
+        now += delay
+
+
+@pytest.mark.parametrize(
+    ("max_attempts", "expected"),
+    [
+        (1, [6.0]),  # the one poll is the last: at the deadline
+        (2, [0.0, 6.0]),
+        (3, [0.0, 1.0, 5.0]),
+        (4, [0.0, 1.0, 2.0, 3.0]),
+        (5, [0.0, 1.0, 2.0, 3.0]),  # the deadline comes first (the Smithy rule)
+        (None, [0.0, 1.0, 2.0, 3.0]),
+    ],
+)
+def test_the_last_attempt_allowed_is_made_at_the_deadline(
+    max_attempts: int | None, expected: list[float]
+) -> None:
+    assert waits(max_attempts, 6.0) == expected
+
+
+@pytest.mark.parametrize("max_attempts", [1, 2, 3])
+def test_a_job_ending_before_the_deadline_is_seen_whatever_max_attempts(max_attempts: int) -> None:
+    """A job completing 2 s into a 6 s deadline: the last poll allowed sees it."""
+    slept = waits(max_attempts, 6.0, ends_at=2.0)
+    assert sum(slept) >= 2.0 and len(slept) <= max_attempts
+
+
+def test_the_first_poll_waits_only_when_it_is_the_last_one() -> None:
+    policy, rng = BackoffPolicy(), random.Random(0)
+    assert first_poll_delay(policy, 42.0, rng, max_attempts=1) == 42.0
+    assert first_poll_delay(policy, 42.0, rng, max_attempts=2) == 0.0
+    assert first_poll_delay(policy, 42.0, rng) == 0.0
+    assert first_poll_delay(policy, 0.0, rng, max_attempts=1) == 0.0

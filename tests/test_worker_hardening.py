@@ -6,7 +6,9 @@ real Redis, the real `Poller` and claim loop, an upstream served on loopback):
 2. one slow host holds at most half of a worker's slots whatever `VTW_PER_HOST_CONCURRENCY`
    (the rule used to exist only while that limit was below `VTW_WORKER_CONCURRENCY`);
 3. an adaptive watch whose upstream's learned durations are garbage in Redis is polled by the
-   plain backoff rules (it used to stay pending, never polled, past its deadline).
+   plain backoff rules (it used to stay pending, never polled, past its deadline);
+4. a watch of `max_attempts` 1 keeps its one attempt for the deadline, so a job that ends
+   before it completes (it used to end `timeout` at once).
 """
 
 from __future__ import annotations
@@ -331,3 +333,44 @@ async def test_any_error_interpreting_learned_durations_means_no_planner(
     with caplog.at_level("WARNING", logger="worker.schedules"):
         assert await schedules.planner(upstream) is None
     assert "unreadable" in caplog.text and upstream in caplog.text
+
+
+# -- 4. the one attempt of max_attempts 1 is kept for the deadline ----------------------------
+
+
+@STORES
+async def test_a_watch_of_one_attempt_polls_at_its_deadline_and_sees_the_job_completed(
+    store: Store,
+) -> None:
+    """`max_attempts` 1, a 2 s deadline, a job that ends 0.5 s in: one request, at the
+    deadline, and the watch ends `completed`."""
+    requests: list[float] = []
+    ends_at = time.monotonic() + 0.5
+
+    async def status(request: web.Request) -> web.Response:
+        requests.append(time.monotonic())
+        done = time.monotonic() >= ends_at
+        return web.json_response({"result": "completed" if done else "pending"})
+
+    app = web.Application()
+    app.router.add_get("/status", status)
+    async with served(app) as base, aiohttp.ClientSession() as session:
+        policy = {"max_wait_time": 2, "max_attempts": 1}
+        doc, _ = await store.register(TENANT, spec_of(f"{base}/status", **policy), 2)
+        registered = time.monotonic()
+        poller = new_poller(store, session)
+        running = asyncio.create_task(poller.run(grace_seconds=0))
+        try:
+            watch = doc
+            while watch["state"] == "pending":
+                assert time.monotonic() - registered < 5, f"still pending: {watch}"
+                await asyncio.sleep(0.02)
+                watch = await store.get(TENANT, doc["id"])
+        finally:
+            poller.stop()
+            await asyncio.wait_for(running, 5)
+
+    assert watch["state"] == "completed", watch
+    assert watch["attempts"] == len(requests) == 1
+    assert watch["last_polled_at"] >= watch["deadline"] - 50  # the one poll, at the deadline
+    assert requests[0] - registered >= 1.9

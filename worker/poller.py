@@ -105,14 +105,16 @@ def advance(
 
 
 def plan_first_poll(
-    doc: WatchDoc, spec: WatchSpec, planner: Planner, now_ms: int, rng: random.Random
+    doc: WatchDoc, spec: WatchSpec, planner: Planner | None, now_ms: int, rng: random.Random
 ) -> WatchDoc | None:
-    """A new watch due later than now, at its learned first poll (no request before it); None:
-    poll now (its first poll is already planned, or not worth putting off)."""
+    """A new watch due later than now, at its planned first poll (learned, or the deadline for
+    a watch of one attempt; no request before it); None: poll now (its first poll is already
+    planned, or not worth putting off)."""
     if doc["attempts"] or doc["next_poll_at"] != doc["created_at"]:
         return None
     remaining = (doc["deadline"] - doc["created_at"]) / 1000
-    due = doc["created_at"] + int(first_poll_delay(spec.backoff, remaining, rng, planner) * 1000)
+    wait = first_poll_delay(spec.backoff, remaining, rng, planner, spec.max_attempts)
+    due = doc["created_at"] + int(wait * 1000)
     if due <= now_ms:
         return None
     return cast(WatchDoc, {**doc, "next_poll_at": due, "updated_at": now_ms})
@@ -187,11 +189,10 @@ class Poller(ClaimLoop):
             self.lateness_ms.append(lateness_ms)
             SCHEDULE_LAG.observe(max(0, lateness_ms) / 1000)
         planner = await self.schedules.planner(spec.upstream) if spec.adaptive else None
-        if planner is not None:
-            put_off = plan_first_poll(doc, spec, planner, self.server_now_ms(), self.rng)
-            if put_off is not None:
-                await self._write(claimed, put_off)
-                return
+        put_off = plan_first_poll(doc, spec, planner, self.server_now_ms(), self.rng)
+        if put_off is not None:
+            await self._write(claimed, put_off)
+            return
         try:
             async with self.host_slot(spec.host):
                 polled = await self._poll(claimed, spec)
