@@ -2,7 +2,9 @@
 upstreams run in the test process, on two loopback addresses, i.e. two hosts):
 
 - one slow host holds at most half of a worker's slots, whatever `VTW_PER_HOST_CONCURRENCY`:
-  another tenant's watch on a healthy host is polled at once and meets its deadline.
+  another tenant's watch on a healthy host is polled at once and meets its deadline;
+- `DELETE /v1/watches/{id}` while the worker's poll of the watch is in flight is counted by
+  the worker as a lease ended (`vtwatch_leases_ended_total`), not lost.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from aiohttp import web
 
 from .faults import serve
 from .helpers import FAST_POLICY, gather_limited
-from .procs import SHARED_REDIS_URL, Processes, poll_until, service_env
+from .procs import SHARED_REDIS_URL, Processes, free_port, poll_until, service_env
+from .test_metrics_e2e import Samples, scrape, value
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(60)]
 
@@ -105,3 +108,50 @@ async def test_a_hanging_host_leaves_another_tenants_healthy_host_its_slots(
     assert healthy and healthy[0] - registered <= 1.5, healthy[:1]
     assert watch["state"] == "completed", watch
     assert in_flight == 4, f"the hanging host had {in_flight} polls in flight"
+
+
+async def test_a_cancel_while_the_worker_polls_the_watch_is_a_lease_ended_not_lost(
+    namespace: str, procs: Processes, http: httpx.AsyncClient
+) -> None:
+    release = asyncio.Event()
+    arrived: list[float] = []
+
+    async def held(request: web.Request) -> web.Response:
+        arrived.append(time.monotonic())
+        await release.wait()
+        return web.json_response({"result": "pending"})
+
+    app = web.Application()
+    app.router.add_get("/status", held)
+    metrics_port = free_port()
+    env = service_env(SHARED_REDIS_URL, namespace, lease_seconds=5, metrics_port=metrics_port)
+    async with AsyncExitStack() as stack:
+        runner, upstream_url = await serve(app)
+        stack.push_async_callback(runner.cleanup)
+        stack.callback(release.set)
+        _, api_url = await procs.start_api(env)
+        procs.start_worker(env)
+        body = {"status_url": f"{upstream_url}/status", "policy": FAST_POLICY}
+        response = await http.post(f"{api_url}/v1/watches", json=body)
+        assert response.status_code == 201, response.text
+        watch_id = response.json()["id"]
+
+        async def polling() -> bool:
+            return bool(arrived)
+
+        await poll_until(polling, timeout=15, what="the worker's poll", alive=procs.check_alive)
+        cancelled = await http.delete(f"{api_url}/v1/watches/{watch_id}")
+        assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+        release.set()  # the poll ends; its write meets the fence
+
+        async def counted() -> Samples | None:
+            scraped = await scrape(http, f"http://127.0.0.1:{metrics_port}/metrics")
+            return scraped if value(scraped, "vtwatch_leases_ended_total") else None
+
+        worked = await poll_until(counted, timeout=10, what="the ended lease counted")
+        watch = (await http.get(f"{api_url}/v1/watches/{watch_id}")).json()
+
+    assert value(worked, "vtwatch_leases_ended_total") == 1
+    assert value(worked, "vtwatch_lease_lost_total") == 0
+    assert watch["state"] == "cancelled" and watch["attempts"] == 0
+    assert len(arrived) == 1
