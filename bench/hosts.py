@@ -30,12 +30,26 @@ front of it, through which every watch polls, so it sees every request the fleet
    any cool-down-long window, and each watch's final state and attempts. Bars: at most one
    request per cool-down while open, no watch ends short of attempts (`timeout` with "max_attempts
    reached", or held to its deadline for its last attempt), every watch in its expected state.
+3. **tenants** (issue 17), with `VTW_HOST_RATE_LIMIT=--tenants-rate-limit` (10) and the
+   default burst: tenant "flood" has `--flood-watches` (400) watches of jobs longer than the
+   phase, each due every second (policy 1 s / x1 / jitter 0.1 s / cap 1 s): 40 times the budget.
+   `--trickle-after` (5) s after the flood's first request at the host, tenant "trickle"
+   registers `--trickle-watches` (10) watches of jobs that end `--trickle-job` (3) s later
+   (policy 1 s / x1.5 / jitter 0.1 s / cap `--trickle-interval` (2) s, deadline 60 s); the phase
+   ends when they have all ended (or `--timeout`). The proxy tells the tenants' requests apart
+   by job. Reported: the flood's requests while alone; while both want the host (from the
+   trickle's registration to its last watch's end) each tenant's requests, their share of the
+   host's and of the budget (the trickle should get what its schedule asks, up to half); the
+   most requests at the host in one second; each trickle watch's detection latency (its end
+   minus its job's end). Bars: no 1-s window (sliding) above limit + burst + 2, every trickle
+   watch `completed` within 8 s of its job's end.
 
-Run from the repository root (about 3 minutes with the defaults):
+Run from the repository root (about 3.5 minutes with the defaults):
 
     .venv/bin/python bench/hosts.py                  # the table (or: python -m bench.hosts)
     .venv/bin/python bench/hosts.py --json           # the same as JSON
     .venv/bin/python bench/hosts.py --only breaker --outage 6 --cooldown 2
+    .venv/bin/python bench/hosts.py --only tenants   # or several: --only budget,tenants
 """
 
 from __future__ import annotations
@@ -54,6 +68,7 @@ import json
 import math
 import random
 import secrets
+import statistics
 import tempfile
 import time
 from collections import Counter
@@ -81,11 +96,16 @@ DEADLINE_SECONDS = 600.0
 IN_FLIGHT_MARGIN = 0.25  # requests admitted before the breaker opened may arrive this late
 WATCH_EVERY = 0.1  # seconds between reads of the host's state (breaker phase)
 TERMINAL = ("completed", "error", "timeout", "cancelled")
+PHASES = ("budget", "breaker", "tenants")
+FLOOD, TRICKLE = "flood", "trickle"  # the tenants phase's tenants
+FLOOD_JOB_SECONDS = 3600.0  # longer than the phase: the flood never lets up
+TRICKLE_DEADLINE_SECONDS = 60.0
+LATENCY_BAR = 8.0  # s from a trickle job's end to its watch's end, at most
 
 
 @dataclass(frozen=True, slots=True)
 class HostsConfig:
-    only: str | None = None  # "budget" or "breaker"; None: both
+    only: str | None = None  # "budget", "breaker" or "tenants", or several joined by ","; None: all
     workers: int = 2
     rate_limit: float = 20.0  # VTW_HOST_RATE_LIMIT
     simulator_limit: float = 30.0  # the simulator's own limit (429 beyond)
@@ -105,6 +125,17 @@ class HostsConfig:
     outage: float = 20.0
     cooldown: float | None = None  # VTW_HOST_BREAKER_COOLDOWN; None: the service's default
     outage_rate_limit: float | None = None  # VTW_HOST_RATE_LIMIT of this phase; None: the same
+    # tenants phase
+    tenants_rate_limit: float = 10.0  # VTW_HOST_RATE_LIMIT of this phase
+    flood_watches: int = 400
+    trickle_watches: int = 10
+    trickle_after: float = 5.0  # s after the flood's first request at the host
+    trickle_job: float = 3.0
+    trickle_interval: float = 2.0  # the trickle's policy cap
+
+    @property
+    def phases(self) -> tuple[str, ...]:
+        return PHASES if self.only is None else tuple(self.only.split(","))
 
     @property
     def effective_cooldown(self) -> float:
@@ -166,11 +197,48 @@ class BreakerResult:
 
 
 @dataclass(slots=True)
+class Share:
+    """One tenant's requests at the host within a window."""
+
+    requests: int
+    rate: float  # requests/s
+    of_host: float  # share of the host's requests in the window
+    of_budget: float  # rate / VTW_HOST_RATE_LIMIT
+
+
+@dataclass(slots=True)
+class TenantsResult:
+    watches: Watches  # the trickle's
+    rate_limit: float
+    burst: float
+    flood_watches: int
+    flood_pending: int  # of the flood's watches still pending at the end (all, its jobs last)
+    alone_seconds: float  # the flood's first request to the trickle's first registration
+    alone: Share  # the flood's, alone
+    together_seconds: float  # the trickle's first registration to its last watch's end
+    flood: Share
+    trickle: Share
+    trickle_asked: int  # the polls the trickle's schedules make until their jobs end
+    requests: int
+    busiest_fixed: int
+    busiest_sliding: int
+    bar_window: float  # limit + burst + 2
+    answered: dict[str, int]
+    latencies: list[float]  # per trickle watch: its end - its job's end, s, sorted
+    latency_p50: float | None
+    latency_max: float | None
+    flood_per_second: list[int]  # from the first request at the host
+    trickle_per_second: list[int]  # ...on the same clock
+    met: dict[str, bool] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
 class Report:
     config: dict[str, Any]
     redis: str
     budget: BudgetResult | None = None
     breaker: BreakerResult | None = None
+    tenants: TenantsResult | None = None
 
 
 # --- the fleet -------------------------------------------------------------------------------
@@ -228,15 +296,20 @@ class Fleet:
         return int(urlsplit(self.proxy_url).port or 80)
 
     async def register(
-        self, jobs: list[dict[str, Any]], policy: Policy
+        self,
+        jobs: list[dict[str, Any]],
+        policy: Policy,
+        tenant: str = TENANT,
+        deadline: float = DEADLINE_SECONDS,
     ) -> dict[str, tuple[str, str]]:
-        """One watch per simulator job, through the proxy; returns id -> (job id, outcome)."""
+        """One watch of `tenant` per simulator job, through the proxy; returns id -> (job id,
+        outcome)."""
         created = await self.sim_jobs(jobs)
         planned = {}
         for job in created:
             url = f"{self.proxy_url}/jobs/{job['id']}/status"
             spec = spec_for(url, policy, {"job": job["id"], "expected": job["outcome"]})
-            doc, _ = await self.store.register(TENANT, spec, DEADLINE_SECONDS)
+            doc, _ = await self.store.register(tenant, spec, deadline)
             planned[doc["id"]] = (job["id"], job["outcome"])
         return planned
 
@@ -246,23 +319,31 @@ class Fleet:
             return cast(list[dict[str, Any]], (await answer.json())["jobs"])
 
     async def wait_done(
-        self, total: int, timeout: float, tick: Callable[[], Awaitable[None]] | None = None
+        self,
+        total: int,
+        timeout: float,
+        tick: Callable[[], Awaitable[None]] | None = None,
+        tenant: str = TENANT,
+        strict: bool = True,
     ) -> float:
-        """Until no watch is pending (or `timeout`); returns when the last one ended."""
+        """Until none of `tenant`'s watches is pending (or `timeout`: raises if `strict`);
+        returns when the last one ended (or the wait did)."""
         deadline = time.monotonic() + timeout
         while True:
             self.check_alive()
             if tick is not None:
                 await tick()
-            counts = await self.store.counts(TENANT)
+            counts = await self.store.counts(tenant)
             if counts.get("pending", 0) == 0 and sum(counts.get(s, 0) for s in TERMINAL) >= total:
                 return time.monotonic()
             if time.monotonic() > deadline:
+                if not strict:
+                    return time.monotonic()
                 raise RuntimeError(f"watches still pending after {timeout:g} s: {counts}")
             await asyncio.sleep(0.25 if tick is None else WATCH_EVERY)
 
-    async def docs(self, ids: Sequence[str]) -> list[WatchDoc]:
-        return await self.store.get_many(TENANT, list(ids))
+    async def docs(self, ids: Sequence[str], tenant: str = TENANT) -> list[WatchDoc]:
+        return await self.store.get_many(tenant, list(ids))
 
 
 def judge(
@@ -396,7 +477,8 @@ def attempts_for(cfg: HostsConfig) -> tuple[int, int]:
 
 @dataclass
 class BreakerWatch:
-    """The host's breaker as read from Redis every WATCH_EVERY seconds (this clock)."""
+    """The breaker that holds the bench tenant's polls of the host, as read from Redis every
+    WATCH_EVERY seconds (this clock)."""
 
     fleet: Fleet
     after: float = math.inf  # only transitions from this time on count
@@ -408,7 +490,9 @@ class BreakerWatch:
     async def tick(self) -> None:
         if self._book is None:
             self._book = HostBook(self.fleet.store.redis, self.fleet.store.keys)
-        state = await self._book.read(self.fleet.host, self.fleet.port)
+        # The breaker that holds the watches' polls: the tenant's own (the fleet's opens only
+        # when a second tenant's does too; it is read first, should it be open).
+        state = await self._book.read(self.fleet.host, self.fleet.port, TENANT)
         now = time.monotonic()
         if state is None or now < self.after:
             return
@@ -520,6 +604,145 @@ def most_in_one_cooldown(times: Sequence[float], cooldown: float) -> int:
     return busiest_window(times, cooldown * 0.95)[1]
 
 
+# --- phase 3: two tenants on one host -------------------------------------------------------
+
+
+def flood_policy() -> Policy:
+    """A poll every second, whatever the host's budget."""
+    return Policy(
+        initial_wait_time=1.0,
+        backoff_factor=1.0,
+        jitter=0.1,
+        max_interval=1.0,
+        max_wait_time=DEADLINE_SECONDS,
+    )
+
+
+def trickle_policy(cfg: HostsConfig) -> Policy:
+    return Policy(
+        initial_wait_time=1.0,
+        backoff_factor=1.5,
+        jitter=0.1,
+        max_interval=cfg.trickle_interval,
+        max_wait_time=TRICKLE_DEADLINE_SECONDS,
+    )
+
+
+def default_burst(rate_limit: float) -> float:
+    """`VTW_HOST_BURST` when unset, as the workers compute it."""
+    from service.settings import Settings
+
+    return Settings.model_construct(host_rate_limit=rate_limit, host_burst=None).host_burst_size
+
+
+def share(times: Sequence[float], total: int, seconds: float, rate_limit: float) -> Share:
+    rate = len(times) / seconds if seconds > 0 else 0.0
+    return Share(len(times), rate, len(times) / total if total else 0.0, rate / rate_limit)
+
+
+def on_clock(times: Sequence[float], start: float) -> list[int]:
+    """Requests in each second from `start`."""
+    counts = Counter(int(t - start) for t in times)
+    return [counts[i] for i in range(max(counts, default=-1) + 1)]
+
+
+async def run_tenants(fleet: Fleet) -> TenantsResult:
+    cfg = fleet.cfg
+    jobs = [{"duration": FLOOD_JOB_SECONDS, "outcome": "completed"}] * cfg.flood_watches
+    flood = await fleet.register(jobs, flood_policy(), FLOOD)
+    log(
+        f"tenants: {len(flood)} watches of {FLOOD}, due every second; starting {cfg.workers} "
+        f"workers, VTW_HOST_RATE_LIMIT={fleet.rate_limit:g}"
+    )
+    began = time.monotonic()
+    fleet.start_workers("tenants")
+    proxy = fleet.proxy
+    while not proxy.arrivals:
+        fleet.check_alive()
+        if time.monotonic() - began > cfg.timeout:
+            raise RuntimeError(f"no request at the host after {cfg.timeout:g} s")
+        await asyncio.sleep(WATCH_EVERY)
+    first = proxy.arrivals[0].at
+    while time.monotonic() - first < cfg.trickle_after:
+        fleet.check_alive()
+        await asyncio.sleep(WATCH_EVERY)
+
+    # The jobs end `trickle_job` s after they are created, no earlier than `ends`: a latency
+    # measured from it is at most a few ms too long.
+    together = time.monotonic()
+    ends = time.time() + cfg.trickle_job
+    jobs = [{"duration": cfg.trickle_job, "outcome": "completed"}] * cfg.trickle_watches
+    trickle = await fleet.register(jobs, trickle_policy(cfg), TRICKLE, TRICKLE_DEADLINE_SECONDS)
+    log(f"tenants: {len(trickle)} watches of {TRICKLE}, jobs of {cfg.trickle_job:g} s")
+    remaining = cfg.timeout - (together - began)
+    waited = await fleet.wait_done(len(trickle), remaining, tenant=TRICKLE, strict=False)
+    docs = await fleet.docs(list(trickle), TRICKLE)
+    flood_counts = await fleet.store.counts(FLOOD)
+    await fleet.stop()
+
+    # Redis server time and this process's clocks read the same machine's clock.
+    wall_to_monotonic = time.monotonic() - time.time()
+    finished = [d["finished_at"] / 1000 for d in docs if d["finished_at"] is not None]
+    done = len(finished) == len(trickle)
+    until = max(finished) + wall_to_monotonic if done else waited
+    latencies = sorted(round(t - ends, 2) for t in finished)
+
+    trickle_jobs = {job for job, _ in trickle.values()}
+    flood_times = [a.at for a in proxy.arrivals if a.job not in trickle_jobs]
+    trickle_times = [a.at for a in proxy.arrivals if a.job in trickle_jobs]
+    times = proxy.times()
+    fixed, sliding = busiest_window(times)
+    burst = default_burst(fleet.rate_limit)
+    bar = fleet.rate_limit + burst + 2
+    both = [t for t in times if together <= t < until]
+    watches = judge(docs, trickle, proxy.per_job(), until - together)
+    asked = cfg.trickle_watches * schedule_polls(trickle_policy(cfg), cfg.trickle_job)
+    result = TenantsResult(
+        watches,
+        fleet.rate_limit,
+        burst,
+        len(flood),
+        flood_counts.get("pending", 0),
+        together - first,
+        share(
+            [t for t in flood_times if t < together],
+            len(proxy.times(0, together)),
+            together - first,
+            fleet.rate_limit,
+        ),
+        until - together,
+        share(
+            [t for t in flood_times if together <= t < until],
+            len(both),
+            until - together,
+            fleet.rate_limit,
+        ),
+        share(
+            [t for t in trickle_times if together <= t < until],
+            len(both),
+            until - together,
+            fleet.rate_limit,
+        ),
+        asked,
+        len(times),
+        fixed,
+        sliding,
+        bar,
+        {str(code): n for code, n in sorted(proxy.answered().items())},
+        latencies,
+        statistics.median(latencies) if latencies else None,
+        max(latencies, default=None) if done else None,
+        on_clock(flood_times, first),
+        on_clock(trickle_times, first),
+    )
+    result.met = {
+        "busiest 1-s window": sliding <= bar,
+        "trickle detected within the bar": done and max(latencies) <= LATENCY_BAR,
+        "every trickle watch completed": watches.by_state == {"completed": len(trickle)},
+    }
+    return result
+
+
 # --- the whole run ---------------------------------------------------------------------------
 
 
@@ -543,13 +766,16 @@ async def run_benchmark(cfg: HostsConfig) -> Report:
             phases: list[tuple[str, Callable[[Fleet], Awaitable[Any]]]] = [
                 ("budget", run_budget),
                 ("breaker", run_breaker),
+                ("tenants", run_tenants),
             ]
             for name, run in phases:
-                if cfg.only not in (None, name):
+                if name not in cfg.phases:
                     continue
                 budget = cfg.rate_limit
                 if name == "breaker" and cfg.outage_rate_limit is not None:
                     budget = cfg.outage_rate_limit
+                if name == "tenants":
+                    budget = cfg.tenants_rate_limit
                 result = await run_phase(cfg, redis, redis_url, sim, folder, run, budget)
                 setattr(report, name, result)
     return report
@@ -591,9 +817,12 @@ def yes(ok: bool) -> str:
 
 def format_table(report: Report) -> str:
     cfg = HostsConfig(**report.config)
+    limits = f"{cfg.rate_limit:g}" if report.budget or report.breaker else ""
+    if report.tenants is not None:
+        limits += f"{' (budget, breaker), ' if limits else ''}{cfg.tenants_rate_limit:g} (tenants)"
     lines = [
         f"Host budget benchmark: {cfg.workers} worker processes, VTW_HOST_RATE_LIMIT="
-        f"{cfg.rate_limit:g} (default burst), a simulator answering 429 beyond "
+        f"{limits} (default burst), a simulator answering 429 beyond "
         f"{cfg.simulator_limit:g} req/s, every request counted at a proxy in front of it",
         f"Redis: {report.redis}",
     ]
@@ -652,15 +881,70 @@ def format_table(report: Report) -> str:
             f"{yes(r.met['every watch in its expected state'])} |",
         ]
         lines += [f"  ! {e}" for e in w.examples]
+    if report.tenants is not None:
+        lines += tenants_table(cfg, report.tenants)
     return "\n".join(lines)
+
+
+def tenants_table(cfg: HostsConfig, t: TenantsResult) -> list[str]:
+    w = t.watches
+    lines = [
+        "",
+        f"3. tenants: VTW_HOST_RATE_LIMIT={t.rate_limit:g} (burst {t.burst:g}); {t.flood_watches} "
+        f"watches of '{FLOOD}' due every second (jobs longer than the phase); "
+        f"{t.alone_seconds:.1f} s after its first request, {w.total} watches of '{TRICKLE}' "
+        f"(jobs of {cfg.trickle_job:g} s; policy 1 s x1.5 up to {cfg.trickle_interval:g} s), all "
+        f"ended {w.seconds:.1f} s after their registration; {t.requests:,} requests at the host",
+        "",
+        "| figure | value | bar | met? |",
+        "|---|---|---|---|",
+        f"| {FLOOD} alone ({t.alone_seconds:.1f} s): requests | {fmt_share(t.alone)} | | |",
+        f"| both want the host ({t.together_seconds:.1f} s, to the last {TRICKLE} watch's end): "
+        f"{FLOOD}'s requests | {fmt_share(t.flood)} | | |",
+        f"| ...{TRICKLE}'s requests (its schedules ask {t.trickle_asked} to its jobs' ends) "
+        f"| {fmt_share(t.trickle)} | | |",
+        f"| most requests at the host in a 1-s window, fixed / sliding | {t.busiest_fixed} / "
+        f"{t.busiest_sliding} | <= {t.bar_window:g} (limit + burst + 2) "
+        f"| {yes(t.met['busiest 1-s window'])} |",
+        f"| polls answered 429 | {t.answered.get('429', 0)} of {t.requests:,} | | |",
+        f"| {TRICKLE}'s detection latency (its watch's end - its job's end), p50 / max "
+        f"| {fmt_num(t.latency_p50, 2)} / {fmt_num(t.latency_max, 2)} s | max <= {LATENCY_BAR:g} s "
+        f"| {yes(t.met['trickle detected within the bar'])} |",
+        f"| {TRICKLE}'s watches completed | {w.by_state.get('completed', 0)} of "
+        f"{cfg.trickle_watches} ({fmt_states(w.by_state)}) | all "
+        f"| {yes(t.met['every trickle watch completed'])} |",
+        f"| {FLOOD}'s watches still pending at the end | {t.flood_pending} of {t.flood_watches} "
+        "| | |",
+        "",
+        f"requests per second from the first, {FLOOD}: {t.flood_per_second}",
+        f"requests per second from the first, {TRICKLE}: {t.trickle_per_second}",
+        f"{TRICKLE}'s latencies, s: {t.latencies}",
+    ]
+    return lines + [f"  ! {e}" for e in w.examples]
+
+
+def fmt_share(s: Share) -> str:
+    return (
+        f"{s.requests:,}: {s.rate:.1f}/s, {s.of_host:.0%} of the host's, "
+        f"{s.of_budget:.0%} of the budget"
+    )
 
 
 def fmt_states(by_state: dict[str, int]) -> str:
     return ", ".join(f"{n} {s}" for s, n in sorted(by_state.items()))
 
 
-def fmt_num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
+def fmt_num(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def phase_names(text: str) -> str:
+    """An argparse type: phase names joined by commas ("budget,tenants")."""
+    names = text.split(",")
+    unknown = [name for name in names if name not in PHASES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"phases are {', '.join(PHASES)}: {text}")
+    return text
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -669,7 +953,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add = parser.add_argument
-    add("--only", choices=["budget", "breaker"], help="run one phase (default: both)")
+    add("--only", type=phase_names, help=f"phases to run, of {','.join(PHASES)} (default: all)")
     add("--workers", type=positive_int, default=d.workers, help="worker processes (%(default)s)")
     add("--rate-limit", type=float, default=d.rate_limit, help="VTW_HOST_RATE_LIMIT")
     add("--simulator-limit", type=float, default=d.simulator_limit, help="429 beyond, req/s")
@@ -687,6 +971,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--outage", type=float, default=d.outage, help="seconds of 503 (%(default)s)")
     add("--cooldown", type=float, default=None, help="VTW_HOST_BREAKER_COOLDOWN (service default)")
     add("--outage-rate-limit", type=float, default=None, help="breaker phase's; default the same")
+    add("--tenants-rate-limit", type=float, default=d.tenants_rate_limit, help="tenants phase's")
+    add("--flood-watches", type=positive_int, default=d.flood_watches, help="tenants phase")
+    add("--trickle-watches", type=positive_int, default=d.trickle_watches, help="tenants phase")
+    add("--trickle-after", type=float, default=d.trickle_after, help="s after the flood's start")
+    add("--trickle-job", type=float, default=d.trickle_job, help="trickle's job length, s")
+    add("--trickle-interval", type=float, default=d.trickle_interval, help="its policy cap, s")
     add("--json", action="store_true", help="print JSON instead of a table")
     return parser.parse_args(argv)
 
@@ -698,6 +988,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(json.dumps(asdict(report), indent=2) if args.json else format_table(report))
     met = [*(report.budget.met.values() if report.budget else ())]
     met += [*(report.breaker.met.values() if report.breaker else ())]
+    met += [*(report.tenants.met.values() if report.tenants else ())]
     return 0 if all(met) else 1
 
 
