@@ -12,11 +12,11 @@ import aiohttp
 
 from bench._config import Config
 from bench._procs import Proc, child_env
+from service.api.schemas import Policy, WatchCreate
 from service.domain import WatchDoc
-from service.leases import Claimed
-from service.models import Policy, WatchCreate
 from service.settings import Settings
-from service.store import Store
+from service.store.queue import Claimed
+from service.store.watches import Store
 from worker.poller import Poller
 from worker.process import Worker, tune_gc
 

@@ -17,8 +17,8 @@ import redis.asyncio as aioredis
 from bench._config import Config
 from bench._fixtures import delete_namespace, in_process_worker, register_all, spec_for
 from bench._redis_stats import claims, command_stats, difference, script_runs
-from service.models import Policy
-from service.store import Store
+from service.api.schemas import Policy
+from service.store.watches import Store
 
 # The schedule with every doc, read in one atomic step while the worker runs.
 SNAPSHOT_LUA = """

@@ -11,8 +11,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
 from bench._fixtures import TENANT, delete_namespace, register_all, spec_for
-from service.models import Policy
-from service.store import Store
+from service.api.schemas import Policy
+from service.store.watches import Store
 
 MEMORY_URL = "http://127.0.0.1:5000/jobs/j{}/status"
 MEMORY_METADATA = {"video": "abc.mp4"}

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from bench._config import Config
 from bench._fixtures import in_process_worker, release_leases
-from service.store import Store
+from service.store.watches import Store
 
 TOP = 15
 

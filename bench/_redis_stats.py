@@ -3,7 +3,7 @@ sends and what its Lua scripts run, per poll; and Redis's own CPU time (`INFO cp
 
 Redis counts each command a script runs as well as the EVALSHA that ran it: *top-level* =
 EVALSHA/EVAL plus every command no script uses; *inside scripts* = the commands
-`service/lua/*.lua` call.
+`service/store/lua/*.lua` call.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def script_runs(calls: dict[str, int]) -> int:
 
 def script_commands() -> frozenset[str]:
     """The Redis commands the store's Lua scripts call."""
-    folder = resources.files("service") / "lua"
+    folder = resources.files("service.store") / "lua"
     names: set[str] = set()
     for item in folder.iterdir():
         if item.name.endswith(".lua"):

@@ -22,8 +22,8 @@ from bench._config import Config, log
 from bench._fixtures import Simulator, release_leases, spec_for, worker_env
 from bench._procs import Proc, cpu_seconds, machine_busy, vtwatch
 from bench._redis_stats import CommandStats, command_stats, difference, redis_cpu_seconds
-from service.models import Policy
-from service.store import Store
+from service.api.schemas import Policy
+from service.store.watches import Store
 from worker.cli import run_async
 from worker.process import tune_gc
 

@@ -86,10 +86,10 @@ from bench._fixtures import LOOPBACK, TENANT, Simulator, delete_namespace, setti
 from bench._procs import Proc, start_redis, start_simulator, vtwatch, wait_http, wait_redis
 from bench._proxy import CountingProxy, busiest_window, per_second
 from client.workload import DurationMix
+from service.api.schemas import Policy
 from service.domain import WatchDoc
-from service.hosts import HostBook
-from service.models import Policy
-from service.store import Store
+from service.store.hosts import HostBook
+from service.store.watches import Store
 from worker.spec import normalized_host
 
 DEADLINE_SECONDS = 600.0

@@ -67,8 +67,8 @@ from bench._fixtures import (
 from bench._memory import used_memory
 from bench._procs import Proc, start_redis, start_simulator, vtwatch, wait_http, wait_redis
 from bench._redis_stats import TOP_LEVEL_SCRIPTS
-from service.models import Policy
-from service.store import Store
+from service.api.schemas import Policy
+from service.store.watches import Store
 from tests.redis_cluster import start_cluster
 from tests.service_fixtures import cluster_client
 

@@ -6,7 +6,7 @@ What runs, all on 127.0.0.1: a private `redis-server` (`--save "" --appendonly n
 cluster of 3 masters + 3 replicas with AOF everysec (`tests/redis_cluster.py`, as the tests
 use), measured once every master's replica is `online` (its first sync ends a moment after
 `cluster_state:ok`, and a `WAIT` before then times out). Every call goes through
-the service's own code: a client from `service.connection.connect` (as the API's), a `Store`,
+the service's own code: a client from `service.store.connection.connect` (as the API's), a `Store`,
 and for the waited registrations a `Replication` as the API builds it
 (`VTW_REDIS_WAIT_REPLICAS`, `VTW_REDIS_WAIT_TIMEOUT`). Each (target, P) has a namespace of its
 own, holding one tenant with `--per-partition` pending watches in every partition (registered
@@ -70,11 +70,11 @@ from bench._config import log, positive_int, positive_ints
 from bench._fixtures import delete_namespace, spec_for
 from bench._lateness import percentile
 from bench._procs import start_redis, wait_redis
-from service.connection import connect
-from service.models import Policy
-from service.replication import Replication
+from service.api.schemas import Policy
 from service.settings import Settings
-from service.store import Store
+from service.store.connection import connect
+from service.store.replication import Replication
+from service.store.watches import Store
 from tests.redis_cluster import LocalCluster, replicas_in_sync, start_cluster
 
 TENANT = "bench-status"  # the tenant read: --per-partition watches in each partition

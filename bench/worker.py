@@ -21,8 +21,8 @@ What runs, all on 127.0.0.1:
 * **Redis commands per poll** over each worker window (`INFO commandstats` before/after). Redis
   counts the commands a Lua script runs as well as the EVALSHA that ran it, so the table splits
   them: *top-level* = EVALSHA/EVAL plus every command no script uses (what the worker sends);
-  *inside scripts* = the commands `service/lua/*.lua` call (TIME and ZRANGEBYSCORE are also sent
-  directly by the retention sweep, once a minute, so at most one each per window);
+  *inside scripts* = the commands `service/store/lua/*.lua` call (TIME and ZRANGEBYSCORE are also
+  sent directly by the retention sweep, once a minute, so at most one each per window);
 * **poll lateness** (`Poller.lateness_ms`: claim time minus the watch's `next_poll_at`) p50/p99
   with the worker *in this process* (the simulator still apart), on K staggered watches polled
   every `--lateness-period` s, K chosen for ~half the measured worker capacity; beside it, the
@@ -90,7 +90,7 @@ from bench._throughput import (
     run_worker,
     saturated_specs,
 )
-from service.store import Store
+from service.store.watches import Store
 
 
 @dataclass(slots=True)

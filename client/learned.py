@@ -17,7 +17,7 @@ pending answers (no hints).
 
 `ScheduleHistory` is what the library's caller keeps and persists (`to_json`/`from_json`); the
 watch service keeps the same histograms in Redis, one per upstream, shared by its workers
-(`service.durations`: samples spread by `spread`, decayed by `DurationHistogram.decay`, read
+(`service.store.durations`: samples spread by `spread`, decayed by `DurationHistogram.decay`, read
 back through `from_dict`).
 """
 

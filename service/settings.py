@@ -10,7 +10,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .domain import MAX_PARTITIONS
-from .keys import NAMESPACE_PATTERN
+from .store.keys import NAMESPACE_PATTERN
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 DEFAULT_WEBHOOK_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)

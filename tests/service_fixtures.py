@@ -20,10 +20,10 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service.app import create_app
-from service.connection import connect
+from service.api.app import create_app
 from service.settings import Settings
-from service.store import Store
+from service.store.connection import connect
+from service.store.watches import Store
 from tests.redis_cluster import LocalCluster, cluster  # noqa: F401 (the session fixture)
 
 REAL_REDIS_URL = os.environ.get("VTW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -10,8 +10,8 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from service.auth import check_open_mode
-from service.models import render_summary
+from service.api.auth import check_open_mode
+from service.api.schemas import render_summary
 from service.settings import Settings
 from tests.service_fixtures import ApiFactory, down_redis
 

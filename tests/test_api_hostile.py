@@ -16,7 +16,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from service.models import WatchCreate
+from service.api.schemas import WatchCreate
 from service.settings import Settings
 from tests.service_fixtures import ApiFactory
 from worker.cli import describe_invalid, main
@@ -339,7 +339,7 @@ async def test_a_short_invalid_input_is_echoed_as_it_came(api: httpx.AsyncClient
     ids=["nan", "-inf", "surrogate", "bytes", "dict-surrogate", "long", "big-int", "short"],
 )
 def test_an_excerpt_is_short_and_json_safe(value: Any, expected: Any) -> None:
-    from service.validation import excerpt
+    from service.api.validation import excerpt
 
     got = excerpt(value)
 
@@ -373,7 +373,7 @@ def test_a_key_listed_twice_for_one_tenant_is_one_key(
 
 
 def test_short_keys_are_refused_beyond_loopback_only() -> None:
-    from service.auth import check_key_length
+    from service.api.auth import check_key_length
 
     settings = Settings(api_keys={"k3y-a": "a", "b" * 16: "b"})
 

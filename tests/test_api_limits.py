@@ -8,7 +8,7 @@ import pytest
 from redis.exceptions import BusyLoadingError, OutOfMemoryError, ReadOnlyError, ResponseError
 
 from service.settings import Settings
-from service.store import Store
+from service.store.watches import Store
 from tests.service_fixtures import REAL_REDIS_URL, ApiFactory, real_redis_or_skip
 
 BODY = {"status_url": "http://translate-1:5000/status"}
@@ -62,7 +62,7 @@ async def test_any_passing_redis_error_is_503_never_500(
 def test_redis_commands_are_never_resent_by_the_client_library() -> None:
     """redis-py's Retry re-sends a timed-out command by default, which may have run: a second
     claim, rotation or cancel (item 3 of #8). Ours retries only what is safe, itself."""
-    from service.connection import connect
+    from service.store.connection import connect
 
     client = connect(Settings(redis_url="redis://127.0.0.1:1/0"))
     connection = client.connection_pool.make_connection()
@@ -73,7 +73,7 @@ def test_redis_commands_are_never_resent_by_the_client_library() -> None:
 async def test_closing_a_client_closes_its_connections() -> None:
     """The API, the worker and `vtwatch dev` close their client on shutdown: that must close
     the pool's connections too (a client given a pool by hand leaves them open)."""
-    from service.connection import connect
+    from service.store.connection import connect
 
     probe = await real_redis_or_skip(decode_responses=True)
     client = connect(Settings(redis_url=REAL_REDIS_URL))

@@ -33,14 +33,14 @@ from redis.exceptions import AskError, MovedError, RedisError
 
 import worker.partitions as partitions_module
 from service.domain import WatchDoc
-from service.keys import Keys, Partition
-from service.leases import Claimed
 from service.metrics import REPLICA_WAIT_SHORT
-from service.outbox import Outbox
-from service.replication import Replication
-from service.roster import Roster
 from service.settings import Settings
-from service.store import Store
+from service.store.keys import Keys, Partition
+from service.store.outbox import Outbox
+from service.store.queue import Claimed
+from service.store.replication import Replication
+from service.store.roster import Roster
+from service.store.watches import Store
 from tests.fakes import until
 from tests.redis_cluster import LocalCluster, _free_ports, redis_server, replicas_in_sync
 from tests.service_fixtures import (

@@ -22,11 +22,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from service.leases import Claimed
-from service.models import WatchCreate
-from service.outbox import Outbox, Secrets
+from service.api.schemas import WatchCreate
 from service.settings import Settings
-from service.store import Store
+from service.store.outbox import Outbox, Secrets
+from service.store.queue import Claimed
+from service.store.watches import Store
 from tests import test_webhooks
 from worker.dispatcher import DRAIN_SECONDS, Dispatcher
 from worker.loop import LeaseLost

@@ -12,12 +12,19 @@ import fakeredis
 import pytest
 from redis.asyncio.cluster import RedisCluster
 
-from service import events
-from service.connection import subscriber
-from service.events import MAX_QUEUED_IDS, EventHub, Follower, parse_event_id, stream, tenant_stream
-from service.models import WatchCreate
+from service.api import sse as events
+from service.api.schemas import WatchCreate
+from service.api.sse import (
+    MAX_QUEUED_IDS,
+    EventHub,
+    Follower,
+    parse_event_id,
+    stream,
+    tenant_stream,
+)
 from service.settings import Settings
-from service.store import Store
+from service.store.connection import subscriber
+from service.store.watches import Store
 from tests.service_fixtures import ApiFactory
 
 from .test_store import TENANT, claim_one, save

@@ -1,8 +1,9 @@
 """Fleet-wide host budgets and circuit breakers (issue 11, items 1 and 2).
 
-The Lua side (`service/lua/host_*.lua` through `service.hosts.HostBook`) runs against fakeredis
-and against a real Redis, like the store's contract suite; then the poller's side (admission,
-deferral without an attempt, the deadline, reports, a failing store) and `GET /v1/status`.
+The Lua side (`service/store/lua/host_*.lua` through `service.store.hosts.HostBook`) runs against
+fakeredis and against a real Redis, like the store's contract suite; then the poller's side
+(admission, deferral without an attempt, the deadline, reports, a failing store) and
+`GET /v1/status`.
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from client.upstream import Observation, Status
-from service.auth import OPEN_TENANT
-from service.hosts import MAX_QUIET_MS, Grant, HostBook, HostPolicy, Report
-from service.keys import Keys
+from service.api.auth import OPEN_TENANT
+from service.api.schemas import WatchCreate
 from service.metrics import POLLS_DEFERRED
-from service.models import WatchCreate
 from service.settings import Settings
-from service.store import Store
+from service.store.hosts import MAX_QUIET_MS, Grant, HostBook, HostPolicy, Report
+from service.store.keys import Keys
+from service.store.watches import Store
 from tests.fakes import served
 from tests.service_fixtures import ApiFactory, fake_redis
 from worker.budget import HostBudget, failed

@@ -17,9 +17,9 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import REGISTRY, generate_latest
 
-from service.auth import OPEN_TENANT
+from service.api.auth import OPEN_TENANT
 from service.settings import Settings
-from service.store import Store
+from service.store.watches import Store
 from tests.fakes import served
 from tests.service_fixtures import ApiFactory, fake_redis, real_redis_or_skip
 from tests.test_host_budget import poller_settings, port_of, spec_of

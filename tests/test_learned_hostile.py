@@ -12,7 +12,7 @@ import pytest
 
 from client.errors import ConfigurationError
 from client.learned import BIN_COUNT, DurationHistogram, ScheduleHistory
-from service.durations import durations_of
+from service.store.durations import durations_of
 
 DIGITS = "1" * 5_000  # past Python's 4,300-digit limit of int <-> str conversion
 BIG_INT = 10**400  # converts to str, not to float

@@ -1,8 +1,9 @@
 """Learned schedules in the watch service (issue 11, item 3).
 
-The Lua side (`service/lua/durations_record.lua` through `service.durations.DurationBook`) runs
-against fakeredis and against a real Redis, like the store's contract suite; then the worker's
-cache of planners, and the poller scheduling adaptive and non-adaptive watches.
+The Lua side (`service/store/lua/durations_record.lua` through
+`service.store.durations.DurationBook`) runs against fakeredis and against a real Redis, like the
+store's contract suite; then the worker's cache of planners, and the poller scheduling adaptive
+and non-adaptive watches.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ from client.backoff import next_poll_delay
 from client.errors import ConfigurationError
 from client.learned import DurationHistogram, LearnedSchedule, spread, upstream_key
 from client.upstream import Observation, Status
-from service.durations import SCALE, DurationBook, durations_of
-from service.models import WatchCreate
+from service.api.schemas import WatchCreate
 from service.settings import Settings
-from service.store import Store
+from service.store.durations import SCALE, DurationBook, durations_of
+from service.store.watches import Store
 from tests.fakes import served
 from worker.poller import Poller, advance
 from worker.schedules import LearnedSchedules

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from service import logs
-from service.app import create_app
+from service.api.app import create_app
 from service.settings import Settings
 from tests.service_fixtures import ApiFactory, fake_redis
 

@@ -66,8 +66,8 @@ async def test_a_workers_healthz_fails_when_a_loop_is_stuck() -> None:
     import fakeredis
     from aiohttp.test_utils import TestClient, TestServer
 
-    from service.keys import Keys
-    from service.leases import LeasedQueue
+    from service.store.keys import Keys
+    from service.store.queue import LeasedQueue
     from worker import health
     from worker.loop import ClaimLoop
 

@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
-from service.app import create_app
+from service.api.app import create_app
 from service.settings import Settings
 from tests.service_fixtures import ApiFactory, fake_redis
 

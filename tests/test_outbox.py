@@ -12,9 +12,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from client.webhooks import new_secret
-from service.leases import Claimed
-from service.outbox import Outbox
-from service.store import Store
+from service.store.outbox import Outbox
+from service.store.queue import Claimed
+from service.store.watches import Store
 
 from .test_store import TENANT, claim_one, counts, register, save, terminal
 

@@ -14,10 +14,10 @@ from redis.asyncio.cluster import RedisCluster
 
 from service.domain import new_watch_id, partition_of
 from service.errors import PartitionsMismatch, TooManyWatches
-from service.keys import Keys
-from service.leases import Claimed, LeasedQueue
-from service.replication import Replication
-from service.store import Store
+from service.store.keys import Keys
+from service.store.queue import Claimed, LeasedQueue
+from service.store.replication import Replication
+from service.store.watches import Store
 from tests.service_fixtures import delete_namespace
 from worker.partitions import Assignment, PartitionPicker, owners
 

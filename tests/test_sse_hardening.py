@@ -11,9 +11,9 @@ import copy
 import httpx
 import pytest
 
+from service.api.sse import EventHub, parse_event_id, stream
 from service.domain import WatchDoc
-from service.events import EventHub, parse_event_id, stream
-from service.store import Store
+from service.store.watches import Store
 
 from .fakes import until
 from .test_events import SPEC, collect, parse

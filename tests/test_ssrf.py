@@ -21,7 +21,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from client.upstream import fetch_status
-from service.app import create_app
+from service.api.app import create_app
 from service.settings import Settings
 from service.ssrf import BlockedAddress, blocked_literal, guarded_connector, is_blocked
 

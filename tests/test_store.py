@@ -23,8 +23,8 @@ from service.errors import (
     WatchConflict,
     WatchNotFound,
 )
-from service.leases import Claim, Claimed, run_scripts
-from service.store import Store
+from service.store.queue import Claim, Claimed, run_scripts
+from service.store.watches import Store
 
 TENANT = "acme"
 Doc = Any  # documents the tests build and alter freely

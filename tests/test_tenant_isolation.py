@@ -2,7 +2,7 @@
 breakers that do not cross tenants, a fleet breaker for real outages whose probe one tenant
 cannot keep, and the budget of webhook receivers' hosts.
 
-The Lua side through `service.hosts.HostBook`, against fakeredis, a real Redis and a cluster
+The Lua side through `service.store.hosts.HostBook`, against fakeredis, a real Redis and a cluster
 (the `store` fixture), in real time (Redis `TIME` decides): rates are kept small so that a
 second or two shows the shares.
 """
@@ -19,8 +19,8 @@ import pytest
 from aiohttp import web
 
 from client.upstream import Status, fetch_status
-from service.hosts import HostBook, HostPolicy, Report
-from service.store import Store
+from service.store.hosts import HostBook, HostPolicy, Report
+from service.store.watches import Store
 from tests.fakes import served
 from worker.spec import endpoint
 

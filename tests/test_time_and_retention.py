@@ -24,11 +24,11 @@ import pytest
 from aiohttp import web
 
 from client.webhooks import verify
+from service.api.schemas import WatchCreate
 from service.errors import WatchNotFound
-from service.models import WatchCreate
-from service.outbox import Outbox
 from service.settings import Settings
-from service.store import RETENTION_RECHECK_MS, Store
+from service.store.outbox import Outbox
+from service.store.watches import RETENTION_RECHECK_MS, Store
 from tests.fakes import served
 from tests.service_fixtures import ApiFactory, delete_namespace, real_redis_or_skip
 from worker.dispatcher import Dispatcher

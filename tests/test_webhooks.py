@@ -35,12 +35,12 @@ from client import webhooks
 from client.simulator import SimulatorConfig
 from client.simulator import create_app as create_simulator
 from client.webhooks import WebhookVerificationError, sign, signature_header, verify
-from service.app import create_app
-from service.keys import Keys
-from service.models import Watch, WatchCreate
-from service.outbox import Outbox
+from service.api.app import create_app
+from service.api.schemas import Watch, WatchCreate
 from service.settings import Settings
 from service.ssrf import guarded_connector
+from service.store.keys import Keys
+from service.store.outbox import Outbox
 from worker.dispatcher import SCHEDULE_JITTER, Dispatcher, decide, event_body
 from worker.process import Worker
 

@@ -26,11 +26,11 @@ from aiohttp import web
 from prometheus_client import REGISTRY
 
 from client.learned import upstream_key
-from service.keys import Keys
-from service.leases import Claim, Claimed, LeasedQueue
-from service.models import WatchCreate
+from service.api.schemas import WatchCreate
 from service.settings import Settings
-from service.store import Store
+from service.store.keys import Keys
+from service.store.queue import Claim, Claimed, LeasedQueue
+from service.store.watches import Store
 from tests.fakes import served, until
 from worker.budget import GRANTED
 from worker.loop import ClaimLoop

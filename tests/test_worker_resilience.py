@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from redis.exceptions import ConnectionError, ReadOnlyError, ResponseError
 
-from service.keys import Keys
-from service.leases import Claim, Claimed, LeasedQueue
 from service.settings import Settings
+from service.store.keys import Keys
+from service.store.queue import Claim, Claimed, LeasedQueue
 from tests.fakes import until
 from worker import partitions, process, retry
 from worker.leases import LeaseKeeper

@@ -16,14 +16,14 @@ from yarl import URL
 
 from client.backoff import BackoffPolicy
 from client.upstream import Observation
-from service.docs import pack, unpack
+from service.api.schemas import WatchCreate
 from service.domain import new_watch_id
-from service.keys import Keys
-from service.leases import Claim, Claimed, LeasedQueue
-from service.models import WatchCreate
-from service.outbox import Outbox
 from service.settings import Settings
-from service.store import Store
+from service.store.codec import pack, unpack
+from service.store.keys import Keys
+from service.store.outbox import Outbox
+from service.store.queue import Claim, Claimed, LeasedQueue
+from service.store.watches import Store
 from worker.dispatcher import Dispatcher
 from worker.leases import LeaseKeeper
 from worker.loop import ClaimLoop, WriteBatch

@@ -1,4 +1,4 @@
-"""The poller's side of the fleet-wide host budgets and breakers (`service.hosts`).
+"""The poller's side of the fleet-wide host budgets and breakers (`service.store.hosts`).
 
 Admission: every poll asks before its request, for its tenant; the asks of one event-loop turn
 (a claimed batch) go to Redis together, one script call per host (for all its ports and
@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from client.upstream import Observation
-from service.hosts import Entry, HostBook, HostPolicy, Report
-from service.leases import ScriptCall
 from service.metrics import BREAKER_TRIPS, HOST_BUDGET_CUTS
 from service.settings import Settings
+from service.store.hosts import Entry, HostBook, HostPolicy, Report
+from service.store.queue import ScriptCall
 
 from .loop import WriteBatch
 from .retry import outage_backoff

@@ -28,9 +28,9 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
 
 
 def _api(args: argparse.Namespace) -> None:
-    from service.app import create_app
-    from service.auth import check_key_length, check_open_mode
-    from service.server import serve
+    from service.api.app import create_app
+    from service.api.auth import check_key_length, check_open_mode
+    from service.api.server import serve
 
     settings = Settings()
     check_open_mode(settings, args.host)

@@ -19,11 +19,11 @@ from aiohttp import web
 
 from client.simulator import SimulatorConfig
 from client.simulator import create_app as create_simulator
-from service.app import create_app
-from service.auth import OPEN_TENANT, check_key_length, check_open_mode
-from service.connection import connect
-from service.server import close_streams
+from service.api.app import create_app
+from service.api.auth import OPEN_TENANT, check_key_length, check_open_mode
+from service.api.server import close_streams
 from service.settings import Settings
+from service.store.connection import connect
 
 from .process import Worker
 

@@ -23,13 +23,13 @@ import aiohttp
 
 from client.upstream import DestinationRefused, describe_exception, parse_retry_after
 from client.webhooks import signature_header
+from service.api.schemas import render_watch, timestamp
 from service.domain import WatchDoc, WebhookState
-from service.leases import Claimed
 from service.logs import watch_fields
 from service.metrics import NOTIFY_LATENCY, WEBHOOK_ATTEMPTS, WEBHOOK_DURATION
-from service.models import render_watch, timestamp
-from service.outbox import Outbox, Outcome
 from service.settings import Settings
+from service.store.outbox import Outbox, Outcome
+from service.store.queue import Claimed
 
 from .loop import ClaimLoop, LeaseLost
 from .partitions import Assignment

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 
-from service.leases import Claimed, LeasedQueue
+from service.store.queue import Claimed, LeasedQueue
 
 from .retry import FailureStreak
 

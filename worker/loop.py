@@ -22,9 +22,9 @@ from typing import Generic, TypeVar, cast
 
 from redis.exceptions import RedisError
 
-from service.leases import Claimed, LeasedQueue
 from service.logs import watch_fields
 from service.metrics import LEASES_ENDED, LEASES_LOST
+from service.store.queue import Claimed, LeasedQueue
 
 from .leases import LeaseKeeper
 from .partitions import Assignment, PartitionPicker

@@ -1,6 +1,6 @@
 """How workers share the partitions of the schedule and the outbox (docs/scale.md).
 
-* **Owners by rendezvous hashing.** Every worker beats in the roster (`service.roster`, Redis
+* **Owners by rendezvous hashing.** Every worker beats in the roster (`service.store.roster`, Redis
   time) every `BEAT_SECONDS`; each partition's owner is the live worker with the highest
   hash of (worker, partition). Every worker computes the same map from the same roster, with no
   coordination; a worker that joins or leaves moves only the partitions it wins or held (about
@@ -30,9 +30,9 @@ import math
 import secrets
 import socket
 
-from service.leases import LeasedQueue
 from service.metrics import PARTITIONS_OWNED
-from service.roster import Roster
+from service.store.queue import LeasedQueue
+from service.store.roster import Roster
 
 from .retry import FailureStreak
 

@@ -28,7 +28,6 @@ import aiohttp
 from client.backoff import Planner, first_poll_delay, next_poll_delay
 from client.upstream import Observation, Status, fetch_status
 from service.domain import WatchDoc, WatchState, WebhookState
-from service.leases import Claimed
 from service.logs import watch_fields
 from service.metrics import (
     INFLIGHT_POLLS,
@@ -39,7 +38,8 @@ from service.metrics import (
     WATCHES_FINISHED,
 )
 from service.settings import Settings
-from service.store import Store
+from service.store.queue import Claimed
+from service.store.watches import Store
 
 from .budget import Admission, HostBudget, policy_of
 from .loop import ClaimLoop, Deferred, LeaseLost, WriteBatch

@@ -19,13 +19,13 @@ import aiohttp
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from service.connection import connect
-from service.outbox import Outbox
-from service.replication import Replication
-from service.roster import Roster
 from service.settings import Settings
 from service.ssrf import guarded_connector
-from service.store import Store
+from service.store.connection import connect
+from service.store.outbox import Outbox
+from service.store.replication import Replication
+from service.store.roster import Roster
+from service.store.watches import Store
 
 from . import health
 from .dispatcher import Dispatcher

@@ -1,4 +1,4 @@
-"""The poller's side of learned schedules (`service.durations`): each upstream's planner, and
+"""The poller's side of learned schedules (`service.store.durations`): each upstream's planner, and
 the completions it saw.
 
 Planners: a worker keeps each upstream's histogram for `refresh_seconds`; the upstreams of one
@@ -22,8 +22,8 @@ from typing import Any
 
 from client.learned import LearnedSchedule
 from service.domain import WatchDoc
-from service.durations import DurationBook, Sample, durations_of
-from service.leases import ScriptCall
+from service.store.durations import DurationBook, Sample, durations_of
+from service.store.queue import ScriptCall
 
 from .loop import WriteBatch
 from .retry import FailureStreak

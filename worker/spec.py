@@ -12,7 +12,7 @@ from yarl import URL
 
 from client.backoff import BackoffPolicy
 from client.learned import upstream_key
-from service.models import full_spec
+from service.api.schemas import full_spec
 from service.ssrf import carried_ipv4
 
 # The cache is bounded by the size of the spec texts it keys on (metadata may take 4 KiB each)

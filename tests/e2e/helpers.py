@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import httpx
 import redis.asyncio as aioredis
 
-from service.keys import Keys
+from service.store.keys import Keys
 
 from .procs import poll_until
 

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from service.keys import Keys
+from service.store.keys import Keys
 
 from .faults import Receiver, register_watch, stop_gracefully, webhook_secret
 from .helpers import TENANT, Api, Simulator

@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service.keys import Keys
+from service.store.keys import Keys
 
 from .helpers import (
     FAST_POLICY,
@@ -318,8 +318,8 @@ async def test_sigterm_past_the_grace_period_leaves_polls_to_others(
     await verify_final(api, registered, shared_redis, namespace)
 
 
-# Longer than the service's Redis `socket_timeout` (5 s in service/connection.py), so its client
-# times out and retries a command that Redis will still run once it wakes up.
+# Longer than the service's Redis `socket_timeout` (5 s in service/store/connection.py), so its
+# client times out and retries a command that Redis will still run once it wakes up.
 STALL_SECONDS = 6
 
 

@@ -18,8 +18,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from client.learned import MIN_SAMPLES, upstream_key
-from service.durations import durations_of
-from service.keys import Keys
+from service.store.durations import durations_of
+from service.store.keys import Keys
 
 from .helpers import Api, Planned, Simulator, register_all, verify_final, wait_all_done
 from .procs import SHARED_REDIS_URL, Processes, poll_until, service_env

@@ -15,10 +15,10 @@ import redis.asyncio as aioredis
 
 from client.webhooks import new_secret
 
+from ..errors import WatchConflict, WatchNotFound
 from .connection import retry_idempotent
-from .errors import WatchConflict, WatchNotFound
 from .keys import Keys
-from .leases import Claimed, LeasedQueue, load_scripts, server_time_ms
+from .queue import Claimed, LeasedQueue, load_scripts, server_time_ms
 from .replication import Replication
 
 SCRIPTS = ("deliver", "redeliver", "rotate")

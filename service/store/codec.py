@@ -9,7 +9,7 @@ from typing import Any, cast
 
 import orjson
 
-from .domain import WatchDoc, WebhookState
+from ..domain import WatchDoc, WebhookState
 
 DEFAULTS: dict[str, Any] = {
     "reason": None,

@@ -7,12 +7,12 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from ..settings import Settings
+from ..store.outbox import Outbox
+from ..store.watches import Store
 from .auth import tenant_for
-from .events import EventHub
 from .gate import TENANT_SCOPE_KEY
-from .outbox import Outbox
-from .settings import Settings
-from .store import Store
+from .sse import EventHub
 
 
 def get_settings(request: Request) -> Settings:

@@ -19,8 +19,8 @@ from pydantic import (
 
 from client.backoff import BACKOFF_FACTOR, INITIAL_WAIT_TIME, JITTER, SERVICE_MAX_INTERVAL
 
-from .domain import WatchState, WebhookState
-from .hosts import HostState
+from ..domain import WatchState, WebhookState
+from ..store.hosts import HostState
 
 MAX_METADATA_BYTES = 4096
 MAX_METADATA_DEPTH = 32

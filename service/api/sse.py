@@ -30,12 +30,12 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
-from .connection import subscriber
-from .domain import WatchDoc, WatchState
-from .errors import WatchNotFound
-from .keys import Keys
-from .models import render_watch
-from .store import Store
+from ..domain import WatchDoc, WatchState
+from ..errors import WatchNotFound
+from ..store.connection import subscriber
+from ..store.keys import Keys
+from ..store.watches import Store
+from .schemas import render_watch
 
 logger = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 15.0

@@ -21,11 +21,8 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 
-from .connection import retry_idempotent
-from .docs import pack, unpack
-from .domain import WatchDoc, WatchState, WebhookState, new_watch_id
-from .durations import DurationBook
-from .errors import (
+from ..domain import WatchDoc, WatchState, WebhookState, new_watch_id
+from ..errors import (
     IdempotencyConflict,
     IdempotencyKeyExpired,
     PartitionsMismatch,
@@ -33,9 +30,12 @@ from .errors import (
     WatchConflict,
     WatchNotFound,
 )
+from .codec import pack, unpack
+from .connection import retry_idempotent
+from .durations import DurationBook
 from .hosts import HostBook
 from .keys import Keys, Partition
-from .leases import (
+from .queue import (
     Claimed,
     LeasedQueue,
     ScriptCall,

@@ -1,6 +1,6 @@
 """API keys: `Authorization: Bearer <key>`; a key belongs to one tenant.
 
-`tenant_of` is the one rule from a header to a tenant. The gate (`service/gate.py`) applies it
+`tenant_of` is the one rule from a header to a tenant. The gate (`service/api/gate.py`) applies it
 to every `/v1/` request before anything reads the body; the `TenantDep` dependency hands its
 answer to the routes. `check_open_mode` and `check_key_length` are the start-up refusals.
 """
@@ -12,7 +12,7 @@ import ipaddress
 
 from fastapi import HTTPException, status
 
-from .settings import Settings
+from ..settings import Settings
 
 OPEN_TENANT = "default"
 MIN_KEY_LENGTH = 16  # characters, when listening beyond loopback

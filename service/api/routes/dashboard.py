@@ -14,7 +14,7 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 router = APIRouter(include_in_schema=False)
-STATIC = files(__package__) / "static"
+STATIC = files("service.api") / "static"
 # Scripts and styles from this origin only (no inline code): a value shown on the page can
 # never run. The page talks to its own API only, and may not be framed.
 HEADERS = {

@@ -1,4 +1,4 @@
-"""Server-Sent Events (see `events.py`): `GET /v1/watches/{id}/events`, a watch's progress;
+"""Server-Sent Events (see `service/api/sse.py`): `GET /v1/watches/{id}/events`, a watch's progress;
 `GET /v1/events`, the tenant's watches as they are registered and end (the dashboard's feed)."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 
-from .deps import EventsDep, StoreDep, TenantDep
-from .events import parse_event_id, stream, tenant_stream
-from .openapi import errors
-from .routes import NOT_FOUND, WatchId
+from ..deps import EventsDep, StoreDep, TenantDep
+from ..openapi import errors
+from ..sse import parse_event_id, stream, tenant_stream
+from .watches import NOT_FOUND, WatchId
 
 router = APIRouter(prefix="/v1", tags=["watches"], responses=errors(401, 413, 422, 503))
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

@@ -22,8 +22,8 @@ import orjson
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..settings import Settings
 from .auth import CHALLENGE, UNAUTHORIZED, tenant_of
-from .settings import Settings
 from .validation import describe
 
 MAX_BODY_BYTES = 64 * 1024

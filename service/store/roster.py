@@ -8,7 +8,7 @@ from typing import cast
 import redis.asyncio as aioredis
 
 from .keys import Keys
-from .leases import load_scripts
+from .queue import load_scripts
 
 
 class Roster:

@@ -10,10 +10,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Path, Query, Response, status
 from fastapi.exceptions import RequestValidationError
 
-from .deps import SettingsDep, StoreDep, TenantDep
-from .domain import WatchState
-from .metrics import WATCHES_FINISHED, WATCHES_REGISTERED
-from .models import (
+from ...domain import WatchState
+from ...metrics import WATCHES_FINISHED, WATCHES_REGISTERED
+from ...settings import Settings
+from ...ssrf import blocked_literal
+from ..deps import SettingsDep, StoreDep, TenantDep
+from ..openapi import errors
+from ..schemas import (
     StatusSummary,
     Watch,
     WatchCreate,
@@ -21,9 +24,6 @@ from .models import (
     render_summary,
     render_watch,
 )
-from .openapi import errors
-from .settings import Settings
-from .ssrf import blocked_literal
 
 router = APIRouter(prefix="/v1", tags=["watches"], responses=errors(401, 413, 422, 503))
 WatchId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="the watch's id")]

@@ -14,19 +14,22 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
-from . import dashboard, event_routes, routes, webhook_routes
-from .connection import connect
+from ..errors import ServiceError
+from ..metrics import DUE_BACKLOG, OLDEST_DUE_AGE
+from ..settings import Settings
+from ..store.connection import connect
+from ..store.outbox import Outbox
+from ..store.replication import Replication
+from ..store.watches import Store
 from .deps import StoreDep
-from .errors import ServiceError
-from .events import EventHub
 from .gate import Authenticate, LimitBody
-from .metrics import DUE_BACKLOG, OLDEST_DUE_AGE
-from .models import Health
 from .observe import RequestIds, TimeRequests
-from .outbox import Outbox
-from .replication import Replication
-from .settings import Settings
-from .store import Store
+from .routes import dashboard
+from .routes import events as event_routes
+from .routes import watches as routes
+from .routes import webhooks as webhook_routes
+from .schemas import Health
+from .sse import EventHub
 from .validation import invalid_input
 
 logger = logging.getLogger(__name__)

@@ -20,8 +20,8 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
-from .docs import unpack
-from .domain import WatchDoc
+from ..domain import WatchDoc
+from .codec import unpack
 from .keys import Keys, QueueKind
 from .replication import Replication
 
@@ -48,7 +48,7 @@ def load_scripts(
 ) -> dict[str, AsyncScript]:
     """Register the named scripts of `lua/` once, each after `_prelude.lua` (shared helpers)
     and any other `preludes`; calls use EVALSHA (reloading if flushed)."""
-    folder = resources.files("service") / "lua"
+    folder = resources.files("service.store") / "lua"
     prelude = "".join((folder / f"{name}.lua").read_text() for name in preludes)
     return {
         name: redis.register_script(prelude + (folder / f"{name}.lua").read_text())

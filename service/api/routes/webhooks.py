@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from .deps import OutboxDep, StoreDep, TenantDep
-from .models import Deliveries, WebhookSecret, render_attempt
-from .openapi import errors
-from .outbox import Secrets
-from .routes import NOT_FOUND, WatchId
+from ...store.outbox import Secrets
+from ..deps import OutboxDep, StoreDep, TenantDep
+from ..openapi import errors
+from ..schemas import Deliveries, WebhookSecret, render_attempt
+from .watches import NOT_FOUND, WatchId
 
 router = APIRouter(prefix="/v1", tags=["webhooks"], responses=errors(401, 413, 422, 503))
 

@@ -34,7 +34,7 @@ from redis.exceptions import ClusterDownError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .settings import Settings
+from ..settings import Settings
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -28,7 +28,7 @@ from redis.cluster import PRIMARY
 from redis.commands.core import AsyncScript
 from redis.exceptions import AskError, MovedError, NoScriptError, TryAgainError
 
-from .metrics import REPLICA_WAIT, REPLICA_WAIT_SHORT
+from ..metrics import REPLICA_WAIT, REPLICA_WAIT_SHORT
 
 logger = logging.getLogger(__name__)
 REDIRECTS = 16  # as redis-py's own limit (RedisClusterRequestTTL)

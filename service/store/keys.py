@@ -62,7 +62,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .domain import MAX_PARTITIONS, partition_of
+from ..domain import MAX_PARTITIONS, partition_of
 
 HostKind = Literal["h", "r"]  # an upstream host, a webhook receiver host
 
