@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -27,6 +28,9 @@ from .errors import ClientError
 TERMINAL_STATES = frozenset({"completed", "error", "timeout", "cancelled"})
 RECONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0)  # between attempts to resume a dropped event stream
 RETRYABLE = frozenset({429, 502, 503, 504})
+# A stream without an event is no failure once it stayed open this long (heartbeats come every
+# 15 s): a long job behind a proxy that cuts long connections is followed for as long as it runs.
+HEALTHY_STREAM_SECONDS = 30.0
 
 
 class ServiceAPIError(ClientError):
@@ -152,12 +156,16 @@ class WatchServiceClient(OwnsSession):
         *,
         timeout: float = 30.0,
         session: aiohttp.ClientSession | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session = session
         self._owned_session: aiohttp.ClientSession | None = None
+        self._clock = clock
+        self._sleep = sleep
 
     async def __aenter__(self) -> WatchServiceClient:
         return self
@@ -232,16 +240,19 @@ class WatchServiceClient(OwnsSession):
         return StatusSummary(body["total"], body["by_state"], body["webhooks"], hosts)
 
     async def events(self, watch_id: str) -> AsyncIterator[Event]:
-        """The watch's events until it ends. A dropped connection, a restart or a passing 429 or
-        5xx is resumed from the last event seen (`Last-Event-ID`), a few tries in a row with
-        backoff; then, or on any other error answer, `ServiceAPIError` is raised."""
+        """The watch's events until it ends. A dropped connection, a restart, a passing 429 or
+        5xx, or a stream that ends before the watch did is resumed from the last event seen
+        (`Last-Event-ID`), with backoff. Attempts that bring nothing (no event, and not open
+        for HEALTHY_STREAM_SECONDS) count: after a few in a row, or on any other error answer,
+        `ServiceAPIError` is raised."""
         last_id: str | None = None
         failures = 0
         while True:
             headers = {**self._headers, "Accept": "text/event-stream"}
             if last_id:
                 headers["Last-Event-ID"] = last_id
-            why = "the stream closed before the watch ended"
+            why = "the stream ended before the watch did, with no new event"
+            progressed = False
             try:
                 async with self._http().get(
                     f"{self.base_url}{_watch_path(watch_id)}/events",
@@ -254,21 +265,26 @@ class WatchServiceClient(OwnsSession):
                             raise error
                         why = str(error)
                     else:
-                        failures = 0
+                        opened = self._clock()
                         parser = _SSEParser()
                         async for raw in response.content:
                             event = parser.feed(raw.decode().rstrip("\r\n"))
-                            if event is None:
+                            if event is None:  # a heartbeat, or a part of an event
+                                alive = self._clock() - opened >= HEALTHY_STREAM_SECONDS
+                                progressed = progressed or alive
                                 continue
+                            progressed = True
                             last_id = event.id or last_id
                             yield event
                             if event.name == "state" and event.watch.ended:
                                 return
             except (aiohttp.ClientError, TimeoutError) as exc:
                 why = f"event stream lost: {exc}"
+            if progressed:
+                failures = 0
             if failures >= len(RECONNECT_DELAYS):
                 raise ServiceAPIError(0, why)
-            await asyncio.sleep(RECONNECT_DELAYS[failures])
+            await self._sleep(RECONNECT_DELAYS[failures])
             failures += 1
 
 
