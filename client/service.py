@@ -8,20 +8,27 @@
 Results are typed (`Watch`, `StatusSummary`, `Event`); an error answer raises `ServiceAPIError`
 carrying the HTTP status and the API's `detail`. `events` resumes by itself (with
 `Last-Event-ID`) after a dropped connection, until the watch ends.
+
+Nothing the service sends is read without a limit: an answer over MAX_RESPONSE_BYTES (8 MiB: the
+largest page the API gives, 500 watches of 4 KiB metadata and two 2 KiB URLs each, is under
+5 MiB) or an event over MAX_EVENT_BYTES (1 MiB: one watch is under 12 KiB) raises
+`ServiceAPIError` after reading at most that much.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 
+from ._capped import read_capped
 from ._session import OwnsSession
 from .errors import ClientError
 
@@ -31,6 +38,9 @@ RETRYABLE = frozenset({429, 502, 503, 504})
 # A stream without an event is no failure once it stayed open this long (heartbeats come every
 # 15 s): a long job behind a proxy that cuts long connections is followed for as long as it runs.
 HEALTHY_STREAM_SECONDS = 30.0
+MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+MAX_ERROR_BYTES = 64 * 1024  # of an error answer: only its detail's start is kept
+MAX_EVENT_BYTES = 1024 * 1024
 
 
 class ServiceAPIError(ClientError):
@@ -122,16 +132,21 @@ class Event:
 
 @dataclass(slots=True)
 class _SSEParser:
-    """Lines of `text/event-stream` in, complete events out."""
+    """Lines of `text/event-stream` in (without their line ends), complete events out. Raises
+    ValueError for an event over MAX_EVENT_BYTES, or one that is not UTF-8 or not a Watch."""
 
     fields: dict[str, str] = field(default_factory=dict)
     data: list[str] = field(default_factory=list)
+    size: int = 0  # bytes of the event under way
 
-    def feed(self, line: str) -> Event | None:
-        if line.startswith(":"):
+    def feed(self, raw: bytes) -> Event | None:
+        if raw.startswith(b":"):
             return None
-        if line:
-            name, _, value = line.partition(":")
+        if raw:
+            self.size += len(raw) + 1
+            if self.size > MAX_EVENT_BYTES:
+                raise ValueError(f"an event over {MAX_EVENT_BYTES // 1024} KiB")
+            name, _, value = raw.decode().partition(":")
             value = value.removeprefix(" ")
             if name == "data":
                 self.data.append(value)
@@ -140,9 +155,12 @@ class _SSEParser:
             return None
         event = None
         if self.data:
-            watch = Watch.from_json(json.loads("\n".join(self.data)))
+            try:
+                watch = Watch.from_json(json.loads("\n".join(self.data)))
+            except (ValueError, RecursionError, TypeError, KeyError, AttributeError) as exc:
+                raise ValueError(f"an event that is not a watch ({type(exc).__name__})") from exc
             event = Event(self.fields.get("id", ""), self.fields.get("event", "message"), watch)
-        self.fields, self.data = {}, []
+        self.fields, self.data, self.size = {}, [], 0
         return event
 
 
@@ -182,12 +200,16 @@ class WatchServiceClient(OwnsSession):
         async with self._http().request(
             method, self.base_url + path, headers=headers, timeout=self._timeout, **kwargs
         ) as response:
-            text = await response.text()
             if response.status >= 400:
-                raise ServiceAPIError(response.status, _detail(text))
+                raise ServiceAPIError(response.status, await _error_detail(response))
+            body = await read_capped(response, MAX_RESPONSE_BYTES)
+            if body is None:
+                raise ServiceAPIError(
+                    response.status, f"the answer is over {MAX_RESPONSE_BYTES // 2**20} MiB"
+                )
             try:
-                return json.loads(text) if text else None
-            except ValueError as exc:
+                return json.loads(body) if body else None
+            except (ValueError, RecursionError) as exc:  # (RecursionError: nested too deep)
                 raise ServiceAPIError(response.status, "the answer is not JSON") from exc
 
     async def register(
@@ -244,7 +266,7 @@ class WatchServiceClient(OwnsSession):
         5xx, or a stream that ends before the watch did is resumed from the last event seen
         (`Last-Event-ID`), with backoff. Attempts that bring nothing (no event, and not open
         for HEALTHY_STREAM_SECONDS) count: after a few in a row, or on any other error answer,
-        `ServiceAPIError` is raised."""
+        or on a stream that breaks the limits, `ServiceAPIError` is raised."""
         last_id: str | None = None
         failures = 0
         while True:
@@ -260,24 +282,23 @@ class WatchServiceClient(OwnsSession):
                     timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_read=60),
                 ) as response:
                     if response.status >= 400:
-                        error = ServiceAPIError(response.status, _detail(await response.text()))
+                        error = ServiceAPIError(response.status, await _error_detail(response))
                         if response.status not in RETRYABLE:
                             raise error
                         why = str(error)
                     else:
                         opened = self._clock()
-                        parser = _SSEParser()
-                        async for raw in response.content:
-                            event = parser.feed(raw.decode().rstrip("\r\n"))
-                            if event is None:  # a heartbeat, or a part of an event
-                                alive = self._clock() - opened >= HEALTHY_STREAM_SECONDS
-                                progressed = progressed or alive
-                                continue
-                            progressed = True
-                            last_id = event.id or last_id
-                            yield event
-                            if event.name == "state" and event.watch.ended:
-                                return
+                        async with contextlib.aclosing(_stream_events(response)) as stream:
+                            async for event in stream:
+                                if event is None:  # a heartbeat, or a part of an event
+                                    alive = self._clock() - opened >= HEALTHY_STREAM_SECONDS
+                                    progressed = progressed or alive
+                                    continue
+                                progressed = True
+                                last_id = event.id or last_id
+                                yield event
+                                if event.name == "state" and event.watch.ended:
+                                    return
             except (aiohttp.ClientError, TimeoutError) as exc:
                 why = f"event stream lost: {exc}"
             if progressed:
@@ -292,10 +313,39 @@ def _watch_path(watch_id: str) -> str:
     return f"/v1/watches/{quote(watch_id, safe='')}"
 
 
-def _detail(text: str) -> Any:
-    """The API's `detail` from an error body, or the start of whatever else came (a proxy's)."""
+async def _stream_events(response: aiohttp.ClientResponse) -> AsyncGenerator[Event | None, None]:
+    """The events of a `text/event-stream` answer, and None for each line that completes none;
+    `ServiceAPIError` for a line or an event over MAX_EVENT_BYTES, or one that is not a watch
+    (never more than that is held)."""
+    parser = _SSEParser()
+    buffer = bytearray()
     try:
-        body = json.loads(text)
+        async for chunk in response.content.iter_any():
+            searched = len(buffer)  # no line ends in what came before
+            buffer += chunk
+            start = 0
+            while (end := buffer.find(b"\n", searched)) >= 0:
+                if end - start > MAX_EVENT_BYTES:
+                    break
+                line = bytes(buffer[start:end]).removesuffix(b"\r")
+                start = searched = end + 1
+                yield parser.feed(line)
+            del buffer[:start]
+            if len(buffer) > MAX_EVENT_BYTES:  # a line too long, ended or not
+                raise ValueError(f"a line over {MAX_EVENT_BYTES // 1024} KiB")
+    except ValueError as exc:  # (a UnicodeDecodeError too)
+        raise ServiceAPIError(response.status, f"a malformed event stream: {exc}") from None
+
+
+async def _error_detail(response: aiohttp.ClientResponse) -> Any:
+    """The API's `detail` from an error answer, or the start of whatever else came (a proxy's);
+    at most MAX_ERROR_BYTES of it are read."""
+    body = await read_capped(response, MAX_ERROR_BYTES)
+    if body is None:
+        return f"(an error body over {MAX_ERROR_BYTES // 1024} KiB)"
+    text = body.decode("utf-8", "replace")
+    try:
+        parsed = json.loads(text)
     except ValueError:
         return text[:200]
-    return body.get("detail") if isinstance(body, dict) else text[:200]
+    return parsed.get("detail") if isinstance(parsed, dict) else text[:200]
