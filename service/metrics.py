@@ -145,6 +145,13 @@ POLLS_DEFERRED = Counter(
     "slots)",
     ["reason"],
 )
+WEBHOOKS_DEFERRED = Counter(
+    "vtwatch_webhooks_deferred",
+    "Webhook deliveries put off without a POST (no attempt spent), by reason: budget (the "
+    "receiver host's fleet-wide budget is used up), budget_unavailable (the budget could not be "
+    "taken: a store error), host_share (the host holds half of this worker's slots)",
+    ["reason"],
+)
 BREAKER_TRIPS = Counter(
     "vtwatch_breaker_trips", "Hosts' circuit breakers opened by polls that mostly failed"
 )
