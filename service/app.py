@@ -1,4 +1,9 @@
-"""The FastAPI application: lifespan resources, error mapping, health endpoints."""
+"""The FastAPI application: lifespan resources, error mapping, health endpoints.
+
+Readiness (`/readyz`) is Redis answering and its partition count matching `VTW_PARTITIONS`: a
+process started while Redis was down checks the count there and before its first request to
+the store (`deps.PartitionCheck`), and answers `503` while it differs or cannot be read.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +17,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware import Middleware
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import Field
 from redis.exceptions import RedisError
 
 from . import dashboard, event_routes, routes, webhook_routes
 from .connection import connect
-from .deps import StoreDep
-from .errors import ServiceError
+from .deps import PartitionCheck, PartitionCheckDep
+from .errors import PartitionsMismatch, ServiceError
 from .events import EventHub
 from .gate import Authenticate, LimitBody
 from .metrics import DUE_BACKLOG, OLDEST_DUE_AGE
@@ -31,6 +37,20 @@ from .validation import invalid_input
 
 logger = logging.getLogger(__name__)
 UNAVAILABLE = "storage unavailable: Redis cannot be reached or cannot take writes; retry later"
+
+
+class Readiness(Health):
+    reason: str | None = Field(
+        None, description="why not ready, beyond Redis not answering (absent when it is that)"
+    )
+
+
+def mismatch(exc: PartitionsMismatch) -> str:
+    """What a caller may read of a mismatch: the counts, not the namespace."""
+    return (
+        f"this API process is misconfigured: VTW_PARTITIONS is {exc.configured} but the store "
+        f"was created with {exc.stored} partitions; it takes no requests until that is fixed"
+    )
 
 
 def create_app(settings: Settings | None = None, redis: aioredis.Redis | None = None) -> FastAPI:
@@ -55,13 +75,15 @@ def create_app(settings: Settings | None = None, redis: aioredis.Redis | None = 
             client, namespace=settings.namespace, partitions=settings.partitions
         )
         app.state.events = EventHub(client, app.state.store.keys)
+        app.state.partition_check = check = PartitionCheck(app.state.store)
         try:
-            await app.state.store.check_partitions()  # a mismatch stops the start here
-        except (RedisError, OSError) as exc:  # not reachable yet: /readyz says so; workers check
-            logger.warning("could not check the store's partition count: %s", exc)
+            await check.ensure()  # a mismatch stops the start here
+        except (RedisError, OSError) as exc:  # not reachable yet: /readyz and requests check it
+            logger.warning("could not check the store's partition count yet: %s", exc)
         try:
             yield
         finally:
+            await check.aclose()
             await app.state.events.aclose()
             if redis is None:
                 await client.aclose()
@@ -91,21 +113,35 @@ def create_app(settings: Settings | None = None, redis: aioredis.Redis | None = 
         """Liveness: the process answers."""
         return Health(status="ok")
 
-    @app.get("/readyz", tags=["health"], responses={503: {"model": Health}})
-    async def readyz(store: StoreDep, response: Response) -> Health:
-        """Readiness: Redis answers."""
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        response_model_exclude_none=True,
+        responses={503: {"model": Readiness}},
+    )
+    async def readyz(check: PartitionCheckDep, response: Response) -> Readiness:
+        """Readiness: Redis answers, and the store's partition count is `VTW_PARTITIONS`."""
         try:
-            await store.ping()
+            await check.store.ping()
         except (RedisError, OSError):
             response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-            return Health(status="unavailable")
-        return Health(status="ok")
+            return Readiness(status="unavailable")
+        try:
+            await check.ensure()
+        except PartitionsMismatch as exc:
+            reason = mismatch(exc)
+        except (RedisError, OSError) as exc:
+            reason = f"the store's partition count could not be read ({type(exc).__name__})"
+        else:
+            return Readiness(status="ok")
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+        return Readiness(status="unavailable", reason=reason)
 
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
-    async def metrics(store: StoreDep) -> PlainTextResponse:
+    async def metrics(check: PartitionCheckDep) -> PlainTextResponse:
         """Prometheus metrics of this process, and the schedule's backlog read from Redis."""
         try:
-            backlog, oldest = await store.due_backlog()
+            backlog, oldest = await check.store.due_backlog()
         except (RedisError, OSError) as exc:
             logger.warning("metrics: the due backlog could not be read: %s", exc)
             backlog, oldest = -1, -1.0  # unknown: the gauges say so rather than go stale
@@ -132,6 +168,16 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def service_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServiceError)
         return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)
+
+    # The operator's message is logged once (`PartitionCheck`); the caller's names no namespace.
+    @app.exception_handler(PartitionsMismatch)
+    async def misconfigured(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, PartitionsMismatch)
+        return JSONResponse(
+            {"detail": mismatch(exc)},
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": "1"},
+        )
 
     # Connection loss, timeouts, a failover's READONLY, OOM under noeviction, BUSY, LOADING...:
     # every Redis error is a passing state of the store for the caller, never a 500.

@@ -1,4 +1,8 @@
-"""The API's operational edges: the log lines of a `500` carry the request's id."""
+"""The API's operational edges: a process started while Redis was down checks the partition
+count before it is ready or writes; the log lines of a `500` carry the request's id.
+
+The partition check uses a `redis-server` of the test's own (INFO commandstats counts every
+command it ran; nothing else talks to it)."""
 
 from __future__ import annotations
 
@@ -6,21 +10,31 @@ import asyncio
 import io
 import json
 import logging
+import secrets
+import shutil
+import subprocess
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 import uvicorn
+from redis.exceptions import RedisError
 
 from service import logs
 from service.app import create_app
+from service.keys import Keys
 from service.settings import Settings
 from service.store import Store
 from tests.e2e.procs import free_port
+from tests.redis_cluster import redis_server
 from tests.service_fixtures import fake_redis
 
+BODY = {"status_url": "http://translate-1:5000/status"}
 UVICORN_LOGGERS = ("uvicorn.error", "uvicorn.access", "uvicorn.asgi")
 
 
@@ -31,6 +45,124 @@ async def eventually(check: Callable[[], Awaitable[Any]], seconds: float = 10.0)
         assert time.monotonic() < deadline, "not within the deadline"
         await asyncio.sleep(0.02)
     return result
+
+
+# -- a Redis of the test's own ----------------------------------------------------------------
+
+
+class OwnRedis:
+    """A `redis-server` on a free port, started and stopped by the test."""
+
+    def __init__(self, data: Path) -> None:
+        self.port, self.data = free_port(), data
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.admin = aioredis.Redis(port=self.port, decode_responses=True)
+
+    async def start(self) -> None:
+        self.proc = redis_server(self.port, self.data)
+
+        async def answers() -> bool:
+            try:
+                return bool(await self.admin.ping())
+            except RedisError:
+                return False
+
+        await eventually(answers)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+    async def calls(self, command: str | None = None) -> int:
+        """Commands this server ran (one, or all but INFO: the counting itself)."""
+        stats = await self.admin.info("commandstats")
+        return sum(
+            int(stat["calls"])
+            for name, stat in stats.items()
+            if (name == f"cmdstat_{command}" if command else name != "cmdstat_info")
+        )
+
+
+@pytest.fixture
+async def own_redis(tmp_path: Path) -> AsyncIterator[OwnRedis]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    redis = OwnRedis(tmp_path / "redis")
+    try:
+        yield redis
+    finally:
+        await redis.admin.aclose()
+        redis.stop()
+
+
+@asynccontextmanager
+async def served(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The API (lifespan included) on its own connection to `settings.redis_url`."""
+    app = create_app(settings)
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+    ):
+        yield client
+
+
+# -- 2. the partition count, checked after a start without Redis ------------------------------
+
+
+async def test_a_process_started_without_redis_checks_the_partitions_before_it_serves(
+    own_redis: OwnRedis, no_vtw_env: None
+) -> None:
+    namespace = "p" + secrets.token_hex(4)
+    meta = Keys(namespace).meta
+    settings = Settings(redis_url=own_redis.url, namespace=namespace, partitions=4)
+    async with served(settings) as api:  # Redis is down: the start could not check
+        assert (await api.get("/readyz")).json() == {"status": "unavailable"}
+        assert (await api.post("/v1/watches", json=BODY)).status_code == 503
+
+        await own_redis.start()
+        await own_redis.admin.hset(meta, "partitions", 2)  # the store was made with P = 2
+        ready = await api.get("/readyz")
+        registered = await api.post("/v1/watches", json=BODY)
+
+        assert ready.status_code == 503
+        assert ready.json()["status"] == "unavailable"
+        assert "VTW_PARTITIONS is 4" in ready.json()["reason"]
+        assert "created with 2 partitions" in ready.json()["reason"]
+        assert registered.status_code == 503, registered.text
+        detail = registered.json()["detail"]
+        assert "VTW_PARTITIONS is 4" in detail and namespace not in detail
+        assert await own_redis.admin.keys("*") == [meta]  # nothing was written
+
+        await own_redis.admin.hset(meta, "partitions", 4)  # the store fixed: the counts match
+        ready = await api.get("/readyz")
+        registered = await api.post("/v1/watches", json=BODY)
+        assert ready.status_code == 200 and ready.json() == {"status": "ok"}
+        assert registered.status_code == 201, registered.text
+
+        # Checked once it passed: later requests and probes send no HSETNX (the check's).
+        checks = await own_redis.calls("hsetnx")
+        for _ in range(5):
+            assert (await api.post("/v1/watches", json=BODY)).status_code == 201
+            assert (await api.get("/readyz")).status_code == 200
+        assert await own_redis.calls("hsetnx") == checks
+
+
+async def test_a_start_with_redis_up_and_another_partition_count_still_fails(
+    no_vtw_env: None,
+) -> None:
+    redis = fake_redis()
+    namespace = "p" + secrets.token_hex(4)
+    await Store(redis, namespace=namespace, partitions=2).check_partitions()
+    app = create_app(Settings(namespace=namespace, partitions=3), redis=redis)
+    try:
+        with pytest.raises(Exception, match="VTW_PARTITIONS is 3"):
+            async with app.router.lifespan_context(app):
+                pass
+    finally:
+        await redis.aclose()
 
 
 # -- 3. request ids on the log lines of a 500 -------------------------------------------------
