@@ -1,18 +1,26 @@
-"""The FastAPI application: lifespan resources, error mapping, health endpoints.
+"""The FastAPI application: lifespan resources, error mapping, health and metrics endpoints.
 
 Readiness (`/readyz`) is Redis answering and its partition count matching `VTW_PARTITIONS`: a
 process started while Redis was down checks the count there and before its first request to
 the store (`deps.PartitionCheck`), and answers `503` while it differs or cannot be read.
+
+`/metrics` needs a key when keys are set (`gate.Authenticate`) and reads no Redis: the fleet-wide
+gauges of the schedule (`vtwatch_due_backlog`, `vtwatch_oldest_due_age_seconds`) are read by a
+background task every `VTW_METRICS_REFRESH_SECONDS` (2·P + 1 commands, P = `VTW_PARTITIONS`),
+so a scrape costs no Redis command however often and by however many it is made, and the
+gauges are at most that old (`-1` while Redis cannot be read).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import redis.asyncio as aioredis
-from fastapi import FastAPI, Request, Response, status
+from fastapi import Depends, FastAPI, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware import Middleware
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -22,13 +30,14 @@ from redis.exceptions import RedisError
 
 from . import dashboard, event_routes, routes, webhook_routes
 from .connection import connect
-from .deps import PartitionCheck, PartitionCheckDep
+from .deps import PartitionCheck, PartitionCheckDep, get_tenant
 from .errors import PartitionsMismatch, ServiceError
 from .events import EventHub
 from .gate import Authenticate, LimitBody
 from .metrics import DUE_BACKLOG, OLDEST_DUE_AGE
 from .models import Health
 from .observe import RequestIds, TimeRequests
+from .openapi import errors
 from .outbox import Outbox
 from .replication import Replication
 from .settings import Settings
@@ -80,9 +89,18 @@ def create_app(settings: Settings | None = None, redis: aioredis.Redis | None = 
             await check.ensure()  # a mismatch stops the start here
         except (RedisError, OSError) as exc:  # not reachable yet: /readyz and requests check it
             logger.warning("could not check the store's partition count yet: %s", exc)
+        DUE_BACKLOG.set(-1)  # unknown until read
+        OLDEST_DUE_AGE.set(-1)
+        stopping = asyncio.Event()
+        backlog = asyncio.create_task(
+            read_backlog(app.state.store, check, settings.metrics_refresh_seconds, stopping)
+        )
         try:
             yield
         finally:
+            stopping.set()
+            backlog.cancel()  # cuts a wait short; a read in progress may absorb it (redis-py)
+            await asyncio.wait([backlog])
             await check.aclose()
             await app.state.events.aclose()
             if redis is None:
@@ -137,16 +155,15 @@ def create_app(settings: Settings | None = None, redis: aioredis.Redis | None = 
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
         return Readiness(status="unavailable", reason=reason)
 
-    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
-    async def metrics(check: PartitionCheckDep) -> PlainTextResponse:
-        """Prometheus metrics of this process, and the schedule's backlog read from Redis."""
-        try:
-            backlog, oldest = await check.store.due_backlog()
-        except (RedisError, OSError) as exc:
-            logger.warning("metrics: the due backlog could not be read: %s", exc)
-            backlog, oldest = -1, -1.0  # unknown: the gauges say so rather than go stale
-        DUE_BACKLOG.set(backlog)
-        OLDEST_DUE_AGE.set(oldest)
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        response_class=PlainTextResponse,
+        dependencies=[Depends(get_tenant)],  # declares the key; `Authenticate` demands it
+        responses=errors(401),
+    )
+    async def metrics() -> PlainTextResponse:
+        """Prometheus metrics of this process, and the schedule's backlog (see the module)."""
         return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app
@@ -189,3 +206,31 @@ def _add_error_handlers(app: FastAPI) -> None:
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
             headers={"Retry-After": "1"},
         )
+
+
+async def read_backlog(
+    store: Store, check: PartitionCheck, every: float, stopping: asyncio.Event
+) -> None:
+    """Read the schedule's backlog into its gauges now and every `every` seconds, until
+    `stopping` is set; `-1` while it cannot be read. The first failure of a streak is logged,
+    and the recovery."""
+    failing = False
+    while not stopping.is_set():
+        try:
+            await check.ensure()  # a misconfigured process would read the wrong keys
+            backlog, oldest = await store.due_backlog()
+        except (RedisError, OSError, PartitionsMismatch) as exc:
+            if not failing:
+                logger.warning("metrics: the due backlog cannot be read: %s", exc)
+            failing, backlog, oldest = True, -1, -1.0
+        except Exception:
+            logger.exception("metrics: reading the due backlog failed")
+            failing, backlog, oldest = True, -1, -1.0
+        else:
+            if failing:
+                logger.info("metrics: the due backlog is read again")
+            failing = False
+        DUE_BACKLOG.set(backlog)
+        OLDEST_DUE_AGE.set(oldest)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), every)

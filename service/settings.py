@@ -111,6 +111,13 @@ class Settings(BaseSettings):
         description="seconds a worker uses an upstream's learned durations before reading "
         "them again",
     )
+    metrics_refresh_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="seconds between the API's reads of the schedule's backlog for /metrics "
+        "(2·P + 1 Redis commands each; a scrape reads none)",
+    )
 
     @property
     def wait_timeout_ms(self) -> int:

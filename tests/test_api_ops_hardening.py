@@ -1,8 +1,9 @@
-"""The API's operational edges: a process started while Redis was down checks the partition
-count before it is ready or writes; the log lines of a `500` carry the request's id.
+"""The API's operational edges: `/metrics` needs a key when keys are set and a scrape sends no
+Redis command at any P; a process started while Redis was down checks the partition count
+before it is ready or writes; the log lines of a `500` carry the request's id.
 
-The partition check uses a `redis-server` of the test's own (INFO commandstats counts every
-command it ran; nothing else talks to it)."""
+The command counts and the partition check use a `redis-server` of the test's own (INFO
+commandstats counts every command it ran; nothing else talks to it)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
 from redis.exceptions import RedisError
 
 from service import logs
@@ -32,9 +34,10 @@ from service.settings import Settings
 from service.store import Store
 from tests.e2e.procs import free_port
 from tests.redis_cluster import redis_server
-from tests.service_fixtures import fake_redis
+from tests.service_fixtures import ApiFactory, down_redis, fake_redis
 
 BODY = {"status_url": "http://translate-1:5000/status"}
+KEYS = {"key-of-tenant-a-0123": "a", "key-of-tenant-b-0123": "b"}
 UVICORN_LOGGERS = ("uvicorn.error", "uvicorn.access", "uvicorn.asgi")
 
 
@@ -45,6 +48,16 @@ async def eventually(check: Callable[[], Awaitable[Any]], seconds: float = 10.0)
         assert time.monotonic() < deadline, "not within the deadline"
         await asyncio.sleep(0.02)
     return result
+
+
+def gauge(text: str, name: str) -> float:
+    (value,) = (
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    )
+    return value
 
 
 # -- a Redis of the test's own ----------------------------------------------------------------
@@ -109,6 +122,105 @@ async def served(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
+# -- 1. /metrics: a key when keys are set; no Redis command per scrape ------------------------
+
+
+async def test_metrics_needs_a_key_when_keys_are_set(make_api: ApiFactory) -> None:
+    keyed = await make_api(Settings(api_keys=KEYS))
+
+    missing = await keyed.get("/metrics")
+    wrong = await keyed.get("/metrics", headers={"Authorization": "Bearer not-a-key-0123456"})
+    scraped = [
+        await keyed.get("/metrics", headers={"Authorization": f"Bearer {key}"}) for key in KEYS
+    ]
+
+    for refused in (missing, wrong):
+        assert refused.status_code == 401, refused.text
+        assert refused.headers["www-authenticate"] == "Bearer"
+        assert "vtwatch_" not in refused.text
+    for answered in scraped:
+        assert answered.status_code == 200
+        assert "vtwatch_due_backlog" in answered.text
+
+
+async def test_metrics_stays_open_when_no_keys_are_configured(make_api: ApiFactory) -> None:
+    """Open mode (loopback only: `check_open_mode`) keeps every endpoint open."""
+    response = await (await make_api()).get("/metrics")
+    assert response.status_code == 200 and "vtwatch_due_backlog" in response.text
+
+
+async def test_the_openapi_document_says_metrics_takes_the_bearer_key(
+    make_api: ApiFactory,
+) -> None:
+    schema = (await (await make_api()).get("/openapi.json")).json()
+    operation = schema["paths"]["/metrics"]["get"]
+    assert "401" in operation["responses"]
+    assert operation["security"] == [{"HTTPBearer": []}]
+
+
+@pytest.mark.parametrize("partitions", [1, 8])
+async def test_a_scrape_sends_no_redis_command_whatever_the_partitions(
+    own_redis: OwnRedis, no_vtw_env: None, partitions: int
+) -> None:
+    await own_redis.start()
+    settings = Settings(
+        redis_url=own_redis.url,
+        namespace="m" + secrets.token_hex(4),
+        partitions=partitions,
+        api_keys=KEYS,
+        metrics_refresh_seconds=3600,  # one read at the start, then none during the test
+    )
+    auth = {"Authorization": f"Bearer {next(iter(KEYS))}"}
+    async with served(settings) as api:
+
+        async def first_read_done() -> bool:
+            text = (await api.get("/metrics", headers=auth)).text
+            return gauge(text, "vtwatch_due_backlog") == 0
+
+        await eventually(first_read_done)
+        before = await own_redis.calls()
+        scrapes = [await api.get("/metrics", headers=auth) for _ in range(25)]
+        sent = await own_redis.calls() - before
+
+    assert {scrape.status_code for scrape in scrapes} == {200}
+    assert sent == 0  # was 25 × (2·P + 1): TIME, then ZCOUNT and ZRANGE per partition
+
+
+async def test_the_backlog_gauges_follow_the_store_at_the_refresh_interval(
+    make_api: ApiFactory,
+) -> None:
+    api = await make_api(Settings(metrics_refresh_seconds=0.02))
+
+    async def backlog(expected: float) -> bool:
+        return gauge((await api.get("/metrics")).text, "vtwatch_due_backlog") == expected
+
+    await eventually(lambda: backlog(0))
+    first = (await api.post("/v1/watches", json=BODY)).json()
+    await api.post("/v1/watches", json=BODY)
+    await eventually(lambda: backlog(2))  # both due now, unclaimed
+    await api.delete(f"/v1/watches/{first['id']}")
+    await eventually(lambda: backlog(1))
+    text = (await api.get("/metrics")).text
+    assert gauge(text, "vtwatch_oldest_due_age_seconds") >= 0
+
+
+async def test_the_backlog_gauges_say_unknown_while_redis_cannot_be_read(
+    make_api: ApiFactory,
+) -> None:
+    api = await make_api(Settings(metrics_refresh_seconds=0.02), redis=down_redis())
+
+    async def unknown() -> bool:
+        text = (await api.get("/metrics")).text
+        return (
+            gauge(text, "vtwatch_due_backlog")
+            == gauge(text, "vtwatch_oldest_due_age_seconds")
+            == -1
+        )
+
+    assert (await api.get("/metrics")).status_code == 200
+    await eventually(unknown)
+
+
 # -- 2. the partition count, checked after a start without Redis ------------------------------
 
 
@@ -117,7 +229,9 @@ async def test_a_process_started_without_redis_checks_the_partitions_before_it_s
 ) -> None:
     namespace = "p" + secrets.token_hex(4)
     meta = Keys(namespace).meta
-    settings = Settings(redis_url=own_redis.url, namespace=namespace, partitions=4)
+    settings = Settings(
+        redis_url=own_redis.url, namespace=namespace, partitions=4, metrics_refresh_seconds=3600
+    )
     async with served(settings) as api:  # Redis is down: the start could not check
         assert (await api.get("/readyz")).json() == {"status": "unavailable"}
         assert (await api.post("/v1/watches", json=BODY)).status_code == 503

@@ -1,5 +1,6 @@
-"""A real `vtwatch api` started while Redis is down answers `503` (readiness and writes) until
-the store's partition count matches its own, then `201`."""
+"""A real `vtwatch api`: `/metrics` with keys set answers only with one; a process started
+while Redis is down answers `503` (readiness and writes) until the store's partition count
+matches its own, then `201`."""
 
 from __future__ import annotations
 
@@ -12,10 +13,29 @@ import redis.asyncio as aioredis
 
 from service.keys import Keys
 
-from .procs import Processes, free_port, poll_until, service_env
+from .procs import SHARED_REDIS_URL, Processes, free_port, poll_until, service_env
 
 pytestmark = [pytest.mark.e2e]
+KEY = "metrics-e2e-key-0123456789"
 BODY = {"status_url": "http://127.0.0.1:9/status"}
+
+
+async def test_metrics_of_an_api_with_keys_needs_a_key(
+    procs: Processes, namespace: str, http: httpx.AsyncClient
+) -> None:
+    env = service_env(SHARED_REDIS_URL, namespace, api_keys=f"acme:{KEY}")
+    _, url = await procs.start_api(env)
+
+    missing = await http.get(f"{url}/metrics")
+    wrong = await http.get(f"{url}/metrics", headers={"Authorization": "Bearer wrong-key-0123"})
+    keyed = await http.get(f"{url}/metrics", headers={"Authorization": f"Bearer {KEY}"})
+
+    for refused in (missing, wrong):
+        assert refused.status_code == 401, refused.text
+        assert refused.headers["www-authenticate"] == "Bearer"
+        assert "vtwatch_" not in refused.text
+    assert keyed.status_code == 200
+    assert "vtwatch_due_backlog" in keyed.text
 
 
 async def test_an_api_started_without_redis_refuses_writes_until_the_partitions_match(
