@@ -170,7 +170,9 @@ class FakeUpstream:
         self.eta_rng = eta_rng
         self.requests = 0
 
-    def get(self, url: str, headers: object = None, timeout: object = None) -> FakeResponse:
+    def get(
+        self, url: str, headers: object = None, timeout: object = None, allow_redirects: bool = True
+    ) -> FakeResponse:
         arrival = self.clock.now
         self.requests += 1
         self.clock.now += self.request_time

@@ -8,25 +8,39 @@
 Results are typed (`Watch`, `StatusSummary`, `Event`); an error answer raises `ServiceAPIError`
 carrying the HTTP status and the API's `detail`. `events` resumes by itself (with
 `Last-Event-ID`) after a dropped connection, until the watch ends.
+
+Nothing the service sends is read without a limit: an answer over MAX_RESPONSE_BYTES (8 MiB: the
+largest page the API gives, 500 watches of 4 KiB metadata and two 2 KiB URLs each, is under
+5 MiB) or an event over MAX_EVENT_BYTES (1 MiB: one watch is under 12 KiB) raises
+`ServiceAPIError` after reading at most that much.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 
+from ._capped import read_capped
 from ._session import OwnsSession
 from .errors import ClientError
 
 TERMINAL_STATES = frozenset({"completed", "error", "timeout", "cancelled"})
 RECONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0)  # between attempts to resume a dropped event stream
 RETRYABLE = frozenset({429, 502, 503, 504})
+# A stream without an event is no failure once it stayed open this long (heartbeats come every
+# 15 s): a long job behind a proxy that cuts long connections is followed for as long as it runs.
+HEALTHY_STREAM_SECONDS = 30.0
+MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+MAX_ERROR_BYTES = 64 * 1024  # of an error answer: only its detail's start is kept
+MAX_EVENT_BYTES = 1024 * 1024
 
 
 class ServiceAPIError(ClientError):
@@ -118,16 +132,21 @@ class Event:
 
 @dataclass(slots=True)
 class _SSEParser:
-    """Lines of `text/event-stream` in, complete events out."""
+    """Lines of `text/event-stream` in (without their line ends), complete events out. Raises
+    ValueError for an event over MAX_EVENT_BYTES, or one that is not UTF-8 or not a Watch."""
 
     fields: dict[str, str] = field(default_factory=dict)
     data: list[str] = field(default_factory=list)
+    size: int = 0  # bytes of the event under way
 
-    def feed(self, line: str) -> Event | None:
-        if line.startswith(":"):
+    def feed(self, raw: bytes) -> Event | None:
+        if raw.startswith(b":"):
             return None
-        if line:
-            name, _, value = line.partition(":")
+        if raw:
+            self.size += len(raw) + 1
+            if self.size > MAX_EVENT_BYTES:
+                raise ValueError(f"an event over {MAX_EVENT_BYTES // 1024} KiB")
+            name, _, value = raw.decode().partition(":")
             value = value.removeprefix(" ")
             if name == "data":
                 self.data.append(value)
@@ -136,9 +155,12 @@ class _SSEParser:
             return None
         event = None
         if self.data:
-            watch = Watch.from_json(json.loads("\n".join(self.data)))
+            try:
+                watch = Watch.from_json(json.loads("\n".join(self.data)))
+            except (ValueError, RecursionError, TypeError, KeyError, AttributeError) as exc:
+                raise ValueError(f"an event that is not a watch ({type(exc).__name__})") from exc
             event = Event(self.fields.get("id", ""), self.fields.get("event", "message"), watch)
-        self.fields, self.data = {}, []
+        self.fields, self.data, self.size = {}, [], 0
         return event
 
 
@@ -152,12 +174,16 @@ class WatchServiceClient(OwnsSession):
         *,
         timeout: float = 30.0,
         session: aiohttp.ClientSession | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session = session
         self._owned_session: aiohttp.ClientSession | None = None
+        self._clock = clock
+        self._sleep = sleep
 
     async def __aenter__(self) -> WatchServiceClient:
         return self
@@ -174,12 +200,16 @@ class WatchServiceClient(OwnsSession):
         async with self._http().request(
             method, self.base_url + path, headers=headers, timeout=self._timeout, **kwargs
         ) as response:
-            text = await response.text()
             if response.status >= 400:
-                raise ServiceAPIError(response.status, _detail(text))
+                raise ServiceAPIError(response.status, await _error_detail(response))
+            body = await read_capped(response, MAX_RESPONSE_BYTES)
+            if body is None:
+                raise ServiceAPIError(
+                    response.status, f"the answer is over {MAX_RESPONSE_BYTES // 2**20} MiB"
+                )
             try:
-                return json.loads(text) if text else None
-            except ValueError as exc:
+                return json.loads(body) if body else None
+            except (ValueError, RecursionError) as exc:  # (RecursionError: nested too deep)
                 raise ServiceAPIError(response.status, "the answer is not JSON") from exc
 
     async def register(
@@ -232,16 +262,19 @@ class WatchServiceClient(OwnsSession):
         return StatusSummary(body["total"], body["by_state"], body["webhooks"], hosts)
 
     async def events(self, watch_id: str) -> AsyncIterator[Event]:
-        """The watch's events until it ends. A dropped connection, a restart or a passing 429 or
-        5xx is resumed from the last event seen (`Last-Event-ID`), a few tries in a row with
-        backoff; then, or on any other error answer, `ServiceAPIError` is raised."""
+        """The watch's events until it ends. A dropped connection, a restart, a passing 429 or
+        5xx, or a stream that ends before the watch did is resumed from the last event seen
+        (`Last-Event-ID`), with backoff. Attempts that bring nothing (no event, and not open
+        for HEALTHY_STREAM_SECONDS) count: after a few in a row, or on any other error answer,
+        or on a stream that breaks the limits, `ServiceAPIError` is raised."""
         last_id: str | None = None
         failures = 0
         while True:
             headers = {**self._headers, "Accept": "text/event-stream"}
             if last_id:
                 headers["Last-Event-ID"] = last_id
-            why = "the stream closed before the watch ended"
+            why = "the stream ended before the watch did, with no new event"
+            progressed = False
             try:
                 async with self._http().get(
                     f"{self.base_url}{_watch_path(watch_id)}/events",
@@ -249,26 +282,30 @@ class WatchServiceClient(OwnsSession):
                     timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_read=60),
                 ) as response:
                     if response.status >= 400:
-                        error = ServiceAPIError(response.status, _detail(await response.text()))
+                        error = ServiceAPIError(response.status, await _error_detail(response))
                         if response.status not in RETRYABLE:
                             raise error
                         why = str(error)
                     else:
-                        failures = 0
-                        parser = _SSEParser()
-                        async for raw in response.content:
-                            event = parser.feed(raw.decode().rstrip("\r\n"))
-                            if event is None:
-                                continue
-                            last_id = event.id or last_id
-                            yield event
-                            if event.name == "state" and event.watch.ended:
-                                return
+                        opened = self._clock()
+                        async with contextlib.aclosing(_stream_events(response)) as stream:
+                            async for event in stream:
+                                if event is None:  # a heartbeat, or a part of an event
+                                    alive = self._clock() - opened >= HEALTHY_STREAM_SECONDS
+                                    progressed = progressed or alive
+                                    continue
+                                progressed = True
+                                last_id = event.id or last_id
+                                yield event
+                                if event.name == "state" and event.watch.ended:
+                                    return
             except (aiohttp.ClientError, TimeoutError) as exc:
                 why = f"event stream lost: {exc}"
+            if progressed:
+                failures = 0
             if failures >= len(RECONNECT_DELAYS):
                 raise ServiceAPIError(0, why)
-            await asyncio.sleep(RECONNECT_DELAYS[failures])
+            await self._sleep(RECONNECT_DELAYS[failures])
             failures += 1
 
 
@@ -276,10 +313,39 @@ def _watch_path(watch_id: str) -> str:
     return f"/v1/watches/{quote(watch_id, safe='')}"
 
 
-def _detail(text: str) -> Any:
-    """The API's `detail` from an error body, or the start of whatever else came (a proxy's)."""
+async def _stream_events(response: aiohttp.ClientResponse) -> AsyncGenerator[Event | None, None]:
+    """The events of a `text/event-stream` answer, and None for each line that completes none;
+    `ServiceAPIError` for a line or an event over MAX_EVENT_BYTES, or one that is not a watch
+    (never more than that is held)."""
+    parser = _SSEParser()
+    buffer = bytearray()
     try:
-        body = json.loads(text)
+        async for chunk in response.content.iter_any():
+            searched = len(buffer)  # no line ends in what came before
+            buffer += chunk
+            start = 0
+            while (end := buffer.find(b"\n", searched)) >= 0:
+                if end - start > MAX_EVENT_BYTES:
+                    break
+                line = bytes(buffer[start:end]).removesuffix(b"\r")
+                start = searched = end + 1
+                yield parser.feed(line)
+            del buffer[:start]
+            if len(buffer) > MAX_EVENT_BYTES:  # a line too long, ended or not
+                raise ValueError(f"a line over {MAX_EVENT_BYTES // 1024} KiB")
+    except ValueError as exc:  # (a UnicodeDecodeError too)
+        raise ServiceAPIError(response.status, f"a malformed event stream: {exc}") from None
+
+
+async def _error_detail(response: aiohttp.ClientResponse) -> Any:
+    """The API's `detail` from an error answer, or the start of whatever else came (a proxy's);
+    at most MAX_ERROR_BYTES of it are read."""
+    body = await read_capped(response, MAX_ERROR_BYTES)
+    if body is None:
+        return f"(an error body over {MAX_ERROR_BYTES // 1024} KiB)"
+    text = body.decode("utf-8", "replace")
+    try:
+        parsed = json.loads(text)
     except ValueError:
         return text[:200]
-    return body.get("detail") if isinstance(body, dict) else text[:200]
+    return parsed.get("detail") if isinstance(parsed, dict) else text[:200]

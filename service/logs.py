@@ -3,7 +3,8 @@ on a terminal and JSON otherwise), uvicorn's access and error logs through the s
 
 Context rides along as fields: `watch_id`, `tenant`, `attempt` on the lines of a poll or a
 delivery (`extra=watch_fields(...)`), `request_id` on every line logged while an API request is
-served. Nothing logs a key, a secret or a URL's query string.
+served (a `500`'s traceback and access lines included: `observe.RequestIds`). Nothing logs a
+key, a secret or a URL's query string.
 """
 
 from __future__ import annotations

@@ -126,10 +126,13 @@ LEASES_ENDED = Counter(
     "deleted): their work dropped",
 )
 INFLIGHT_POLLS = Gauge("vtwatch_inflight_polls", "Polls claimed and not yet saved, this process")
-DUE_BACKLOG = Gauge("vtwatch_due_backlog", "Watches due now and not claimed (read at scrape)")
+# Read from Redis by the API every VTW_METRICS_REFRESH_SECONDS (`app.read_backlog`), not at scrape.
+DUE_BACKLOG = Gauge(
+    "vtwatch_due_backlog", "Watches due now and not claimed, fleet-wide (-1: unknown)"
+)
 OLDEST_DUE_AGE = Gauge(
     "vtwatch_oldest_due_age_seconds",
-    "How long the oldest unclaimed due watch has waited (read at scrape; 0 when none)",
+    "How long the oldest unclaimed due watch has waited, fleet-wide (0 when none; -1: unknown)",
 )
 HTTP_DURATION = Histogram(
     "vtwatch_http_request_duration_seconds",
@@ -143,6 +146,13 @@ POLLS_DEFERRED = Counter(
     "fleet-wide budget is used up), budget_unavailable (the budget could not be taken: a store "
     "error), breaker (its circuit breaker is open), host_share (it holds half of this worker's "
     "slots)",
+    ["reason"],
+)
+WEBHOOKS_DEFERRED = Counter(
+    "vtwatch_webhooks_deferred",
+    "Webhook deliveries put off without a POST (no attempt spent), by reason: budget (the "
+    "receiver host's fleet-wide budget is used up), budget_unavailable (the budget could not be "
+    "taken: a store error), host_share (the host holds half of this worker's slots)",
     ["reason"],
 )
 BREAKER_TRIPS = Counter(

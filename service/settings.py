@@ -90,12 +90,33 @@ class Settings(BaseSettings):
         le=3600,
         description="seconds a host whose polls mostly fail is left alone before one probe",
     )
+    webhook_host_rate_limit: float = Field(
+        50.0,
+        gt=0,
+        le=1_000_000,
+        description="webhook POSTs per second to one receiver host, summed over every worker "
+        "(no 0: a limit of 1000000 is none in practice)",
+    )
+    webhook_host_burst: float | None = Field(
+        None,
+        ge=1,
+        le=1_000_000,
+        description="POSTs a quiet receiver host may get at once above its rate; unset: a "
+        "twentieth of the rate limit, at least 1",
+    )
     learned_refresh_seconds: float = Field(
         5.0,
         gt=0,
         le=3600,
         description="seconds a worker uses an upstream's learned durations before reading "
         "them again",
+    )
+    metrics_refresh_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="seconds between the API's reads of the schedule's backlog for /metrics "
+        "(2·P + 1 Redis commands each; a scrape reads none)",
     )
 
     @property
@@ -116,6 +137,13 @@ class Settings(BaseSettings):
         if self.host_burst is not None:
             return self.host_burst
         return max(1.0, self.host_rate_limit / 20)
+
+    @property
+    def webhook_host_burst_size(self) -> float:
+        """A receiver host's bucket: sized by the same rule as an upstream host's."""
+        if self.webhook_host_burst is not None:
+            return self.webhook_host_burst
+        return max(1.0, self.webhook_host_rate_limit / 20)
 
     @field_validator("api_keys", mode="before")
     @classmethod

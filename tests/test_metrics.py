@@ -39,8 +39,7 @@ async def test_the_api_serves_prometheus_metrics_that_move(make_api: ApiFactory)
 
     assert moved("vtwatch_watches_registered_total") == 2
     assert moved("vtwatch_watches_finished_total", state="cancelled") == 1
-    assert after[("vtwatch_due_backlog", ())] == 1  # the other one, due now, unclaimed
-    assert after[("vtwatch_oldest_due_age_seconds", ())] >= 0
+    # The backlog gauges are read in the background: tests/test_api_ops_hardening.py.
     posted = ("POST", "/v1/watches", "2xx")
     count = dict(zip(("method", "route", "status"), posted, strict=True))
     assert moved("vtwatch_http_request_duration_seconds_count", **count) == 2

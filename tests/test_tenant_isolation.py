@@ -252,3 +252,13 @@ async def test_the_workers_fetch_follows_no_redirect_and_says_where_it_led() -> 
         assert seen.error == "HTTP 302: redirect to '/r/7' not followed; watch the final URL"
         followed = await fetch_status(session, f"{base}/r/8", 5)  # the client library's way
     assert followed.status is Status.COMPLETED and len(hops) == 1 + 9
+
+
+async def test_a_receivers_budget_follows_its_limit_when_it_is_raised(book: HostBook) -> None:
+    """No report ever moves a webhook receiver's budget (no AIMD there): a limit raised in the
+    settings applies at once, not after the host's state expires."""
+    host, entry = new_host(), (0, A)
+    low = await book.take({host: {entry: 1}}, policy(rate=10.0), "p", kind="r")
+    assert low[host][entry].budget == 10.0  # type: ignore[union-attr]
+    high = await book.take({host: {entry: 1}}, policy(rate=100.0), "p", kind="r")
+    assert high[host][entry].budget == 100.0  # type: ignore[union-attr]

@@ -28,8 +28,7 @@ from prometheus_client import REGISTRY
 from client.learned import upstream_key
 from service.api.schemas import WatchCreate
 from service.settings import Settings
-from service.store.keys import Keys
-from service.store.queue import Claim, Claimed, LeasedQueue
+from service.store.queue import Claimed
 from service.store.watches import Store
 from tests.fakes import served, until
 from worker.budget import GRANTED
@@ -38,6 +37,7 @@ from worker.poller import Poller
 from worker.schedules import LearnedSchedules
 
 from .test_store import TENANT, claim, claim_one
+from .test_worker_units import OneItemQueue
 
 # The store on fakeredis and on the real Redis (the cluster's run is the contract suite's).
 STORES = pytest.mark.parametrize("redis_client", ["fakeredis", "redis"], indirect=True)
@@ -163,28 +163,12 @@ async def test_a_lease_taken_by_another_claim_is_still_a_lost_lease(
 # -- 2. one slow host holds at most half the slots, whatever the per-host limit -----------------
 
 
-class EndlessQueue(LeasedQueue):
+class EndlessQueue(OneItemQueue):
     """Hands out a new item at every claim; records the items given back (deferred)."""
 
     def __init__(self) -> None:
-        self.keys = Keys()
-        self.claims = 0
+        super().__init__()
         self.released: list[tuple[str, float]] = []
-
-    async def claim(
-        self,
-        limit: int,
-        lease_seconds: float,
-        token: str,
-        lost_token: str | None = None,
-        partition: int = 0,
-    ) -> Claim:
-        self.claims += 1
-        doc: Any = {"id": f"w{self.claims}"}
-        return Claim(0, None, [Claimed(f"w{self.claims}", token, doc)])
-
-    async def extend(self, items: list[Claimed], lease_seconds: float) -> list[bool]:
-        return [True] * len(items)
 
     async def release(self, items: list[Claimed], delay_seconds: float = 0.0) -> None:
         self.released += [(claimed.id, delay_seconds) for claimed in items]

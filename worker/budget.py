@@ -1,13 +1,15 @@
-"""The poller's side of the fleet-wide host budgets and breakers (`service.store.hosts`).
+"""The workers' side of the fleet-wide host budgets and breakers (`service.store.hosts`): the
+poller's of upstream hosts (budget and breakers), the dispatcher's of webhook receivers' hosts
+(`kind` "r": a budget alone, nothing reported).
 
-Admission: every poll asks before its request, for its tenant; the asks of one event-loop turn
-(a claimed batch) go to Redis together, one script call per host (for all its ports and
-tenants) in one round trip. Denied polls are put off in line: the k-th denied one of a tenant on
-a host waits for the k-th next token of that tenant's share, so they come back at the rate the
-budget allows it, not all at once. A host with a large budget
-(`PREFETCH_SECONDS` of it at least `MIN_PREFETCH` requests) is asked for that many more tokens,
-which the next polls spend without a round trip (or drop after `CREDIT_SECONDS`): a busy host
-then costs one take per few hundred polls, and a small budget is taken exactly as asked.
+Admission: every poll (or POST) asks before its request, for its tenant; the asks of one
+event-loop turn (a claimed batch) go to Redis together, one script call per host (for all its
+ports and tenants) in one round trip. Denied ones are put off in line: the k-th denied one of a
+tenant on a host waits for the k-th next token of that tenant's share, so they come back at the
+rate the budget allows it, not all at once. A host with a large budget (`PREFETCH_SECONDS` of
+it at least `MIN_PREFETCH` requests) is asked for that many more tokens, which the next polls
+spend without a round trip (or drop after `CREDIT_SECONDS`): a busy host then costs one take
+per few hundred polls, and a small budget is taken exactly as asked.
 
 Reports: what each poll saw (answered, failed, throttled, the probe's answer) is summed per host,
 port and tenant and sent with the poller's next batched save, in the same pipeline: at most once (a
@@ -29,6 +31,7 @@ from client.upstream import Observation
 from service.metrics import BREAKER_TRIPS, HOST_BUDGET_CUTS
 from service.settings import Settings
 from service.store.hosts import Entry, HostBook, HostPolicy, Report
+from service.store.keys import HostKind
 from service.store.queue import ScriptCall
 
 from .loop import WriteBatch
@@ -74,6 +77,17 @@ def policy_of(settings: Settings) -> HostPolicy:
     )
 
 
+def receiver_policy_of(settings: Settings) -> HostPolicy:
+    """A webhook receiver's budget (`VTW_WEBHOOK_HOST_*`); it has no breakers: the cool-down and
+    the probe's lease are never read."""
+    return HostPolicy(
+        rate_limit=settings.webhook_host_rate_limit,
+        burst=settings.webhook_host_burst_size,
+        cooldown_seconds=settings.host_breaker_cooldown,
+        probe_lease_seconds=settings.webhook_timeout + PROBE_LEASE_MARGIN,
+    )
+
+
 def failed(seen: Observation) -> bool:
     """No answer, or a 5xx: what trips a breaker (a 4xx, 429 or a garbled body is an answer;
     an internal error of ours says nothing of the host)."""
@@ -83,10 +97,23 @@ def failed(seen: Observation) -> bool:
 
 
 class HostBudget:
-    def __init__(self, book: HostBook, policy: HostPolicy, rng: random.Random) -> None:
+    """One worker loop's asks of a kind of hosts' budgets: upstream hosts (`kind` "h", the
+    poller's, with breakers and reports) or webhook receivers' (`kind` "r", the dispatcher's,
+    a budget alone: `observe` and `drain` are not for it)."""
+
+    def __init__(
+        self,
+        book: HostBook,
+        policy: HostPolicy,
+        rng: random.Random,
+        kind: HostKind = "h",
+        name: str = "poller",
+    ) -> None:
         self.book = book
         self.policy = policy
         self.rng = rng
+        self.kind: HostKind = kind
+        self.name = name  # of the loop, in log lines
         self._asks: WriteBatch[Ask, Admission] = WriteBatch(self._admit_all)
         self._reports: dict[str, dict[Entry, Report]] = {}
         self._tenants: dict[str, set[tuple[str, int]]] = {}
@@ -125,13 +152,17 @@ class HostBudget:
         for host, entries in wants.items():
             for entry in entries:
                 entries[entry] += self._prefetch.get(host, 0)
-        grants = await self.book.take(wants, self.policy, f"{self._id}:{self._takes:x}")
+        probe_id = f"{self._id}:{self._takes:x}"
+        if self.kind == "h":  # the upstream's call as it always was (a book's fakes take 3)
+            grants = await self.book.take(wants, self.policy, probe_id)
+        else:
+            grants = await self.book.take(wants, self.policy, probe_id, kind=self.kind)
         asked: Counter[Ask] = Counter()
         in_line: Counter[tuple[str, str]] = Counter()  # denied for the budget so far
         unavailable = {h: self._failed(h, e) for h, e in grants.items() if isinstance(e, Exception)}
         for host in grants.keys() - unavailable.keys():
             if self._failing.pop(host, 0):
-                logger.info("poller: the budget of host %s can be taken again", host)
+                logger.info("%s: the budget of host %s can be taken again", self.name, host)
         admissions = []
         for ask in asks:
             host, port, tenant = ask
@@ -183,7 +214,13 @@ class HostBudget:
             self._failing.clear()
         failures = self._failing[host] = self._failing.get(host, 0) + 1
         log = logger.warning if failures == 1 else logger.debug
-        log("poller: taking the budget of host %s failed (%d in a row): %s", host, failures, error)
+        log(
+            "%s: taking the budget of host %s failed (%d in a row): %s",
+            self.name,
+            host,
+            failures,
+            error,
+        )
         return outage_backoff(failures)
 
     def observe(

@@ -6,7 +6,13 @@ guard refuses stop delivery; 429 and 503 honour `Retry-After` within [d, 2d] of 
 delay d; other failures retry on the configured schedule with ±20 % jitter, then the delivery is
 `failed` until a manual retry.
 
-A POST starts only on a lease confirmed for its whole timeout: whatever needs Redis is fetched
+Every POST (retries and manual resends included) first takes a token of its receiver host's
+fleet-wide budget (`VTW_WEBHOOK_HOST_RATE_LIMIT`), shared fairly between tenants (`budget.py`,
+kind "r"): one that is refused goes back to the outbox until its token is due, in line with the
+others refused, without spending an attempt or moving the retry schedule; so does one whose
+budget could not be taken (a store error: no POST without it), after a backoff.
+
+A POST starts only on a lease confirmed for its whole timeout: whatever needs Redis is done
 first, and nothing is awaited between the confirmation and the POST (`_send`).
 """
 
@@ -26,19 +32,32 @@ from client.webhooks import signature_header
 from service.api.schemas import render_watch, timestamp
 from service.domain import WatchDoc, WebhookState
 from service.logs import watch_fields
-from service.metrics import NOTIFY_LATENCY, WEBHOOK_ATTEMPTS, WEBHOOK_DURATION
+from service.metrics import (
+    NOTIFY_LATENCY,
+    WEBHOOK_ATTEMPTS,
+    WEBHOOK_DURATION,
+    WEBHOOKS_DEFERRED,
+)
 from service.settings import Settings
+from service.store.hosts import HostBook
 from service.store.outbox import Outbox, Outcome
 from service.store.queue import Claimed
 
-from .loop import ClaimLoop, LeaseLost
+from .budget import HostBudget, receiver_policy_of
+from .loop import ClaimLoop, Deferred, LeaseLost
 from .partitions import Assignment
+from .retry import FailureStreak
 from .spec import SpecCache
 
 logger = logging.getLogger(__name__)
 MAX_RESPONSE_BYTES = 64 * 1024
 DRAIN_SECONDS = 1.0  # for a body after its status line, which alone decides
 SCHEDULE_JITTER = 0.2
+RECEIVER_PORT = 0  # a receiver's budget is its host's, every port's: one entry per tenant
+DEFERRED = {
+    reason: WEBHOOKS_DEFERRED.labels(reason)
+    for reason in ("budget", "budget_unavailable", "host_share")
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +137,14 @@ class Dispatcher(ClaimLoop):
         self.settings = settings
         self.rng = rng or random.Random()
         self.specs = SpecCache(settings.min_poll_interval)
+        self.budget = HostBudget(
+            HostBook(outbox.redis, outbox.keys),
+            receiver_policy_of(settings),
+            self.rng,
+            kind="r",
+            name=self.name,
+        )
+        self._budget_failures = FailureStreak(f"{self.name}: taking receiver budgets", logger)
 
     async def handle(self, claimed: Claimed) -> None:
         doc = claimed.doc
@@ -127,8 +154,12 @@ class Dispatcher(ClaimLoop):
             await self._record(claimed, Sent(None, None, "no webhook_url", 0), "failed", 0.0)
             return
         url, body = spec.webhook_url, event_body(doc)
-        async with self.host_slot(spec.webhook_host):
-            sent = await self._send(claimed, url, body)
+        try:
+            async with self.host_slot(spec.webhook_host):
+                sent = await self._send(claimed, spec.webhook_host, url, body)
+        except Deferred as deferred:  # no POST: the delivery goes back to the outbox
+            DEFERRED[deferred.reason].inc()
+            raise
         outcome, delay = decide(
             sent.status_code,
             sent.retry_after,
@@ -145,12 +176,13 @@ class Dispatcher(ClaimLoop):
         if outcome == "delivered" and finished_at is not None and first_cycle:
             NOTIFY_LATENCY.observe(max(0, self.server_now_ms() - finished_at) / 1000)
 
-    async def _send(self, claimed: Claimed, url: str, body: bytes) -> Sent:
-        """Sign and POST, once a host slot is ours. Everything that needs Redis (the secrets)
-        comes first; then the lease is confirmed for the whole timeout, the timestamp (Redis
-        time) taken, and the POST started, with no await in between: a pause of this process
-        (GC, SIGSTOP, a slow Redis) before the confirmation is seen by it, so a lease that
-        passed to another worker meanwhile sends nothing."""
+    async def _send(self, claimed: Claimed, host: str, url: str, body: bytes) -> Sent:
+        """Sign and POST, once a host slot is ours. Everything that needs Redis (the receiver
+        host's token, the secrets) comes first; then the lease is confirmed for the whole
+        timeout, the timestamp (Redis time) taken, and the POST started, with no await in
+        between: a pause of this process (GC, SIGSTOP, a slow Redis) before the confirmation is
+        seen by it, so a lease that passed to another worker meanwhile sends nothing."""
+        await self._admit(claimed.doc["tenant"], host)
         secrets = await self.outbox.secrets(claimed.doc["tenant"])
         if not await self.keeper.confirm(claimed, margin=self.settings.webhook_timeout):
             raise LeaseLost(claimed.id)
@@ -164,6 +196,20 @@ class Dispatcher(ClaimLoop):
             "webhook-signature": signature_header(secrets.live, msg_id, sent_at, body),
         }
         return await self._post(url, body, headers)
+
+    async def _admit(self, tenant: str, host: str) -> None:
+        """Take one POST of `tenant` to `host` from the receiver's budget (tokens taken ahead
+        first, without a round trip), else put the delivery off (`Deferred`): until its token is
+        due, or, when the budget could not be taken, after a backoff."""
+        try:
+            admission = self.budget.spend_credit(
+                host, RECEIVER_PORT, tenant
+            ) or await self.budget.ask(host, RECEIVER_PORT, tenant)
+        except Exception as exc:  # no budget known: no POST (the store is likely failing)
+            raise Deferred(self._budget_failures.failed(exc), "budget_unavailable") from None
+        self._budget_failures.succeeded()
+        if not admission.go:
+            raise Deferred(admission.wait_seconds, admission.reason)
 
     async def _record(self, claimed: Claimed, sent: Sent, outcome: Outcome, delay: float) -> None:
         attempt = {

@@ -1,6 +1,7 @@
 """`vtwatch follow WATCH_ID`: follow a watch of the service through its event stream (a live
 progress bar on a terminal, a line per event otherwise). Exit status: 0 completed, 1 error,
-2 timeout, 3 cancelled, 4 the API could not be reached or refused (unknown watch, bad key)."""
+2 timeout, 3 cancelled, 4 the API could not be reached or refused (unknown watch, bad key), or
+its event stream kept ending with nothing new, or broke the SDK's limits."""
 
 from __future__ import annotations
 

@@ -1,29 +1,44 @@
-"""The FastAPI application: lifespan resources, error mapping, health endpoints."""
+"""The FastAPI application: lifespan resources, error mapping, health and metrics endpoints.
+
+Readiness (`/readyz`) is Redis answering and its partition count matching `VTW_PARTITIONS`: a
+process started while Redis was down checks the count there and before its first request to
+the store (`deps.PartitionCheck`), and answers `503` while it differs or cannot be read.
+
+`/metrics` needs a key when keys are set (`gate.Authenticate`) and reads no Redis: the fleet-wide
+gauges of the schedule (`vtwatch_due_backlog`, `vtwatch_oldest_due_age_seconds`) are read by a
+background task every `VTW_METRICS_REFRESH_SECONDS` (2·P + 1 commands, P = `VTW_PARTITIONS`),
+so a scrape costs no Redis command however often and by however many it is made, and the
+gauges are at most that old (`-1` while Redis cannot be read).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import redis.asyncio as aioredis
-from fastapi import FastAPI, Request, Response, status
+from fastapi import Depends, FastAPI, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware import Middleware
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import Field
 from redis.exceptions import RedisError
 
-from ..errors import ServiceError
+from ..errors import PartitionsMismatch, ServiceError
 from ..metrics import DUE_BACKLOG, OLDEST_DUE_AGE
 from ..settings import Settings
 from ..store.connection import connect
 from ..store.outbox import Outbox
 from ..store.replication import Replication
 from ..store.watches import Store
-from .deps import StoreDep
+from .deps import PartitionCheck, PartitionCheckDep, get_tenant
 from .gate import Authenticate, LimitBody
 from .observe import RequestIds, TimeRequests
+from .openapi import errors
 from .routes import dashboard
 from .routes import events as event_routes
 from .routes import watches as routes
@@ -34,6 +49,20 @@ from .validation import invalid_input
 
 logger = logging.getLogger(__name__)
 UNAVAILABLE = "storage unavailable: Redis cannot be reached or cannot take writes; retry later"
+
+
+class Readiness(Health):
+    reason: str | None = Field(
+        None, description="why not ready, beyond Redis not answering (absent when it is that)"
+    )
+
+
+def mismatch(exc: PartitionsMismatch) -> str:
+    """What a caller may read of a mismatch: the counts, not the namespace."""
+    return (
+        f"this API process is misconfigured: VTW_PARTITIONS is {exc.configured} but the store "
+        f"was created with {exc.stored} partitions; it takes no requests until that is fixed"
+    )
 
 
 def create_app(settings: Settings | None = None, redis: aioredis.Redis | None = None) -> FastAPI:
@@ -58,13 +87,24 @@ def create_app(settings: Settings | None = None, redis: aioredis.Redis | None = 
             client, namespace=settings.namespace, partitions=settings.partitions
         )
         app.state.events = EventHub(client, app.state.store.keys)
+        app.state.partition_check = check = PartitionCheck(app.state.store)
         try:
-            await app.state.store.check_partitions()  # a mismatch stops the start here
-        except (RedisError, OSError) as exc:  # not reachable yet: /readyz says so; workers check
-            logger.warning("could not check the store's partition count: %s", exc)
+            await check.ensure()  # a mismatch stops the start here
+        except (RedisError, OSError) as exc:  # not reachable yet: /readyz and requests check it
+            logger.warning("could not check the store's partition count yet: %s", exc)
+        DUE_BACKLOG.set(-1)  # unknown until read
+        OLDEST_DUE_AGE.set(-1)
+        stopping = asyncio.Event()
+        backlog = asyncio.create_task(
+            read_backlog(app.state.store, check, settings.metrics_refresh_seconds, stopping)
+        )
         try:
             yield
         finally:
+            stopping.set()
+            backlog.cancel()  # cuts a wait short; a read in progress may absorb it (redis-py)
+            await asyncio.wait([backlog])
+            await check.aclose()
             await app.state.events.aclose()
             if redis is None:
                 await client.aclose()
@@ -94,26 +134,39 @@ def create_app(settings: Settings | None = None, redis: aioredis.Redis | None = 
         """Liveness: the process answers."""
         return Health(status="ok")
 
-    @app.get("/readyz", tags=["health"], responses={503: {"model": Health}})
-    async def readyz(store: StoreDep, response: Response) -> Health:
-        """Readiness: Redis answers."""
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        response_model_exclude_none=True,
+        responses={503: {"model": Readiness}},
+    )
+    async def readyz(check: PartitionCheckDep, response: Response) -> Readiness:
+        """Readiness: Redis answers, and the store's partition count is `VTW_PARTITIONS`."""
         try:
-            await store.ping()
+            await check.store.ping()
         except (RedisError, OSError):
             response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-            return Health(status="unavailable")
-        return Health(status="ok")
-
-    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
-    async def metrics(store: StoreDep) -> PlainTextResponse:
-        """Prometheus metrics of this process, and the schedule's backlog read from Redis."""
+            return Readiness(status="unavailable")
         try:
-            backlog, oldest = await store.due_backlog()
+            await check.ensure()
+        except PartitionsMismatch as exc:
+            reason = mismatch(exc)
         except (RedisError, OSError) as exc:
-            logger.warning("metrics: the due backlog could not be read: %s", exc)
-            backlog, oldest = -1, -1.0  # unknown: the gauges say so rather than go stale
-        DUE_BACKLOG.set(backlog)
-        OLDEST_DUE_AGE.set(oldest)
+            reason = f"the store's partition count could not be read ({type(exc).__name__})"
+        else:
+            return Readiness(status="ok")
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+        return Readiness(status="unavailable", reason=reason)
+
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        response_class=PlainTextResponse,
+        dependencies=[Depends(get_tenant)],  # declares the key; `Authenticate` demands it
+        responses=errors(401),
+    )
+    async def metrics() -> PlainTextResponse:
+        """Prometheus metrics of this process, and the schedule's backlog (see the module)."""
         return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app
@@ -136,6 +189,16 @@ def _add_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, ServiceError)
         return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)
 
+    # The operator's message is logged once (`PartitionCheck`); the caller's names no namespace.
+    @app.exception_handler(PartitionsMismatch)
+    async def misconfigured(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, PartitionsMismatch)
+        return JSONResponse(
+            {"detail": mismatch(exc)},
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": "1"},
+        )
+
     # Connection loss, timeouts, a failover's READONLY, OOM under noeviction, BUSY, LOADING...:
     # every Redis error is a passing state of the store for the caller, never a 500.
     @app.exception_handler(RedisError)
@@ -146,3 +209,31 @@ def _add_error_handlers(app: FastAPI) -> None:
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
             headers={"Retry-After": "1"},
         )
+
+
+async def read_backlog(
+    store: Store, check: PartitionCheck, every: float, stopping: asyncio.Event
+) -> None:
+    """Read the schedule's backlog into its gauges now and every `every` seconds, until
+    `stopping` is set; `-1` while it cannot be read. The first failure of a streak is logged,
+    and the recovery."""
+    failing = False
+    while not stopping.is_set():
+        try:
+            await check.ensure()  # a misconfigured process would read the wrong keys
+            backlog, oldest = await store.due_backlog()
+        except (RedisError, OSError, PartitionsMismatch) as exc:
+            if not failing:
+                logger.warning("metrics: the due backlog cannot be read: %s", exc)
+            failing, backlog, oldest = True, -1, -1.0
+        except Exception:
+            logger.exception("metrics: reading the due backlog failed")
+            failing, backlog, oldest = True, -1, -1.0
+        else:
+            if failing:
+                logger.info("metrics: the due backlog is read again")
+            failing = False
+        DUE_BACKLOG.set(backlog)
+        OLDEST_DUE_AGE.set(oldest)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), every)

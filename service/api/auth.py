@@ -1,8 +1,9 @@
 """API keys: `Authorization: Bearer <key>`; a key belongs to one tenant.
 
-`tenant_of` is the one rule from a header to a tenant. The gate (`service/api/gate.py`) applies it
-to every `/v1/` request before anything reads the body; the `TenantDep` dependency hands its
-answer to the routes. `check_open_mode` and `check_key_length` are the start-up refusals.
+`tenant_of` is the one rule from a header to a tenant. The gate (`service/api/gate.py`) applies
+it to every `/v1/` request and to `/metrics` before anything reads the body; the `TenantDep`
+dependency hands its answer to the routes. `check_open_mode` and `check_key_length` are the
+start-up refusals.
 """
 
 from __future__ import annotations

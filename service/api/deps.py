@@ -1,12 +1,21 @@
-"""FastAPI dependencies: settings, the store and the caller's tenant, from the lifespan state."""
+"""FastAPI dependencies: settings, the store and the caller's tenant, from the lifespan state.
+
+The store and the outbox are handed out only once the store's partition count is known to be
+this process's `VTW_PARTITIONS` (`PartitionCheck`): a process started while Redis was down
+checks it before its first request touches the store, so a misconfigured pod answers `503`, never
+a `201` for a watch no worker would claim.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from ..errors import PartitionsMismatch
 from ..settings import Settings
 from ..store.outbox import Outbox
 from ..store.watches import Store
@@ -14,18 +23,67 @@ from .auth import tenant_for
 from .gate import TENANT_SCOPE_KEY
 from .sse import EventHub
 
+logger = logging.getLogger(__name__)
+
+
+class PartitionCheck:
+    """`Store.check_partitions`, until it passes once: the success is kept (no request checks
+    again), a failure is not (the next caller checks again). Concurrent callers share one
+    check in flight, so a burst on a fresh process sends its two commands once."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.passed = False
+        self._check: asyncio.Task[None] | None = None
+        self._mismatch_logged = False
+
+    async def ensure(self) -> None:
+        """Return once the counts match; raise `PartitionsMismatch`, or the Redis error that
+        kept the check from being made."""
+        if self.passed:
+            return
+        if self._check is None or self._check.done():
+            self._check = asyncio.create_task(self.store.check_partitions())
+            self._check.add_done_callback(_retrieve)
+        try:
+            await asyncio.shield(self._check)
+        except PartitionsMismatch as exc:
+            if not self._mismatch_logged:  # once: readiness probes would repeat it every second
+                self._mismatch_logged = True
+                logger.error("the store cannot be used: %s", exc)
+            raise
+        self.passed = True
+
+    async def aclose(self) -> None:
+        if self._check is not None and not self._check.done():
+            self._check.cancel()
+            await asyncio.wait([self._check])
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """Mark a check's error as seen (its callers may all have left)."""
+    if not task.cancelled():
+        task.exception()
+
 
 def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_store(request: Request) -> Store:
+def get_partition_check(request: Request) -> PartitionCheck:
+    check: PartitionCheck = request.app.state.partition_check
+    return check
+
+
+async def get_store(request: Request) -> Store:
+    await get_partition_check(request).ensure()
     store: Store = request.app.state.store
     return store
 
 
-def get_outbox(request: Request) -> Outbox:
+async def get_outbox(request: Request) -> Outbox:
+    await get_partition_check(request).ensure()
     outbox: Outbox = request.app.state.outbox
     return outbox
 
@@ -39,6 +97,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 EventsDep = Annotated[EventHub, Depends(get_events)]
 StoreDep = Annotated[Store, Depends(get_store)]
 OutboxDep = Annotated[Outbox, Depends(get_outbox)]
+PartitionCheckDep = Annotated[PartitionCheck, Depends(get_partition_check)]
 
 
 bearer = HTTPBearer(

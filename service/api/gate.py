@@ -1,13 +1,14 @@
 """What a request must pass before any route sees it: two pure ASGI middlewares.
 
 `Authenticate` (outer) resolves the caller's tenant from `Authorization` for every `/v1/` path
-and answers 401 before a byte of the body is read. `LimitBody` (inner) refuses a body over the
-cap with 413 — a declared `Content-Length` at once, a streamed body as soon as the count passes
-the cap, so nothing reads more than that — and a JSON body that JSON cannot carry with 422:
-orjson refuses NaN and Infinity, numbers that overflow a double, lone surrogates, invalid
-UTF-8, which Python's `json` (FastAPI's parser) lets through; and nesting deeper than
-`MAX_JSON_DEPTH`, which no request needs and which Python's recursive parser fails on (near
-1000 levels) with a 400 instead of a 422.
+and for `/metrics` (fleet-wide figures: with keys set, any tenant's key; open when no keys are
+configured, which only loopback allows) and answers 401 before a byte of the body is read.
+`LimitBody` (inner) refuses a body over the cap with 413 — a declared `Content-Length` at once,
+a streamed body as soon as the count passes the cap, so nothing reads more than that — and a
+JSON body that JSON cannot carry with 422: orjson refuses NaN and Infinity, numbers that
+overflow a double, lone surrogates, invalid UTF-8, which Python's `json` (FastAPI's parser) lets
+through; and nesting deeper than `MAX_JSON_DEPTH`, which no request needs and which Python's
+recursive parser fails on (near 1000 levels) with a 400 instead of a 422.
 
 A refusal that leaves a body unread closes the connection (`Connection: close`), so the server
 stops reading it too.
@@ -29,6 +30,7 @@ from .validation import describe
 MAX_BODY_BYTES = 64 * 1024
 MAX_JSON_DEPTH = 64
 PROTECTED_PREFIX = "/v1/"
+PROTECTED_PATHS = frozenset({"/metrics"})
 TENANT_SCOPE_KEY = "vtwatch.tenant"  # where `Authenticate` leaves the tenant for `TenantDep`
 
 
@@ -57,15 +59,19 @@ async def refuse(
     await send({"type": "http.response.body", "body": body})
 
 
+def is_protected(path: str) -> bool:
+    return path.startswith(PROTECTED_PREFIX) or path in PROTECTED_PATHS
+
+
 class Authenticate:
-    """401 for a `/v1/` request without a known key, before its body is read."""
+    """401 for a `/v1/` or `/metrics` request without a known key, before its body is read."""
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
         self.settings = settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(PROTECTED_PREFIX):
+        if scope["type"] != "http" or not is_protected(scope["path"]):
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)

@@ -19,7 +19,12 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 
 class RequestIds:
     """Every request gets an id: the caller's `X-Request-ID` if it is a sane token, else a new
-    one. It is on every log line of the request and returned in `X-Request-ID`."""
+    one. It is on every log line of the request and returned in `X-Request-ID`.
+
+    A request that fails with an unexpected error leaves its id set: its `500` answer (and the
+    server's access line of it) and the server's traceback line come after the error has left
+    every middleware, still in the request's own task (uvicorn runs one per request, in a copy
+    of a context without the id), so they carry it too."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -40,10 +45,8 @@ class RequestIds:
                 message = {**message, "headers": headers}
             await send(message)
 
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            REQUEST_ID.reset(token)
+        await self.app(scope, receive, send_with_id)  # an error leaves the id set (see above)
+        REQUEST_ID.reset(token)
 
 
 class TimeRequests:

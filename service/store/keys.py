@@ -15,7 +15,7 @@ Per partition (`<tag>` = `{ns}` or `{ns:p}`):
     vtw:<tag>:expiry                ZSET  terminal watch id -> when retention ends (ms)
     vtw:<tag>:outbox                ZSET  watch id -> when its webhook is due (ms), or lease expiry
     vtw:<tag>:outbox:leases         HASH  webhook being delivered -> fencing token
-    vtw:<tag>:w:<id>                STRING the watch document (JSON, `service.docs`)
+    vtw:<tag>:w:<id>                STRING the watch document (JSON, `service.store.codec`)
     vtw:<tag>:d:<id>                LIST  webhook delivery attempts (JSON), newest last
     vtw:<tag>:t:<tenant>:idx        ZSET  the tenant's watch ids (lexicographic, ids sort by time)
     vtw:<tag>:t:<tenant>:idx:<st>   ZSET  the same, per state

@@ -36,7 +36,13 @@ async def test_metrics_of_api_and_worker_count_what_happened(
     namespace: str, procs: Processes, http: httpx.AsyncClient, shared_redis: aioredis.Redis
 ) -> None:
     metrics_port = free_port()
-    env = service_env(SHARED_REDIS_URL, namespace, lease_seconds=5, metrics_port=metrics_port)
+    env = service_env(
+        SHARED_REDIS_URL,
+        namespace,
+        lease_seconds=5,
+        metrics_port=metrics_port,
+        metrics_refresh_seconds=0.1,  # the API's backlog gauges: read in the background
+    )
     _, sim_url = await procs.start_simulator("simulator", "--seed", "3")
     _, api_url = await procs.start_api(env)
     sim, api = Simulator(http, sim_url), Api(http, api_url)

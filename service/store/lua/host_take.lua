@@ -20,6 +20,9 @@ local limit, burst = tonumber(ARGV[2]), tonumber(ARGV[3])
 local probe_id, lease, cooldown = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
 local ttl, backlog_ms, breakers = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9] == '1'
 h.host, h.limit, h.burst, h.seen = ARGV[1], limit, burst, now
+if not breakers then
+  h.rate = limit  -- no reports move a receiver's budget: it is its limit, as configured now
+end
 local size = host_refill(h, now, limit, burst)
 local backlogged = fair_open(h, now, KEYS[2], KEYS[3], backlog_ms)
 local out = {tostring(h.rate)}
