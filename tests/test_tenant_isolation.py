@@ -91,22 +91,30 @@ async def test_two_tenants_that_both_want_more_get_half_each(book: HostBook) -> 
 
 
 async def test_what_a_light_tenant_leaves_goes_to_the_busy_one(book: HostBook) -> None:
-    """Work-conserving: B wants 4/s of a 20/s budget and gets all of it; A, which wants
-    everything, gets the rest, not just half."""
+    """Work-conserving: B wants 4/s of a 20/s budget and gets all of it, each request at once
+    or at the one retry its refusal asks for (as a worker puts a refused poll off); A, which
+    wants everything, gets the rest, not just half."""
     host = new_host()
     got: Counter[str] = Counter()
-    asked_b = 0
+    asked_b, retry_at = 0, None
     start = time.monotonic()
     next_b = start
     while time.monotonic() < start + 2.0:
         got[A] += (await take(book, host, A, 20, TIGHT)).granted  # type: ignore[attr-defined]
-        if time.monotonic() >= next_b:
-            asked_b += 1
+        now = time.monotonic()
+        if retry_at is not None and now >= retry_at:
             got[B] += (await take(book, host, B, 1, TIGHT)).granted  # type: ignore[attr-defined]
+            retry_at = None
+        elif retry_at is None and now >= next_b:
+            asked_b += 1
+            grant = await take(book, host, B, 1, TIGHT)
+            got[B] += grant.granted  # type: ignore[attr-defined]
+            if not grant.granted:  # type: ignore[attr-defined]
+                retry_at = now + grant.wait_ms / 1000  # type: ignore[attr-defined]
             next_b += 0.25
         await asyncio.sleep(0.01)
     print(f"light B asked {asked_b}, shares: {dict(got)}")
-    assert got[B] >= asked_b - 2  # B's few requests go (one may meet an empty bucket)
+    assert got[B] >= asked_b - 1  # B's requests go, at once or at their one retry
     assert got[A] >= 0.65 * (got[A] + got[B])  # far above half: B's unused share is A's
 
 
