@@ -146,6 +146,7 @@ async def test_hosts_have_separate_buckets_and_keys_of_their_own_slot(
 # -- backpressure: the budget moves with the host's answers (AIMD) ------------------------------
 
 
+@pytest.mark.parametrize("redis_client", ["redis"], indirect=True)  # real-time: one store
 async def test_a_429_halves_the_budget_once_per_second_never_below_the_floor(
     book: HostBook,
 ) -> None:
@@ -345,6 +346,7 @@ async def test_mostly_failing_polls_open_the_breaker_and_one_probe_goes_after_th
     assert (await state(book, host)).trips == 1  # a failed probe reopens; it is no new trip
 
 
+@pytest.mark.parametrize("redis_client", ["redis"], indirect=True)  # real-time: one store
 async def test_while_a_probe_is_out_the_others_wait_for_its_lease_at_most_a_cooldown(
     book: HostBook,
 ) -> None:

@@ -42,6 +42,7 @@ def settings(**values: Any) -> Settings:
 # -- the lease keeper ------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("redis_client", ["redis"], indirect=True)  # real-time: one store
 async def test_the_keeper_holds_a_lease_far_past_its_period(store: Store) -> None:
     """A claimed watch waiting (say, for a host slot) keeps its lease while the keeper runs."""
     await register(store)

@@ -69,6 +69,9 @@ def service_env(redis_url: str, namespace: str, **settings: object) -> dict[str,
         # Tests poll one loopback simulator hundreds of times a second: the fleet-wide host
         # budget is out of their way unless a test sets its own.
         "VTW_HOST_RATE_LIMIT": "100000",
+        # ...and so is the budget of a webhook receiver's host (a test's receiver takes
+        # hundreds of webhooks a second).
+        "VTW_WEBHOOK_HOST_RATE_LIMIT": "100000",
     }
     env |= {f"VTW_{name.upper()}": str(value) for name, value in settings.items()}
     return env
