@@ -23,7 +23,8 @@ from service.errors import (
     WatchConflict,
     WatchNotFound,
 )
-from service.store.queue import Claim, Claimed, run_scripts
+from service.store.queue import Claim, Claimed
+from service.store.scripts import run_scripts
 from service.store.watches import Store
 
 TENANT = "acme"

@@ -32,7 +32,7 @@ from service.metrics import BREAKER_TRIPS, HOST_BUDGET_CUTS
 from service.settings import Settings
 from service.store.hosts import Entry, HostBook, HostPolicy, Report
 from service.store.keys import HostKind
-from service.store.queue import ScriptCall
+from service.store.scripts import ScriptCall
 
 from .loop import WriteBatch
 from .retry import outage_backoff

@@ -23,7 +23,7 @@ from typing import Any
 from client.learned import LearnedSchedule
 from service.domain import WatchDoc
 from service.store.durations import DurationBook, Sample, durations_of
-from service.store.queue import ScriptCall
+from service.store.scripts import ScriptCall
 
 from .loop import WriteBatch
 from .retry import FailureStreak

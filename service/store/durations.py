@@ -26,7 +26,7 @@ from client.errors import ConfigurationError
 from client.learned import FORMAT_VERSION, HALF_LIFE, DurationHistogram, spread
 
 from .keys import Keys
-from .queue import ScriptCall, load_scripts, text
+from .scripts import ScriptCall, load_scripts, text
 
 RENORMALIZE_ABOVE = 1e9  # the scale reaches this every ~3,000 samples at the default half-life
 SMALLEST_WEIGHT = 1e-6  # samples' worth; lighter bins are dropped when renormalizing

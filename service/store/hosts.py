@@ -48,7 +48,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from .keys import HostKind, Keys
-from .queue import ScriptCall, load_scripts, run_scripts, text
+from .scripts import ScriptCall, load_scripts, run_scripts, text
 
 logger = logging.getLogger(__name__)
 Entry = tuple[int, str]  # (port, tenant): what a take or a report is about on one host

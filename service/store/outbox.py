@@ -18,8 +18,9 @@ from client.webhooks import new_secret
 from ..errors import WatchConflict, WatchNotFound
 from .connection import retry_idempotent
 from .keys import Keys
-from .queue import Claimed, LeasedQueue, load_scripts, server_time_ms
+from .queue import Claimed, LeasedQueue
 from .replication import Replication
+from .scripts import load_scripts, server_time_ms
 
 SCRIPTS = ("deliver", "redeliver", "rotate")
 ROTATION_GRACE_SECONDS = 24 * 3600

@@ -8,7 +8,7 @@ from typing import cast
 import redis.asyncio as aioredis
 
 from .keys import Keys
-from .queue import load_scripts
+from .scripts import load_scripts
 
 
 class Roster:

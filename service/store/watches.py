@@ -35,15 +35,9 @@ from .connection import retry_idempotent
 from .durations import DurationBook
 from .hosts import HostBook
 from .keys import Keys, Partition
-from .queue import (
-    Claimed,
-    LeasedQueue,
-    ScriptCall,
-    load_scripts,
-    run_scripts,
-    server_time_ms,
-)
+from .queue import Claimed, LeasedQueue
 from .replication import Replication
+from .scripts import ScriptCall, load_scripts, run_scripts, server_time_ms
 
 SCRIPTS = ("register", "record", "finish", "cancel", "forget")
 # A finished watch whose webhook is still being delivered outlives its retention: checked again

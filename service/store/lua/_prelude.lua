@@ -1,4 +1,4 @@
--- Prepended to every script by `service.store.load_scripts`: the helpers scripts share.
+-- Prepended to every script by `service.store.scripts.load_scripts`: the helpers scripts share.
 
 -- Redis server time in milliseconds: the one clock that decides what is due.
 local function now_ms()
