@@ -12,18 +12,12 @@ import fakeredis
 import pytest
 from redis.asyncio.cluster import RedisCluster
 
-from service.api import sse as events
 from service.api.schemas import WatchCreate
-from service.api.sse import (
-    MAX_QUEUED_IDS,
-    EventHub,
-    Follower,
-    parse_event_id,
-    stream,
-    tenant_stream,
-)
+from service.api.sse import parse_event_id, stream, tenant_stream
 from service.settings import Settings
+from service.store import pubsub
 from service.store.connection import subscriber
+from service.store.pubsub import MAX_QUEUED_IDS, EventHub, Follower
 from service.store.watches import Store
 from tests.service_fixtures import ApiFactory
 
@@ -279,8 +273,8 @@ async def test_a_followed_partition_stays_marked_past_one_mark(
 ) -> None:
     """The mark expires on its own (an API process may die), so the hub renews it for as long
     as a stream follows a watch of the partition."""
-    monkeypatch.setattr(events, "MARK_SECONDS", 0.3)
-    monkeypatch.setattr(events, "MARK_REFRESH_SECONDS", 0.1)
+    monkeypatch.setattr(pubsub, "MARK_SECONDS", 0.3)
+    monkeypatch.setattr(pubsub, "MARK_REFRESH_SECONDS", 0.1)
     doc, _ = await store.register(TENANT, SPEC, 3600)
     marker = store.keys.of(doc["id"]).listening
     hub = EventHub(store.redis, store.keys)

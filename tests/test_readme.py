@@ -195,7 +195,8 @@ def vtwatch_command_lines() -> list[str]:
     inline `vtwatch ...`, in README and docs/."""
     lines = [line for block in blocks("sh") for line in block.splitlines()]
     lines = [re.sub(r"^(\s*)\.venv/bin/vtwatch\b", r"\1vtwatch", line) for line in lines]
-    lines += [cmd for text in PAGES.values() for cmd in re.findall(r"`(vtwatch [^`]*)`", text)]
+    inline = [cmd for text in PAGES.values() for cmd in re.findall(r"`(vtwatch\s[^`]*)`", text)]
+    lines += [" ".join(cmd.split()) for cmd in inline]  # a span may wrap over two lines
     commands = []
     for line in lines:
         if match := re.match(r"\s*(?:[A-Za-z_]\w*=\S*\s+)*(vtwatch\b.*)", line):

@@ -11,8 +11,9 @@ import copy
 import httpx
 import pytest
 
-from service.api.sse import EventHub, parse_event_id, stream
+from service.api.sse import parse_event_id, stream
 from service.domain import WatchDoc
+from service.store.pubsub import EventHub
 from service.store.watches import Store
 
 from .fakes import until

@@ -33,6 +33,7 @@ from ..metrics import DUE_BACKLOG, OLDEST_DUE_AGE
 from ..settings import Settings
 from ..store.connection import connect
 from ..store.outbox import Outbox
+from ..store.pubsub import EventHub
 from ..store.replication import Replication
 from ..store.watches import Store
 from .deps import PartitionCheck, PartitionCheckDep, get_tenant
@@ -44,7 +45,6 @@ from .routes import events as event_routes
 from .routes import watches as routes
 from .routes import webhooks as webhook_routes
 from .schemas import Health
-from .sse import EventHub
 from .validation import invalid_input
 
 logger = logging.getLogger(__name__)

@@ -18,10 +18,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ..errors import PartitionsMismatch
 from ..settings import Settings
 from ..store.outbox import Outbox
+from ..store.pubsub import EventHub
 from ..store.watches import Store
 from .auth import tenant_for
 from .gate import TENANT_SCOPE_KEY
-from .sse import EventHub
 
 logger = logging.getLogger(__name__)
 
