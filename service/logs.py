@@ -3,7 +3,7 @@ on a terminal and JSON otherwise), uvicorn's access and error logs through the s
 
 Context rides along as fields: `watch_id`, `tenant`, `attempt` on the lines of a poll or a
 delivery (`extra=watch_fields(...)`), `request_id` on every line logged while an API request is
-served (a `500`'s traceback and access lines included: `observe.RequestIds`). Nothing logs a
+served (a `500`'s traceback and access lines included: `middleware.RequestIds`). Nothing logs a
 key, a secret or a URL's query string.
 """
 
@@ -20,6 +20,7 @@ from typing import Any
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 FIELDS = ("watch_id", "tenant", "attempt", "request_id")
 FORMATS = ("json", "text")
+LEVELS = ("debug", "info", "warning", "error")
 
 
 def watch_fields(doc: Mapping[str, Any], attempt: int | None = None) -> dict[str, Any]:

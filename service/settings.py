@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import math
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -16,8 +17,58 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 DEFAULT_WEBHOOK_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 
 
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+REDIS_URL_EXAMPLE = "redis://127.0.0.1:6379/0"
+NETWORKS_EXAMPLE = "10.0.0.0/8,fd00::/8"
+
+
+class ConfigurationError(ValueError):
+    """A setting that cannot work, found at start-up: the message names the variable, what is
+    wrong and a value that would do (never the value itself: it may be a secret)."""
+
+
 def _split(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def check_redis_url(url: str) -> str:
+    """The URL's shape as redis-py reads it, checked here so a mistake is one line, not a
+    traceback from deep in the connection pool."""
+    parts = urlsplit(url)
+    if parts.scheme not in REDIS_SCHEMES:
+        problem = f"scheme {parts.scheme + '://'!r} is not" if parts.scheme else "has no scheme:"
+        raise ValueError(
+            f"{problem} redis://, rediss:// or unix:// (e.g. VTW_REDIS_URL={REDIS_URL_EXAMPLE})"
+        )
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ValueError("unix:// names no socket path (e.g. unix:///run/redis.sock)")
+        return url
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number in range
+    except ValueError:
+        raise ValueError(
+            f"the port is not a number from 1 to 65535 (e.g. VTW_REDIS_URL={REDIS_URL_EXAMPLE})"
+        ) from None
+    if not parts.hostname:
+        raise ValueError(f"names no host (e.g. VTW_REDIS_URL={REDIS_URL_EXAMPLE})")
+    database = parts.path.strip("/")
+    if database and not database.isdigit():
+        raise ValueError(
+            f"the path must be a database number (e.g. VTW_REDIS_URL={REDIS_URL_EXAMPLE})"
+        )
+    return url
+
+
+def _network(text: str) -> Network:
+    try:
+        return ipaddress.ip_network(text)
+    except ValueError as exc:
+        detail = "" if "does not appear" in str(exc) else f" ({exc})"
+        raise ValueError(
+            f"{text!r} is not a network in CIDR form{detail} "
+            f"(e.g. VTW_ALLOWED_NETWORKS={NETWORKS_EXAMPLE})"
+        ) from None
 
 
 class Settings(BaseSettings):
@@ -26,13 +77,20 @@ class Settings(BaseSettings):
         env_prefix="VTW_", extra="ignore", frozen=True, hide_input_in_errors=True
     )
 
-    redis_url: str | None = Field(None, description="Redis URL; unset: embedded in-memory store")
+    redis_url: str | None = Field(
+        None,
+        description="Redis URL; unset: embedded in-memory store",
+        examples=[REDIS_URL_EXAMPLE],
+    )
     api_keys: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict,
         description="`tenant:key,...`, parsed to key -> tenant; unset: open, loopback only",
+        examples=["acme:<a long random key>"],
     )
     allowed_networks: Annotated[list[Network], NoDecode] = Field(
-        default_factory=list, description="CIDRs the SSRF guard admits, comma-separated"
+        default_factory=list,
+        description="CIDRs the SSRF guard admits, comma-separated",
+        examples=[NETWORKS_EXAMPLE],
     )
     namespace: str = Field("vtw", pattern=NAMESPACE_PATTERN.pattern)
     redis_cluster: bool = Field(False, description="VTW_REDIS_URL names a node of a Redis Cluster")
@@ -48,6 +106,7 @@ class Settings(BaseSettings):
         le=16,
         description="replicas that must acknowledge a registration or a delivered webhook "
         "before it is answered (WAIT); unset: 1 on a cluster, else 0",
+        examples=[1],
     )
     redis_wait_timeout: float = Field(
         1.0, gt=0, le=60, description="seconds a promised write waits for its replicas at most"
@@ -83,6 +142,7 @@ class Settings(BaseSettings):
         le=1_000_000,
         description="requests a quiet host may get at once above its rate (the bucket's size); "
         "unset: a twentieth of the rate limit, at least 1",
+        examples=[5],
     )
     host_breaker_cooldown: float = Field(
         15.0,
@@ -103,6 +163,7 @@ class Settings(BaseSettings):
         le=1_000_000,
         description="POSTs a quiet receiver host may get at once above its rate; unset: a "
         "twentieth of the rate limit, at least 1",
+        examples=[5],
     )
     learned_refresh_seconds: float = Field(
         5.0,
@@ -173,7 +234,19 @@ class Settings(BaseSettings):
                 raise ValueError(f"tenant names use letters, digits, '.', '_' and '-': {tenant!r}")
         return value
 
-    @field_validator("allowed_networks", "webhook_retry_schedule", mode="before")
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        return None if value is None else check_redis_url(value)
+
+    @field_validator("allowed_networks", mode="before")
+    @classmethod
+    def _parse_networks(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [_network(part) for part in _split(value)]
+        return value
+
+    @field_validator("webhook_retry_schedule", mode="before")
     @classmethod
     def _parse_list(cls, value: object) -> object:
         return _split(value) if isinstance(value, str) else value
@@ -193,6 +266,27 @@ class Settings(BaseSettings):
         if self.retention_seconds < needed:
             raise ValueError(
                 f"VTW_RETENTION_SECONDS ({self.retention_seconds:g}) must be at least the webhook "
-                f"retry schedule's length with jitter ({needed:g} s)"
+                f"retry schedule's length with jitter ({needed:g} s; e.g. "
+                f"VTW_RETENTION_SECONDS={max(needed, 7 * 86400.0):.0f})"
             )
         return self
+
+
+def example(name: str) -> str | None:
+    """A good value of setting `name`, as its environment variable spells it: the field's
+    example, else its default (None when it has neither)."""
+    field = Settings.model_fields.get(name)
+    if field is None:
+        return None
+    if field.examples:
+        return str(field.examples[0])
+    value = field.get_default(call_default_factory=True)
+    if value is None or value in ([], {}):
+        return None
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple | list):
+        return ",".join(f"{item:g}" if isinstance(item, float) else str(item) for item in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)

@@ -10,6 +10,7 @@ import pytest
 from aiohttp import web
 
 from client.simulator import SimulatorConfig, create_app
+from worker.cli import EXIT_CONFIG
 
 VTWATCH = [sys.executable, "-c", "from worker.cli import main; main()"]
 
@@ -49,27 +50,28 @@ async def test_watch_exits_2_on_timeout(job_url: str) -> None:
 
 async def test_bad_parameters_are_one_line_not_a_traceback(job_url: str) -> None:
     code, output = await run("watch", job_url, "--backoff-factor", "0.5")
-    assert code == 1 and "backoff_factor is out of range" in output
+    assert code == EXIT_CONFIG and "backoff_factor is out of range" in output
     assert "Traceback" not in output
 
 
 async def test_api_refuses_a_public_bind_without_api_keys() -> None:
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": "."}
     code, output = await run("api", "--host", "0.0.0.0", "--port", "1", env=env)
-    assert code == 1 and "refusing to listen on 0.0.0.0 without API keys" in output
+    assert code == EXIT_CONFIG and "refusing to listen on 0.0.0.0 without API keys" in output
 
 
 async def test_invalid_settings_are_reported_plainly() -> None:
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": ".", "VTW_LEASE_SECONDS": "-3"}
     code, output = await run("worker", env=env)
-    assert code == 1 and "invalid configuration" in output and "VTW_LEASE_SECONDS" in output
+    assert code == EXIT_CONFIG and "invalid configuration" in output
+    assert "VTW_LEASE_SECONDS" in output
     assert "Traceback" not in output
 
 
 async def test_invalid_secrets_are_not_echoed() -> None:
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": ".", "VTW_API_KEYS": "a:supersecret,broken"}
     code, output = await run("worker", env=env)
-    assert code == 1 and "VTW_API_KEYS" in output and "tenant:key" in output
+    assert code == EXIT_CONFIG and "VTW_API_KEYS" in output and "tenant:key" in output
     assert "supersecret" not in output
 
 

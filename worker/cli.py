@@ -1,4 +1,11 @@
-"""`vtwatch`: the command line of every process we ship (API, worker, simulator, demo)."""
+"""`vtwatch`: the command line of every process we ship (API, worker, simulator, demo), and the
+composition root: the one module that imports both `service.api` and `worker`.
+
+A configuration that cannot work (a bad `VTW_` value, `VTW_REDIS_CLUSTER` against a Redis
+without cluster mode, a refused bind) ends the process before it serves, with
+one line on stderr naming the variable, the problem and a value that would do, and exit status
+78 (`EXIT_CONFIG`, sysexits' EX_CONFIG), never a traceback.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +14,27 @@ import asyncio
 import os
 import sys
 from collections.abc import Coroutine, Sequence
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from pydantic import ValidationError
 
 from client import ClientError
 from service import logs
-from service.settings import Settings
+from service.settings import ConfigurationError, Settings, example
 
 T = TypeVar("T")
+EXIT_CONFIG = 78
+
+
+class ConfigExit(SystemExit):
+    """Exit with `EXIT_CONFIG`; its text is the line already printed on stderr."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(EXIT_CONFIG)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def run_async(main: Coroutine[Any, Any, T]) -> T:
@@ -27,14 +46,25 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
     return uvloop.run(main)
 
 
+def check_serving(settings: Settings, host: str) -> None:
+    """What would stop the API right after start, checked before: keys, Redis mode."""
+    from service.api.auth import check_key_length, check_open_mode
+    from service.store.connection import check_mode
+
+    for check in (check_open_mode, check_key_length):
+        try:
+            check(settings, host)
+        except SystemExit as exc:  # their refusal, as a configuration error like the others
+            raise ConfigurationError(str(exc.code)) from None
+    run_async(check_mode(settings))
+
+
 def _api(args: argparse.Namespace) -> None:
     from service.api.app import create_app
-    from service.api.auth import check_key_length, check_open_mode
     from service.api.server import serve
 
     settings = Settings()
-    check_open_mode(settings, args.host)
-    check_key_length(settings, args.host)
+    check_serving(settings, args.host)
     serve(
         create_app(settings),
         args.host,
@@ -45,15 +75,21 @@ def _api(args: argparse.Namespace) -> None:
 
 
 def _worker(args: argparse.Namespace) -> None:
+    from service.store.connection import check_mode
+
     from .process import ROLES, run_worker
 
-    run_async(run_worker(Settings(), roles=args.only or ROLES))
+    settings = Settings()
+    run_async(check_mode(settings))
+    run_async(run_worker(settings, roles=args.only or ROLES))
 
 
 def _dev(args: argparse.Namespace) -> None:
     from .dev import run_dev
 
-    sys.exit(run_async(run_dev(Settings(), args.host, args.port, demo=args.demo)))
+    settings = Settings()
+    check_serving(settings, args.host)
+    sys.exit(run_async(run_dev(settings, args.host, args.port, demo=args.demo)))
 
 
 def _simulate(args: argparse.Namespace) -> None:
@@ -96,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level",
         default=os.environ.get("VTW_LOG_LEVEL", "info").lower(),
-        choices=["debug", "info", "warning", "error"],
+        choices=logs.LEVELS,
         help="also VTW_LOG_LEVEL (info)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -149,20 +185,56 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    logs.configure(args.log_level, args.log_format)
     try:
+        check_logging(args)
+        logs.configure(args.log_level, args.log_format)
         args.func(args)
     except KeyboardInterrupt:
         sys.exit(130)
     except ValidationError as exc:
-        sys.exit(f"vtwatch: invalid configuration: {describe_invalid(exc)}")
-    except ClientError as exc:
-        sys.exit(f"vtwatch: invalid configuration: {exc}")
+        _refuse(describe_invalid(exc))
+    except (ConfigurationError, ClientError) as exc:
+        _refuse(str(exc))
+
+
+def _refuse(problem: str) -> NoReturn:
+    message = f"vtwatch: invalid configuration: {problem}"
+    print(message, file=sys.stderr, flush=True)
+    raise ConfigExit(message)
+
+
+def check_logging(args: argparse.Namespace) -> None:
+    """VTW_LOG_LEVEL and VTW_LOG_FORMAT are argparse defaults, which it does not check."""
+    checks: list[tuple[str, str | None, Sequence[str], str]] = [
+        ("VTW_LOG_LEVEL", args.log_level, logs.LEVELS, "info"),
+        ("VTW_LOG_FORMAT", args.log_format, logs.FORMATS, "json"),
+    ]
+    for name, value, allowed, good in checks:
+        if value is not None and value not in allowed:
+            raise ConfigurationError(
+                f"{name}: {value!r} is not one of {', '.join(allowed)} (e.g. {name}={good})"
+            )
 
 
 def describe_invalid(exc: ValidationError) -> str:
-    """The settings that failed and why, without their values (they may be secrets)."""
-    return "; ".join(
-        f"VTW_{'_'.join(map(str, error['loc'])).upper()}: {error['msg']}"
-        for error in exc.errors(include_input=False, include_url=False)
-    )
+    """The settings that failed and why, each with a good value, without the values given
+    (they may be secrets): one line."""
+    problems: dict[str, list[str]] = {}
+    for error in exc.errors(include_input=False, include_url=False):
+        loc = error["loc"]
+        msg = error["msg"].removeprefix("Value error, ")
+        if len(loc) > 1 and isinstance(loc[1], int):
+            msg = f"item {loc[1] + 1}: {msg}"
+        problems.setdefault(str(loc[0]) if loc else "", []).append(msg)
+    return "; ".join(_describe(field, msgs) for field, msgs in problems.items())
+
+
+def _describe(field: str, msgs: list[str]) -> str:
+    text = ", ".join(dict.fromkeys(msgs))
+    if not field:  # a rule over several settings: its message names them
+        return text
+    name = f"VTW_{field.upper()}"
+    good = example(field)
+    if good is not None and "e.g." not in text:
+        text += f" (e.g. {name}={good})"
+    return f"{name}: {text}"

@@ -30,11 +30,11 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ClusterDownError
+from redis.exceptions import ClusterDownError, RedisClusterException
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..settings import Settings
+from ..settings import ConfigurationError, Settings
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -97,10 +97,37 @@ class HealingPipeline(ClusterPipeline):
 
 
 class HealingCluster(RedisCluster):
+    async def initialize(self, *args: Any, **kwargs: Any) -> RedisCluster:
+        """Read the slot map; a node that is no cluster's is a configuration error, named."""
+        try:
+            return await super().initialize(*args, **kwargs)
+        except RedisClusterException as exc:
+            if "cluster mode is not enabled" not in str(exc).lower():
+                raise
+            raise ConfigurationError(
+                "VTW_REDIS_CLUSTER is true, but VTW_REDIS_URL names a Redis without cluster "
+                "mode (e.g. VTW_REDIS_CLUSTER=false, or a URL of a cluster's node)"
+            ) from None
+
     def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> Any:
         if shard_hint:
             raise ValueError("shard_hint is not supported on a cluster")
         return HealingPipeline(self, transaction)  # type: ignore[abstract]  # as redis-py's
+
+
+async def check_mode(settings: Settings) -> None:
+    """At start-up, before anything is served: `ConfigurationError` when VTW_REDIS_CLUSTER
+    does not match the Redis named. A Redis that cannot be reached yet passes: the processes
+    wait it out as they would later."""
+    if settings.redis_url is None or not settings.redis_cluster:
+        return
+    cluster = cast(HealingCluster, connect(settings))
+    try:
+        await cluster.initialize()
+    except (RedisClusterException, RedisConnectionError, RedisTimeoutError, OSError):
+        pass
+    finally:
+        await cluster.aclose()
 
 
 async def subscriber(redis: aioredis.Redis) -> PubSub:
