@@ -26,8 +26,11 @@ test: lint
 	VTW_TEST_REDIS_URL="$$($(BIN)/python .ci/ensure_redis.py)" \
 		$(BIN)/pytest -q --cov --cov-report=term $(PYTEST_ARGS)
 
+# `make run PORT=8001` when 8000 is taken.
+PORT ?= 8000
+
 run: $(STAMP)
-	$(BIN)/vtwatch dev --demo
+	$(BIN)/vtwatch dev --demo --port $(PORT)
 
 demo: $(STAMP)
 	$(BIN)/vtwatch demo

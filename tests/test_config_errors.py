@@ -6,12 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.e2e.procs import free_port, vtwatch
 from tests.service_fixtures import REAL_REDIS_URL, real_redis_or_skip
 from worker.cli import EXIT_CONFIG
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 async def run(command: str, port: int | None = None, **settings: str) -> tuple[int, str]:
@@ -116,3 +123,34 @@ async def test_a_value_out_of_bounds_or_of_the_wrong_type(
     code, stderr = await run(command, **{name: value})
 
     assert_one_line(code, stderr, name, good)
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        yield listener.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("command", "hint"), [("api", "--port"), ("dev", "make run PORT="), ("dev", "--port")]
+)
+async def test_a_port_in_use_is_named_with_the_flag_that_picks_another(
+    busy_port: int, command: str, hint: str
+) -> None:
+    code, stderr = await run(command, port=busy_port)
+
+    assert_one_line(code, stderr, f"port {busy_port}", "in use", hint)
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make here")
+@pytest.mark.parametrize(("given", "port"), [([], "8000"), (["PORT=8123"], "8123")])
+def test_make_run_takes_a_port(given: list[str], port: str) -> None:
+    env = {key: value for key, value in os.environ.items() if key != "PORT"}
+    dry_run = subprocess.run(
+        ["make", "-n", "run", *given], capture_output=True, text=True, env=env, cwd=ROOT
+    )
+
+    assert dry_run.returncode == 0, dry_run.stderr
+    assert f"vtwatch dev --demo --port {port}\n" in dry_run.stdout

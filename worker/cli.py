@@ -2,7 +2,7 @@
 composition root: the one module that imports both `service.api` and `worker`.
 
 A configuration that cannot work (a bad `VTW_` value, `VTW_REDIS_CLUSTER` against a Redis
-without cluster mode, a refused bind) ends the process before it serves, with
+without cluster mode, a refused bind, a port in use) ends the process before it serves, with
 one line on stderr naming the variable, the problem and a value that would do, and exit status
 78 (`EXIT_CONFIG`, sysexits' EX_CONFIG), never a traceback.
 """
@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import os
+import socket
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any, NoReturn, TypeVar
@@ -46,8 +48,8 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
     return uvloop.run(main)
 
 
-def check_serving(settings: Settings, host: str) -> None:
-    """What would stop the API right after start, checked before: keys, Redis mode."""
+def check_serving(settings: Settings, host: str, port: int, command: str) -> None:
+    """What would stop the API right after start, checked before: keys, Redis mode, port."""
     from service.api.auth import check_key_length, check_open_mode
     from service.store.connection import check_mode
 
@@ -57,6 +59,27 @@ def check_serving(settings: Settings, host: str) -> None:
         except SystemExit as exc:  # their refusal, as a configuration error like the others
             raise ConfigurationError(str(exc.code)) from None
     run_async(check_mode(settings))
+    check_port(host, port, command)
+
+
+def check_port(host: str, port: int, command: str) -> None:
+    """`ConfigurationError` when something listens on the port already, with the flag that
+    picks another (other bind errors are uvicorn's to report)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                return
+            other = f"`vtwatch {command} --port {port + 1}`"
+            if command == "dev":
+                other = f"`make run PORT={port + 1}` or {other}"
+            raise ConfigurationError(
+                f"port {port} on {host} is in use: stop what listens there or pick another "
+                f"port (e.g. {other})"
+            ) from None
 
 
 def _api(args: argparse.Namespace) -> None:
@@ -64,7 +87,7 @@ def _api(args: argparse.Namespace) -> None:
     from service.api.server import serve
 
     settings = Settings()
-    check_serving(settings, args.host)
+    check_serving(settings, args.host, args.port, "api")
     serve(
         create_app(settings),
         args.host,
@@ -88,7 +111,7 @@ def _dev(args: argparse.Namespace) -> None:
     from .dev import run_dev
 
     settings = Settings()
-    check_serving(settings, args.host)
+    check_serving(settings, args.host, args.port, "dev")
     sys.exit(run_async(run_dev(settings, args.host, args.port, demo=args.demo)))
 
 
