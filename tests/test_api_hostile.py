@@ -339,7 +339,7 @@ async def test_a_short_invalid_input_is_echoed_as_it_came(api: httpx.AsyncClient
     ids=["nan", "-inf", "surrogate", "bytes", "dict-surrogate", "long", "big-int", "short"],
 )
 def test_an_excerpt_is_short_and_json_safe(value: Any, expected: Any) -> None:
-    from service.api.validation import excerpt
+    from service.api.responses import excerpt
 
     got = excerpt(value)
 

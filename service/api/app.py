@@ -1,14 +1,11 @@
-"""The FastAPI application: lifespan resources, error mapping, health and metrics endpoints.
+"""The FastAPI application: lifespan resources, middleware, routers, error mapping.
 
-Readiness (`/readyz`) is Redis answering and its partition count matching `VTW_PARTITIONS`: a
-process started while Redis was down checks the count there and before its first request to
-the store (`deps.PartitionCheck`), and answers `503` while it differs or cannot be read.
-
-`/metrics` needs a key when keys are set (`gate.Authenticate`) and reads no Redis: the fleet-wide
-gauges of the schedule (`vtwatch_due_backlog`, `vtwatch_oldest_due_age_seconds`) are read by a
+The lifespan checks the store's partition count once (`deps.PartitionCheck`; while Redis cannot
+be read, `/readyz` and the first request to the store check it instead). The fleet-wide gauges
+of the schedule (`vtwatch_due_backlog`, `vtwatch_oldest_due_age_seconds`) are read by a
 background task every `VTW_METRICS_REFRESH_SECONDS` (2·P + 1 commands, P = `VTW_PARTITIONS`),
-so a scrape costs no Redis command however often and by however many it is made, and the
-gauges are at most that old (`-1` while Redis cannot be read).
+not by `/metrics` (routes/ops.py): a scrape costs no Redis command however often and by however
+many it is made, and the gauges are at most that old (`-1` while Redis cannot be read).
 """
 
 from __future__ import annotations
@@ -20,12 +17,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import redis.asyncio as aioredis
-from fastapi import Depends, FastAPI, Request, Response, status
+from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware import Middleware
-from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import Field
+from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
 from ..errors import PartitionsMismatch, ServiceError
@@ -36,33 +31,16 @@ from ..store.outbox import Outbox
 from ..store.pubsub import EventHub
 from ..store.replication import Replication
 from ..store.watches import Store
-from .deps import PartitionCheck, PartitionCheckDep, get_tenant
-from .gate import Authenticate, LimitBody
-from .observe import RequestIds, TimeRequests
-from .openapi import errors
-from .routes import dashboard
+from .deps import PartitionCheck
+from .middleware import Authenticate, LimitBody, RequestIds, TimeRequests
+from .responses import invalid_input, mismatch
+from .routes import dashboard, ops
 from .routes import events as event_routes
 from .routes import watches as routes
 from .routes import webhooks as webhook_routes
-from .schemas import Health
-from .validation import invalid_input
 
 logger = logging.getLogger(__name__)
 UNAVAILABLE = "storage unavailable: Redis cannot be reached or cannot take writes; retry later"
-
-
-class Readiness(Health):
-    reason: str | None = Field(
-        None, description="why not ready, beyond Redis not answering (absent when it is that)"
-    )
-
-
-def mismatch(exc: PartitionsMismatch) -> str:
-    """What a caller may read of a mismatch: the counts, not the namespace."""
-    return (
-        f"this API process is misconfigured: VTW_PARTITIONS is {exc.configured} but the store "
-        f"was created with {exc.stored} partitions; it takes no requests until that is fixed"
-    )
 
 
 def create_app(settings: Settings | None = None, redis: aioredis.Redis | None = None) -> FastAPI:
@@ -127,47 +105,8 @@ def create_app(settings: Settings | None = None, redis: aioredis.Redis | None = 
     app.include_router(webhook_routes.router)
     app.include_router(event_routes.router)
     app.include_router(dashboard.router)
+    app.include_router(ops.router)
     _add_error_handlers(app)
-
-    @app.get("/healthz", tags=["health"])
-    async def healthz() -> Health:
-        """Liveness: the process answers."""
-        return Health(status="ok")
-
-    @app.get(
-        "/readyz",
-        tags=["health"],
-        response_model_exclude_none=True,
-        responses={503: {"model": Readiness}},
-    )
-    async def readyz(check: PartitionCheckDep, response: Response) -> Readiness:
-        """Readiness: Redis answers, and the store's partition count is `VTW_PARTITIONS`."""
-        try:
-            await check.store.ping()
-        except (RedisError, OSError):
-            response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-            return Readiness(status="unavailable")
-        try:
-            await check.ensure()
-        except PartitionsMismatch as exc:
-            reason = mismatch(exc)
-        except (RedisError, OSError) as exc:
-            reason = f"the store's partition count could not be read ({type(exc).__name__})"
-        else:
-            return Readiness(status="ok")
-        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-        return Readiness(status="unavailable", reason=reason)
-
-    @app.get(
-        "/metrics",
-        tags=["health"],
-        response_class=PlainTextResponse,
-        dependencies=[Depends(get_tenant)],  # declares the key; `Authenticate` demands it
-        responses=errors(401),
-    )
-    async def metrics() -> PlainTextResponse:
-        """Prometheus metrics of this process, and the schedule's backlog (see the module)."""
-        return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app
 

@@ -1,7 +1,7 @@
 """API keys: `Authorization: Bearer <key>`; a key belongs to one tenant.
 
-`tenant_of` is the one rule from a header to a tenant. The gate (`service/api/gate.py`) applies
-it to every `/v1/` request and to `/metrics` before anything reads the body; the `TenantDep`
+`tenant_of` is the one rule from a header to a tenant. `middleware.Authenticate` applies it to
+every `/v1/` request and to `/metrics` before anything reads the body; the `TenantDep`
 dependency hands its answer to the routes. `check_open_mode` and `check_key_length` are the
 start-up refusals.
 """

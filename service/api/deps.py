@@ -21,7 +21,7 @@ from ..store.outbox import Outbox
 from ..store.pubsub import EventHub
 from ..store.watches import Store
 from .auth import tenant_for
-from .gate import TENANT_SCOPE_KEY
+from .middleware import TENANT_SCOPE_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def get_tenant(
     settings: SettingsDep,
     _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
 ) -> str:
-    """The tenant `gate.Authenticate` resolved before the body was read (resolved here for a
+    """The tenant `middleware.Authenticate` resolved before the body was read (resolved here for a
     route off `/v1/`). `_bearer` only declares the scheme in the OpenAPI document."""
     tenant = request.scope.get(TENANT_SCOPE_KEY)
     if isinstance(tenant, str):

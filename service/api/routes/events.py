@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 
 from ..deps import EventsDep, StoreDep, TenantDep
-from ..openapi import errors
+from ..responses import errors
 from ..sse import parse_event_id, stream, tenant_stream
 from .watches import NOT_FOUND, WatchId
 

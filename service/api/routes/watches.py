@@ -15,7 +15,7 @@ from ...metrics import WATCHES_FINISHED, WATCHES_REGISTERED
 from ...settings import Settings
 from ...ssrf import blocked_literal
 from ..deps import SettingsDep, StoreDep, TenantDep
-from ..openapi import errors
+from ..responses import errors
 from ..schemas import (
     StatusSummary,
     Watch,

@@ -6,7 +6,7 @@ from fastapi import APIRouter, status
 
 from ...store.outbox import Secrets
 from ..deps import OutboxDep, StoreDep, TenantDep
-from ..openapi import errors
+from ..responses import errors
 from ..schemas import Deliveries, WebhookSecret, render_attempt
 from .watches import NOT_FOUND, WatchId
 

@@ -1,8 +1,13 @@
-"""How invalid input is answered: FastAPI's 422 shape, echoing only short, JSON-safe excerpts.
+"""The error answers of the HTTP API: as the OpenAPI document declares them, and the 422's.
 
-FastAPI's own handler echoes each invalid input whole (a 60 KiB body comes back as a 60 KiB
-error) and fails with a 500 on what JSON cannot carry (NaN, a lone surrogate, undecodable
-bytes). Here every `input`, `loc` part, `msg` and `ctx` value is made JSON-safe and cut short.
+Every error is `{"detail": ...}`: a sentence, or (422) FastAPI's list of invalid fields.
+`errors(401, 404, ...)` is what a route or router passes as `responses=`.
+
+Invalid input is answered in FastAPI's 422 shape, echoing only short, JSON-safe excerpts
+(`describe`, `invalid_input`). FastAPI's own handler echoes each invalid input whole (a 60 KiB
+body comes back as a 60 KiB error) and fails with a 500 on what JSON cannot carry (NaN, a lone
+surrogate, undecodable bytes). Here every `input`, `loc` part, `msg` and `ctx` value is made
+JSON-safe and cut short.
 """
 
 from __future__ import annotations
@@ -13,10 +18,60 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
+from ..errors import PartitionsMismatch
+
+MAX_BODY_BYTES = 64 * 1024  # the request body's cap (`middleware.LimitBody`, the 413)
 EXCERPT_CHARS = 100
 MESSAGE_CHARS = 300
 ELLIPSIS = "…"
+
+
+class ErrorMessage(BaseModel):
+    detail: str = Field(description="what went wrong, in a sentence")
+
+
+class InvalidField(BaseModel):
+    type: str
+    loc: list[str | int] = Field(
+        description="where: `body`, `query`, `path` or `header`, then names"
+    )
+    msg: str
+    input: Any = Field(None, description="the invalid input, or a short excerpt of it")
+    ctx: dict[str, Any] | None = None
+
+
+class InvalidInput(BaseModel):
+    detail: list[InvalidField]
+
+
+WHY: dict[int, str] = {
+    401: "missing or unknown API key (`WWW-Authenticate: Bearer`)",
+    404: "no such watch for this tenant",
+    409: "the request conflicts with the watch's state",
+    413: f"request body over {MAX_BODY_BYTES} bytes",
+    422: "invalid input: each item names the field (`loc`); `input` is at most a short excerpt",
+    429: "the tenant has too many pending watches (VTW_MAX_ACTIVE_WATCHES)",
+    503: "storage unavailable: Redis cannot be reached or cannot take writes; retry later",
+}
+
+
+def errors(*codes: int, why: Mapping[int, str] | None = None) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for these error statuses; `why` replaces the default descriptions."""
+    why = {**WHY, **(why or {})}
+    return {
+        code: {"model": InvalidInput if code == 422 else ErrorMessage, "description": why[code]}
+        for code in codes
+    }
+
+
+def mismatch(exc: PartitionsMismatch) -> str:
+    """What a caller may read of a mismatch: the counts, not the namespace."""
+    return (
+        f"this API process is misconfigured: VTW_PARTITIONS is {exc.configured} but the store "
+        f"was created with {exc.stored} partitions; it takes no requests until that is fixed"
+    )
 
 
 def clip(text: str, limit: int = EXCERPT_CHARS) -> str:

@@ -1,14 +1,19 @@
-"""What a request must pass before any route sees it: two pure ASGI middlewares.
+"""The API's pure ASGI middlewares, outermost first, each one concern.
 
-`Authenticate` (outer) resolves the caller's tenant from `Authorization` for every `/v1/` path
-and for `/metrics` (fleet-wide figures: with keys set, any tenant's key; open when no keys are
-configured, which only loopback allows) and answers 401 before a byte of the body is read.
-`LimitBody` (inner) refuses a body over the cap with 413 — a declared `Content-Length` at once,
-a streamed body as soon as the count passes the cap, so nothing reads more than that — and a
-JSON body that JSON cannot carry with 422: orjson refuses NaN and Infinity, numbers that
-overflow a double, lone surrogates, invalid UTF-8, which Python's `json` (FastAPI's parser) lets
-through; and nesting deeper than `MAX_JSON_DEPTH`, which no request needs and which Python's
-recursive parser fails on (near 1000 levels) with a 400 instead of a 422.
+Observing (every request, before anything can refuse it):
+- `TimeRequests` observes each request's duration for the metrics.
+- `RequestIds` gives each request an id, on its log lines and in `X-Request-ID`.
+
+What a request must pass before any route sees it:
+- `Authenticate` resolves the caller's tenant from `Authorization` for every `/v1/` path and
+  for `/metrics` (fleet-wide figures: with keys set, any tenant's key; open when no keys are
+  configured, which only loopback allows) and answers 401 before a byte of the body is read.
+- `LimitBody` refuses a body over the cap with 413 — a declared `Content-Length` at once, a
+  streamed body as soon as the count passes the cap, so nothing reads more than that — and a
+  JSON body that JSON cannot carry with 422: orjson refuses NaN and Infinity, numbers that
+  overflow a double, lone surrogates, invalid UTF-8, which Python's `json` (FastAPI's parser)
+  lets through; and nesting deeper than `MAX_JSON_DEPTH`, which no request needs and which
+  Python's recursive parser fails on (near 1000 levels) with a 400 instead of a 422.
 
 A refusal that leaves a body unread closes the connection (`Connection: close`), so the server
 stops reading it too.
@@ -17,21 +22,101 @@ stops reading it too.
 from __future__ import annotations
 
 import json
+import re
+import time
+import uuid
 from collections.abc import Iterable
 
 import orjson
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..logs import REQUEST_ID
+from ..metrics import HTTP_DURATION
 from ..settings import Settings
 from .auth import CHALLENGE, UNAUTHORIZED, tenant_of
-from .validation import describe
+from .responses import MAX_BODY_BYTES, describe
 
-MAX_BODY_BYTES = 64 * 1024
 MAX_JSON_DEPTH = 64
 PROTECTED_PREFIX = "/v1/"
 PROTECTED_PATHS = frozenset({"/metrics"})
 TENANT_SCOPE_KEY = "vtwatch.tenant"  # where `Authenticate` leaves the tenant for `TenantDep`
+REQUEST_ID_HEADER = b"x-request-id"
+VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._-]{1,64}$")
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class RequestIds:
+    """Every request gets an id: the caller's `X-Request-ID` if it is a sane token, else a new
+    one. It is on every log line of the request and returned in `X-Request-ID`.
+
+    A request that fails with an unexpected error leaves its id set: its `500` answer (and the
+    server's access line of it) and the server's traceback line come after the error has left
+    every middleware, still in the request's own task (uvicorn runs one per request, in a copy
+    of a context without the id), so they carry it too."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(REQUEST_ID_HEADER, b"")
+        request_id = given.decode() if VALID_REQUEST_ID.match(given) else uuid.uuid4().hex
+        token = REQUEST_ID.set(request_id)
+        # For the 500 answer, which Starlette sends from outside every middleware.
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [*message.get("headers", []), (REQUEST_ID_HEADER, request_id.encode())]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)  # an error leaves the id set (see above)
+        REQUEST_ID.reset(token)
+
+
+class TimeRequests:
+    """Observes every HTTP request's duration by method, route template and status class (no
+    paths, ids or tenants, and only known methods: bounded labels). An event stream is timed
+    to its first byte, not to its end (minutes)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status_code, observed = time.perf_counter(), 500, False
+
+        def observe() -> None:
+            nonlocal observed
+            observed = True
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            route = getattr(scope.get("route"), "path", "unmatched")
+            HTTP_DURATION.labels(method, route, f"{status_code // 100}xx").observe(
+                time.perf_counter() - started
+            )
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status_code
+            if message["type"] == "http.response.start":
+                status_code = message["status"]
+                if any(
+                    name == b"content-type" and value.startswith(b"text/event-stream")
+                    for name, value in message.get("headers", [])
+                ):
+                    observe()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            if not observed:
+                observe()
 
 
 def may_have_body(headers: Headers) -> bool:
