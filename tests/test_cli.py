@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from collections.abc import AsyncIterator
 
@@ -119,3 +120,72 @@ async def test_watch_in_a_pipe_prints_plain_lines(job_url: str) -> None:
     assert code == 0 and "\x1b[" not in output
     assert lines[0] == f"watching {job_url}" and lines[1].startswith("pending: attempt 1")
     assert lines[-2].startswith("completed: attempt") and lines[-1] == "final: completed"
+
+
+async def test_watch_shows_its_end_once(job_url: str) -> None:
+    code, output = await run("watch", job_url, "--initial-wait-time", "0.2")
+
+    lines = output.splitlines()
+    assert code == 0 and [line for line in lines if line.startswith("completed")] == [lines[-2]]
+
+
+def watch_json(state: str, attempts: int, **fields: object) -> dict[str, object]:
+    """A watch as the API renders it."""
+    ended = state != "pending"
+    return {
+        "id": "w-1",
+        "state": state,
+        "reason": None,
+        "status_url": "http://127.0.0.1:1/status",
+        "webhook_url": None,
+        "metadata": {},
+        "policy": {},
+        "attempts": attempts,
+        "last_result": None,
+        "last_error": None,
+        "progress": None,
+        "created_at": "2026-01-01T00:00:00Z",
+        "updated_at": "2026-01-01T00:00:01Z",
+        "last_polled_at": "2026-01-01T00:00:01Z",
+        "next_poll_at": None if ended else "2026-01-01T00:00:02Z",
+        "deadline": "2026-01-01T01:00:00Z",
+        "finished_at": "2026-01-01T00:00:01Z" if ended else None,
+        "webhook": {"state": "none", "attempts": 0, "last_status_code": None},
+        **fields,
+    }
+
+
+@pytest.fixture
+async def service_url() -> AsyncIterator[str]:
+    """A service whose watch `w-1` fails a poll, then ends in `error` (as the API streams it:
+    the poll that ended it, then the end)."""
+    events = [
+        ("poll", watch_json("pending", 1, last_error="upstream timed out")),
+        ("poll", watch_json("error", 2, reason="upstream error: unsupported codec")),
+        ("state", watch_json("error", 2, reason="upstream error: unsupported codec")),
+    ]
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for number, (name, watch) in enumerate(events, 1):
+            data = json.dumps(watch)
+            await response.write(f"id: {number}-0\nevent: {name}\ndata: {data}\n\n".encode())
+        return response
+
+    app = web.Application()
+    app.router.add_get("/v1/watches/w-1/events", stream)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    await runner.cleanup()
+
+
+async def test_follow_shows_the_end_once_and_why(service_url: str) -> None:
+    code, output = await run("follow", "w-1", "--api", service_url)
+
+    lines = output.splitlines()
+    assert code == 1, output
+    assert lines[1].startswith("pending: attempt 1, ") and lines[1].endswith("upstream timed out")
+    assert lines[2:] == ["error: attempt 2, upstream error: unsupported codec"]

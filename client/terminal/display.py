@@ -96,9 +96,12 @@ class Display:
             details.append(note)
         print(f"{status}: {', '.join(details)}", flush=True)
 
-    def final(self, status: str, attempts: int, progress: float | None = None) -> None:
+    def final(
+        self, status: str, attempts: int, progress: float | None = None, note: str | None = None
+    ) -> None:
+        """The end, with why when it is an error (`note`)."""
         done = 100.0 if status == "completed" else progress
-        self.update(status, attempts, done)
+        self.update(status, attempts, done, note=note)
         if self._progress is not None and self._task is not None:
             self._progress.update(self._task, next_at=None)
             self._progress.stop_task(self._task)

@@ -37,8 +37,11 @@ async def follow(args: argparse.Namespace, display: Display) -> int:
         try:
             async for event in service.events(args.watch_id):
                 watch = event.watch
-                if event.name == "state" and watch.ended:
-                    display.final(watch.state, watch.attempts, watch.progress)
+                if watch.ended:  # the poll that ended it, then the end: shown once, with why
+                    if event.name != "state":
+                        continue
+                    why = watch.reason or watch.last_error
+                    display.final(watch.state, watch.attempts, watch.progress, note=why)
                     return EXIT_CODES[watch.state]
                 display.update(
                     watch.state,

@@ -42,6 +42,8 @@ async def watch(args: argparse.Namespace, display: Display) -> Status:
     )
 
     def show(update: StatusUpdate) -> None:
+        if str(update) in EXIT_CODES:  # the poll that ended it: `final` below shows the end, once
+            return
         display.update(
             str(update), update.attempt, update.progress, update.next_poll_in, update.error
         )
