@@ -6,8 +6,8 @@
 #   yamllint     every YAML file under deploy/
 #   scripts      shellcheck of deploy/*.sh
 #   compose      `docker compose config -q`: compose.yaml, its demo profile and the host-network
-#                override, and compose.cluster.yaml (Redis Cluster), with deploy/.env.example;
-#                and a missing VTW_API_KEYS must fail
+#                override, and compose.cluster.yaml (Redis Cluster), with deploy/.env.example
+#                and a key; a missing VTW_API_KEYS, or the example's empty one, must fail
 #   kubernetes   each overlay rendered (kubectl kustomize, else deploy/validate/kustomize_lite.py;
 #                both, and compared, where kubectl exists), then validated with
 #                kubernetes-validate --strict against the oldest and newest versions we support
@@ -73,33 +73,42 @@ check "shellcheck deploy/*.sh" "$VENV/bin/shellcheck" deploy/*.sh
 dc() { env -i PATH="$PATH" HOME="${HOME:-/tmp}" "$compose" "$@"; }
 base=(-f deploy/compose.yaml)
 hostnet=(-f deploy/compose.yaml -f deploy/compose.hostnet.yaml)
-cp deploy/.env.example "$tmp/hostnet.env"
+# .env.example ships without a key (compose must refuse it as is); the rest check it keyed.
+sed 's/^VTW_API_KEYS=$/VTW_API_KEYS=demo:validate-only-0123456789abcdef/' deploy/.env.example \
+	>"$tmp/example.env"
+cp "$tmp/example.env" "$tmp/hostnet.env"
 printf 'VTW_REDIS_PORT=16379\nVTW_API_PORT=18000\n' >>"$tmp/hostnet.env"
 grep -v '^VTW_API_KEYS=' deploy/.env.example >"$tmp/no-keys.env"
 missing_keys_fail() { # compose must refuse to start without VTW_API_KEYS, naming it
-	local out
-	if out=$(dc "${base[@]}" --env-file "$tmp/no-keys.env" config -q 2>&1); then
-		echo "compose config passed without VTW_API_KEYS"
-		return 1
-	fi
-	grep -q 'VTW_API_KEYS' <<<"$out" || {
-		echo "the error does not name VTW_API_KEYS: $out"
+	local out env
+	grep -qx 'VTW_API_KEYS=' deploy/.env.example || {
+		echo "deploy/.env.example must ship an empty VTW_API_KEYS="
 		return 1
 	}
+	for env in deploy/.env.example "$tmp/no-keys.env"; do
+		if out=$(dc "${base[@]}" --env-file "$env" config -q 2>&1); then
+			echo "compose config passed without VTW_API_KEYS ($env)"
+			return 1
+		fi
+		grep -q 'VTW_API_KEYS' <<<"$out" || {
+			echo "the error does not name VTW_API_KEYS ($env): $out"
+			return 1
+		}
+	done
 }
-check "compose config: compose.yaml" dc "${base[@]}" --env-file deploy/.env.example config -q
+check "compose config: compose.yaml" dc "${base[@]}" --env-file "$tmp/example.env" config -q
 check "compose config: compose.yaml --profile demo" \
-	dc "${base[@]}" --env-file deploy/.env.example --profile demo config -q
+	dc "${base[@]}" --env-file "$tmp/example.env" --profile demo config -q
 check "compose config: + compose.hostnet.yaml --profile demo" \
 	dc "${hostnet[@]}" --env-file "$tmp/hostnet.env" --profile demo config -q
-check "compose config: fails fast without VTW_API_KEYS" missing_keys_fail
+check "compose config: fails fast without VTW_API_KEYS (and as shipped)" missing_keys_fail
 check "compose config: compose.cluster.yaml" \
-	dc -f deploy/compose.cluster.yaml --env-file deploy/.env.example config -q
-dc "${base[@]}" --env-file deploy/.env.example --profile demo config --format json \
+	dc -f deploy/compose.cluster.yaml --env-file "$tmp/example.env" config -q
+dc "${base[@]}" --env-file "$tmp/example.env" --profile demo config --format json \
 	>"$tmp/compose.json" 2>/dev/null
 dc "${hostnet[@]}" --env-file "$tmp/hostnet.env" --profile demo config --format json \
 	>"$tmp/compose-hostnet.json" 2>/dev/null
-dc -f deploy/compose.cluster.yaml --env-file deploy/.env.example config --format json \
+dc -f deploy/compose.cluster.yaml --env-file "$tmp/example.env" config --format json \
 	>"$tmp/compose-cluster.json" 2>/dev/null
 
 # --- kubernetes
