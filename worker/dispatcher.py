@@ -29,7 +29,6 @@ import aiohttp
 
 from client.upstream import DestinationRefused, describe_exception, parse_retry_after
 from client.webhooks import signature_header
-from service.api.schemas import render_watch, timestamp
 from service.domain import WatchDoc, WebhookState
 from service.logs import watch_fields
 from service.metrics import (
@@ -39,6 +38,7 @@ from service.metrics import (
     WEBHOOKS_DEFERRED,
 )
 from service.settings import Settings
+from service.store.codec import iso_time, watch_json
 from service.store.hosts import HostBook
 from service.store.outbox import Outbox, Outcome
 from service.store.queue import Claimed
@@ -79,12 +79,11 @@ def event_body(doc: WatchDoc) -> bytes:
     out, as it was when the event was queued.
     """
     as_ended = {"state": WebhookState.PENDING.value, "attempts": 0, "last_status_code": None}
-    watch = render_watch({**doc, "webhook": as_ended})
-    finished = timestamp(doc["finished_at"])
+    watch = watch_json({**doc, "webhook": as_ended})
     event = {
-        "type": f"watch.{watch.state.value}",
-        "timestamp": finished.isoformat().replace("+00:00", "Z") if finished else None,
-        "data": watch.model_dump(mode="json"),
+        "type": f"watch.{watch['state']}",
+        "timestamp": iso_time(doc["finished_at"]),
+        "data": watch,
     }
     return json.dumps(event, separators=(",", ":")).encode()
 

@@ -12,8 +12,8 @@ from yarl import URL
 
 from client.backoff import BackoffPolicy
 from client.learned import upstream_key
-from service.api.schemas import full_spec
 from service.ssrf import carried_ipv4
+from service.store.codec import full_spec
 
 # The cache is bounded by the size of the spec texts it keys on (metadata may take 4 KiB each)
 # plus what each parsed spec holds (SPEC_OVERHEAD_BYTES): ~45,000 small specs. A worker whose

@@ -17,9 +17,8 @@ from pydantic import (
     field_validator,
 )
 
-from client.backoff import BACKOFF_FACTOR, INITIAL_WAIT_TIME, JITTER, SERVICE_MAX_INTERVAL
-
 from ..domain import WatchState, WebhookState
+from ..store.codec import POLICY_DEFAULTS, timestamp, watch_json
 from ..store.hosts import HostState
 
 MAX_METADATA_BYTES = 4096
@@ -33,21 +32,31 @@ class Policy(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     initial_wait_time: float = Field(
-        INITIAL_WAIT_TIME, ge=0.05, le=3600, description="first delay, seconds"
+        POLICY_DEFAULTS["initial_wait_time"], ge=0.05, le=3600, description="first delay, seconds"
     )
-    backoff_factor: float = Field(BACKOFF_FACTOR, ge=1, le=10, description="growth of each delay")
-    jitter: float = Field(JITTER, ge=0, le=60, description="± seconds of random jitter")
+    backoff_factor: float = Field(
+        POLICY_DEFAULTS["backoff_factor"], ge=1, le=10, description="growth of each delay"
+    )
+    jitter: float = Field(
+        POLICY_DEFAULTS["jitter"], ge=0, le=60, description="± seconds of random jitter"
+    )
     max_interval: float = Field(
-        SERVICE_MAX_INTERVAL, ge=0.05, le=86400, description="cap of one delay, seconds"
+        POLICY_DEFAULTS["max_interval"], ge=0.05, le=86400, description="cap of one delay, seconds"
     )
     max_wait_time: float = Field(
-        3600.0, ge=0.1, le=30 * 86400, description="deadline from registration, seconds"
+        POLICY_DEFAULTS["max_wait_time"],
+        ge=0.1,
+        le=30 * 86400,
+        description="deadline from registration, seconds",
     )
     max_attempts: int | None = Field(
-        None, ge=1, le=100_000, description="most requests; null: only the deadline limits"
+        POLICY_DEFAULTS["max_attempts"],
+        ge=1,
+        le=100_000,
+        description="most requests; null: only the deadline limits",
     )
     adaptive: bool = Field(
-        True,
+        POLICY_DEFAULTS["adaptive"],
         strict=True,
         description="poll where this upstream's jobs usually end, learned from its past jobs "
         "(within the bounds above; hints still win); false: the backoff alone",
@@ -77,22 +86,8 @@ class WatchCreate(BaseModel):
 
     def spec(self) -> dict[str, Any]:
         """What the store keeps of the request (the immutable part of a watch): fields at
-        their defaults are left out (`full_spec` puts them back)."""
+        their defaults are left out (`codec.full_spec` puts them back)."""
         return self.model_dump(mode="json", exclude_defaults=True)
-
-
-POLICY_DEFAULTS: dict[str, Any] = Policy().model_dump(mode="json")
-
-
-def full_spec(spec_json: str) -> dict[str, Any]:
-    """A stored spec (`WatchCreate.spec`) with the defaults it leaves out filled back in."""
-    spec = json.loads(spec_json)
-    return {
-        "webhook_url": None,
-        "metadata": {},
-        **spec,
-        "policy": {**POLICY_DEFAULTS, **spec.get("policy", {})},
-    }
 
 
 def _check_json_document(value: Any, name: str, max_depth: int) -> None:
@@ -197,21 +192,9 @@ class Health(BaseModel):
     status: Literal["ok", "unavailable"]
 
 
-def timestamp(ms: int | None) -> datetime | None:
-    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC)
-
-
 def render_watch(doc: Mapping[str, Any]) -> Watch:
-    """The stored document as the API's Watch."""
-    spec = full_spec(doc["spec"])
-    times = ("created_at", "updated_at", "last_polled_at", "next_poll_at", "deadline")
-    return Watch.model_validate(
-        {
-            **{field: doc.get(field) for field in Watch.model_fields if field in doc},
-            **spec,
-            **{field: timestamp(doc.get(field)) for field in (*times, "finished_at")},
-        }
-    )
+    """The stored document as the API's Watch (`codec.watch_json`, which webhooks carry)."""
+    return Watch.model_validate(watch_json(doc))
 
 
 def render_summary(counts: dict[str, int], hosts: Sequence[HostState] = ()) -> StatusSummary:

@@ -1,13 +1,22 @@
 """How watch documents are stored: compact JSON with nulls and defaults left out (a pending
 watch's document is most of its memory), filled back in when read, so every reader sees a
 whole `WatchDoc`. The Lua scripts read and write the same compact form (a missing field is a
-null or its default there too)."""
+null or its default there too).
+
+The spec (the registration, `WatchDoc.spec`) is stored the same way: its fields and policy
+fields at their defaults are left out, `full_spec` puts them back. `watch_json` is a document
+as the API shows it (`service.api.schemas.Watch`) and webhooks carry it."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import orjson
+
+from client.backoff import BACKOFF_FACTOR, INITIAL_WAIT_TIME, JITTER, SERVICE_MAX_INTERVAL
 
 from ..domain import WatchDoc, WebhookState
 
@@ -25,6 +34,16 @@ WEBHOOK_DEFAULTS: dict[str, Any] = {
     "state": WebhookState.NONE.value,
     "attempts": 0,
     "last_status_code": None,
+}
+# A watch's polling policy, as the API's `Policy` defaults it (the same values, in its order).
+POLICY_DEFAULTS: dict[str, Any] = {
+    "initial_wait_time": INITIAL_WAIT_TIME,
+    "backoff_factor": BACKOFF_FACTOR,
+    "jitter": JITTER,
+    "max_interval": SERVICE_MAX_INTERVAL,
+    "max_wait_time": 3600.0,
+    "max_attempts": None,
+    "adaptive": True,
 }
 _DEFAULT_ITEMS = tuple(DEFAULTS.items())
 _KEPT = object()  # the "default" of a field that has none: unequal to every value
@@ -50,3 +69,68 @@ def unpack(raw: str | bytes) -> WatchDoc:
     doc = {**DEFAULTS, **stored}
     doc["webhook"] = {**WEBHOOK_DEFAULTS, **stored.get("webhook", {})}
     return cast(WatchDoc, doc)
+
+
+def full_spec(spec_json: str) -> dict[str, Any]:
+    """A stored spec (`WatchCreate.spec`) with the defaults it leaves out filled back in."""
+    spec = json.loads(spec_json)
+    return {
+        "webhook_url": None,
+        "metadata": {},
+        **spec,
+        "policy": {**POLICY_DEFAULTS, **spec.get("policy", {})},
+    }
+
+
+def timestamp(ms: int | None) -> datetime | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def iso_time(ms: int | None) -> str | None:
+    """A time of a document (Redis milliseconds) as the API writes it: ISO 8601, UTC, `Z`."""
+    when = timestamp(ms)
+    return None if when is None else when.isoformat().replace("+00:00", "Z")
+
+
+def watch_json(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored document as the API shows it and webhooks carry it: the JSON of
+    `service.api.schemas.Watch` (its fields in its order, numbers of its types)."""
+    spec = full_spec(doc["spec"])
+    policy = spec["policy"]
+    webhook = doc["webhook"]
+    progress = doc.get("progress")
+    max_attempts = policy["max_attempts"]
+    return {
+        "id": doc["id"],
+        "state": doc["state"],
+        "reason": doc["reason"],
+        "status_url": spec["status_url"],
+        "webhook_url": spec["webhook_url"],
+        "metadata": spec["metadata"],
+        "policy": {
+            **{name: float(policy[name]) for name in _FLOAT_POLICY},
+            "max_attempts": None if max_attempts is None else int(max_attempts),
+            "adaptive": policy["adaptive"],
+        },
+        "attempts": int(doc["attempts"]),
+        "last_result": doc["last_result"],
+        "last_error": doc["last_error"],
+        "progress": None if progress is None else float(progress),
+        **{name: iso_time(doc.get(name)) for name in _TIMES},
+        "webhook": {
+            "state": webhook["state"],
+            "attempts": int(webhook["attempts"]),
+            "last_status_code": webhook["last_status_code"],
+        },
+    }
+
+
+_FLOAT_POLICY = ("initial_wait_time", "backoff_factor", "jitter", "max_interval", "max_wait_time")
+_TIMES = (
+    "created_at",
+    "updated_at",
+    "last_polled_at",
+    "next_poll_at",
+    "deadline",
+    "finished_at",
+)
