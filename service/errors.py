@@ -6,11 +6,11 @@ ServiceError
  ├── IdempotencyConflict    an Idempotency-Key reused with another body
  ├── IdempotencyKeyExpired  an Idempotency-Key whose watch has ended and been deleted
  ├── TooManyWatches         the tenant has VTW_MAX_ACTIVE_WATCHES pending watches already
- ├── StoreUnavailable       Redis cannot be reached; the request may be retried
  └── PartitionsMismatch     VTW_PARTITIONS differs from what the store was created with (the
                             process refuses to start)
 
-Each carries the HTTP status the API answers it with (`status_code`).
+Each carries the HTTP status the API answers it with (`status_code`). Redis being unavailable is
+none of them: the API answers any `RedisError` with `503` (`service/api/app.py`).
 """
 
 
@@ -66,12 +66,6 @@ class TooManyWatches(ServiceError):
             f"this tenant has {pending} pending watches, the most allowed is {limit} "
             "(VTW_MAX_ACTIVE_WATCHES): wait for some to end, or cancel some"
         )
-
-
-class StoreUnavailable(ServiceError):
-    """Redis could not be reached."""
-
-    status_code = 503
 
 
 class PartitionsMismatch(ServiceError):

@@ -30,7 +30,6 @@ class LeaseKeeper:
         self.lease_seconds = lease_seconds
         self.held: dict[str, Claimed] = {}
         self._confirmed_until: dict[str, float] = {}  # monotonic time
-        self.lost = 0
         self._streak = FailureStreak(f"{name}: extending leases", logger)
 
     @staticmethod
@@ -91,7 +90,6 @@ class LeaseKeeper:
             if ok:
                 self._confirmed_until[claimed.id] = sent_at + self.lease_seconds * CONFIRMED_SHARE
             else:
-                self.lost += 1
                 self.drop(claimed)
                 # Taken by another claim, or its watch ended (a cancel): the loop tells which.
                 logger.debug("lease on %s is no longer held", claimed.id)
