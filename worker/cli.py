@@ -1,5 +1,9 @@
 """`vtwatch`: the command line of every process we ship (API, worker, simulator, demo), and the
-composition root: the one module that imports both `service.api` and `worker`.
+composition root: the module that imports both `service.api` and `worker` (each lazily, in the
+command that runs it) and wires them into processes. Everywhere else the rooms import only
+downwards: `worker` never imports `service.api`, and `service.api` never imports `worker`
+(docs/architecture.md; tests/test_layout.py enforces it). One other module imports both:
+`worker/dev.py`, for `vtwatch dev` (the API and a worker in one process, sharing one store).
 
 A configuration that cannot work (a bad `VTW_` value, `VTW_REDIS_CLUSTER` against a Redis
 without cluster mode, a refused bind, a port in use) ends the process before it serves, with
