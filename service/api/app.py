@@ -34,7 +34,7 @@ from ..store.watches import Store
 from .deps import PartitionCheck
 from .middleware import Authenticate, LimitBody, RequestIds, TimeRequests
 from .responses import invalid_input, mismatch
-from .routes import dashboard, ops
+from .routes import dashboard, docs, ops
 from .routes import events as event_routes
 from .routes import watches as routes
 from .routes import webhooks as webhook_routes
@@ -92,6 +92,8 @@ def create_app(settings: Settings | None = None, redis: aioredis.Redis | None = 
         version="1",
         summary="Register translation jobs to watch; get told when they end.",
         lifespan=lifespan,
+        docs_url=None,  # self-hosted instead: routes/docs.py
+        redoc_url=None,
         # Outermost first: every request is timed and gets a request id; the key is checked
         # before the body is read, then the body is capped.
         middleware=[
@@ -106,6 +108,7 @@ def create_app(settings: Settings | None = None, redis: aioredis.Redis | None = 
     app.include_router(event_routes.router)
     app.include_router(dashboard.router)
     app.include_router(ops.router)
+    docs.install(app)
     _add_error_handlers(app)
 
     return app
