@@ -439,3 +439,16 @@ def test_a_packed_document_leaves_out_defaults_and_never_an_empty_webhook(
     """The Lua scripts read a missing webhook as the defaults; an empty one would read as nil."""
     assert json.loads(pack(doc)) == stored
     assert unpack(pack(doc))["webhook"]["state"] == doc.get("webhook", {}).get("state", "none")
+
+
+def test_ids_are_grouped_by_partition_in_order_of_first_appearance() -> None:
+    keys = Keys("vtw", 4)
+    ids = [new_watch_id(0, p) for p in (2, 0, 2, 3, 0)]
+    grouped = keys.group(ids)
+    assert [(part.number, indexes) for part, indexes in grouped.items()] == [
+        (2, [0, 2]),
+        (0, [1, 4]),
+        (3, [3]),
+    ]
+    assert all(part is keys.of(ids[indexes[0]]) for part, indexes in grouped.items())
+    assert Keys("vtw", 1).group(ids) == {Keys("vtw", 1).parts[0]: [0, 1, 2, 3, 4]}

@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -151,6 +152,14 @@ class Keys:
     def of(self, watch_id: str) -> Partition:
         """The partition of a watch, read from its id."""
         return self.parts[partition_of(watch_id, self.partitions)]
+
+    def group(self, watch_ids: Iterable[str]) -> dict[Partition, list[int]]:
+        """The positions of `watch_ids` by partition, partitions in order of first appearance:
+        for a call per partition of a batch, each in one slot."""
+        by_number: dict[int, list[int]] = {}
+        for index, watch_id in enumerate(watch_ids):
+            by_number.setdefault(partition_of(watch_id, self.partitions), []).append(index)
+        return {self.parts[number]: indexes for number, indexes in by_number.items()}
 
     def of_idempotency(self, tenant: str, key: str) -> Partition:
         """The partition of a registration with an Idempotency-Key (every retry lands there)."""

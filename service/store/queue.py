@@ -117,15 +117,13 @@ class LeasedQueue:
         """One extend.lua call per partition of `items`, all in one pipeline."""
         if not items:
             return []
-        by_partition: dict[int, list[int]] = {}
-        for index, claimed in enumerate(items):
-            by_partition.setdefault(self.keys.of(claimed.id).number, []).append(index)
+        by_partition = self.keys.group(claimed.id for claimed in items)
         calls: list[ScriptCall] = []
-        for number, indexes in by_partition.items():
+        for part, indexes in by_partition.items():
             args: list[Any] = [int(seconds * 1000), how]
             for index in indexes:
                 args += [items[index].id, items[index].token]
-            calls.append((self._extend, list(self.keys.parts[number].queue(self.kind)), args))
+            calls.append((self._extend, list(part.queue(self.kind)), args))
         kept = [False] * len(items)
         results = await run_scripts(self.redis, calls)
         for indexes, flags in zip(by_partition.values(), results, strict=True):

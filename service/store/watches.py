@@ -191,13 +191,10 @@ class Store:
         """The tenant's watches among `watch_ids`, in that order (missing ones left out)."""
         if not watch_ids:
             return []
-        by_partition: dict[int, list[int]] = {}
-        for index, watch_id in enumerate(watch_ids):
-            by_partition.setdefault(self.keys.of(watch_id).number, []).append(index)
+        by_partition = self.keys.group(watch_ids)
         raws: list[str | None] = [None] * len(watch_ids)
         async with self.redis.pipeline(transaction=False) as pipe:
-            for number, indexes in by_partition.items():
-                part = self.keys.parts[number]
+            for part, indexes in by_partition.items():
                 pipe.execute_command("MGET", *(part.watch(watch_ids[i]) for i in indexes))
             replies = await pipe.execute()
         for indexes, reply in zip(by_partition.values(), replies, strict=True):
@@ -296,11 +293,11 @@ class Store:
         pending = [i for i, (_, doc) in enumerate(polls) if doc["state"] == WatchState.PENDING]
         ended = [i for i, (_, doc) in enumerate(polls) if doc["state"] != WatchState.PENDING]
         calls = [self._finish(*polls[i]) for i in ended]
-        by_partition: dict[int, list[int]] = {}
-        for i in pending:
-            by_partition.setdefault(self.keys.of(polls[i][0].id).number, []).append(i)
-        for number, indexes in by_partition.items():
-            part = self.keys.parts[number]
+        by_partition = {
+            part: [pending[j] for j in js]
+            for part, js in self.keys.group(polls[i][0].id for i in pending).items()
+        }
+        for part, indexes in by_partition.items():
             keys = [part.schedule, part.leases, part.listening]
             args: list[Any] = [self.keys.events_prefix]
             for claimed, doc in (polls[i] for i in indexes):
