@@ -15,7 +15,7 @@ import math
 import random
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -210,10 +210,14 @@ class Store:
         Each partition's index gives its newest `limit + 1` past the cursor; merged, the newest
         `limit + 1` of all say the page and whether another follows."""
         start = f"({cursor}" if cursor else "+"
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for part in self.keys.parts:
-                pipe.zrevrangebylex(part.index(tenant, state), start, "-", start=0, num=limit + 1)
-            per_partition = cast(list[list[str]], await pipe.execute())
+        per_partition = cast(
+            list[list[str]],
+            await self._on_every_partition(
+                lambda pipe, part: pipe.zrevrangebylex(
+                    part.index(tenant, state), start, "-", start=0, num=limit + 1
+                )
+            ),
+        )
         merged = heapq.merge(*per_partition, reverse=True)
         ids = [watch_id for _, watch_id in zip(range(limit + 1), merged, strict=False)]
         page_ids = ids[:limit]
@@ -241,11 +245,12 @@ class Store:
     async def due_backlog(self) -> tuple[int, float]:
         """How many watches are due and unclaimed, and how long the oldest has waited (s)."""
         now = await self.server_time_ms()
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for part in self.keys.parts:
-                pipe.zcount(part.schedule, "-inf", now)
-                pipe.zrange(part.schedule, 0, 0, withscores=True)
-            replies = await pipe.execute()
+
+        def due_and_head(pipe: Any, part: Partition) -> None:
+            pipe.zcount(part.schedule, "-inf", now)
+            pipe.zrange(part.schedule, 0, 0, withscores=True)
+
+        replies = await self._on_every_partition(due_and_head)
         count, oldest = 0, 0.0
         for due, head in zip(replies[::2], replies[1::2], strict=True):
             count += int(due)
@@ -255,10 +260,10 @@ class Store:
 
     async def counts(self, tenant: str) -> dict[str, int]:
         """The tenant's counts (state -> n, wh:<state> -> n), summed over the partitions."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for part in self.keys.parts:
-                pipe.hgetall(part.counts(tenant))
-            replies = cast(list[dict[str, str]], await pipe.execute())
+        replies = cast(
+            list[dict[str, str]],
+            await self._on_every_partition(lambda pipe, part: pipe.hgetall(part.counts(tenant))),
+        )
         total: dict[str, int] = {}
         for reply in replies:
             for field, value in reply.items():
@@ -267,10 +272,18 @@ class Store:
 
     async def _gather_counts(self, tenant: str, field: str) -> list[int]:
         """One count of the tenant in each partition, in partition order."""
+        replies = await self._on_every_partition(
+            lambda pipe, part: pipe.hget(part.counts(tenant), field)
+        )
+        return [int(value or 0) for value in replies]
+
+    async def _on_every_partition(self, queue: Callable[[Any, Partition], object]) -> list[Any]:
+        """Every reply of the commands `queue` adds to one pipeline for each partition, in
+        partition order: one round trip for all (what a read spanning a tenant costs)."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for part in self.keys.parts:
-                pipe.hget(part.counts(tenant), field)
-            return [int(value or 0) for value in await pipe.execute()]
+                queue(pipe, part)
+            return await pipe.execute()
 
     # -- the worker's side ------------------------------------------------------------------
 
@@ -353,10 +366,12 @@ class Store:
         """Delete terminal watches past their retention whose webhooks have settled, up to
         `limit` per partition; returns how many."""
         now = await self.server_time_ms()
-        async with self.redis.pipeline(transaction=False) as pipe:  # one round trip for all
-            for part in self.keys.parts:
-                pipe.zrangebyscore(part.expiry, "-inf", now, start=0, num=limit)
-            expired = cast(list[list[str]], await pipe.execute())
+        expired = cast(
+            list[list[str]],
+            await self._on_every_partition(
+                lambda pipe, part: pipe.zrangebyscore(part.expiry, "-inf", now, start=0, num=limit)
+            ),
+        )
         forgotten = 0
         for part, ids in zip(self.keys.parts, expired, strict=True):
             if not ids:
