@@ -24,6 +24,7 @@ from service.store.keys import Keys
 from service.store.outbox import Outbox
 from service.store.queue import Claim, Claimed, LeasedQueue
 from service.store.watches import Store
+from worker.capped import CappedDict
 from worker.dispatcher import Dispatcher
 from worker.leases import LeaseKeeper
 from worker.loop import ClaimLoop, WriteBatch
@@ -452,3 +453,13 @@ def test_ids_are_grouped_by_partition_in_order_of_first_appearance() -> None:
     ]
     assert all(part is keys.of(ids[indexes[0]]) for part, indexes in grouped.items())
     assert Keys("vtw", 1).group(ids) == {Keys("vtw", 1).parts[0]: [0, 1, 2, 3, 4]}
+
+
+def test_a_capped_dict_forgets_everything_when_a_new_key_would_pass_its_cap() -> None:
+    noted: CappedDict[str, int] = CappedDict(2)
+    noted["a"], noted["b"] = 1, 2
+    noted["a"] = 3  # a key already held is updated in place
+    assert noted == {"a": 3, "b": 2}
+    noted["c"] = 4
+    assert noted == {"c": 4}
+    assert len(noted) <= noted.max_size

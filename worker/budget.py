@@ -34,13 +34,14 @@ from service.store.hosts import Entry, HostBook, HostPolicy, Report
 from service.store.keys import HostKind
 from service.store.scripts import ScriptCall
 
+from .capped import CappedDict
 from .loop import WriteBatch
 from .retry import outage_backoff
 
 logger = logging.getLogger(__name__)
 THROTTLING = frozenset({429, 503})
 NOTE_TENANT_EVERY = 10.0  # seconds between notes that a tenant's watches poll a host
-NOTED_MAX = 100_000  # (tenant, host) pairs remembered before the memory is cleared
+NOTED_MAX = 100_000  # hosts, or (tenant, host) pairs, remembered before the memory is cleared
 PROBE_LEASE_MARGIN = 5.0  # seconds a probe may take beyond the request timeout
 MIN_RATE = 1e-6  # requests/s a budget counts as at least (never a division by zero)
 SPREAD = 0.1  # denied polls come back up to this share later, so they do not return together
@@ -117,12 +118,15 @@ class HostBudget:
         self._asks: WriteBatch[Ask, Admission] = WriteBatch(self._admit_all)
         self._reports: dict[str, dict[Entry, Report]] = {}
         self._tenants: dict[str, set[tuple[str, int]]] = {}
-        self._noted: dict[tuple[str, str, int], float] = {}
+        self._noted: dict[tuple[str, str, int], float] = CappedDict(NOTED_MAX)
         self._id = secrets.token_hex(4)
         self._takes = 0
-        self._failing: dict[str, int] = {}  # hosts whose take failed: failures in a row
-        self._prefetch: dict[str, int] = {}  # host -> tokens to take ahead (from its budget)
-        self._credit: dict[Ask, tuple[int, float]] = {}  # tokens taken ahead, until
+        # hosts whose take failed: failures in a row
+        self._failing: dict[str, int] = CappedDict(NOTED_MAX)
+        # host -> tokens to take ahead (from its budget)
+        self._prefetch: dict[str, int] = CappedDict(NOTED_MAX)
+        # tokens taken ahead, until
+        self._credit: dict[Ask, tuple[int, float]] = CappedDict(NOTED_MAX)
 
     def spend_credit(self, host: str, port: int, tenant: str) -> Admission | None:
         """One request of `tenant` to `port` of `host` from the tokens taken ahead for it, if
@@ -193,9 +197,6 @@ class HostBudget:
         """Keep the tokens granted beyond this turn's asks for the next polls (a closed
         breaker's only), and size the next prefetch of each host from its budget now."""
         until = time.monotonic() + CREDIT_SECONDS
-        if len(self._credit) >= NOTED_MAX or len(self._prefetch) >= NOTED_MAX:
-            self._credit.clear()
-            self._prefetch.clear()
         for host, by_port in grants.items():
             if isinstance(by_port, Exception):
                 self._prefetch.pop(host, None)
@@ -210,8 +211,6 @@ class HostBudget:
     def _failed(self, host: str, error: Exception) -> float:
         """Count a failed take of `host`'s budget (logged once per streak); how long its polls
         are put off."""
-        if len(self._failing) >= NOTED_MAX:
-            self._failing.clear()
         failures = self._failing[host] = self._failing.get(host, 0) + 1
         log = logger.warning if failures == 1 else logger.debug
         log(
@@ -251,8 +250,6 @@ class HostBudget:
         now = time.monotonic()
         if now - self._noted.get((tenant, host, port), -math.inf) < NOTE_TENANT_EVERY:
             return
-        if len(self._noted) >= NOTED_MAX:
-            self._noted.clear()
         self._noted[tenant, host, port] = now
         self._tenants.setdefault(tenant, set()).add((host, port))
 

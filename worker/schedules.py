@@ -25,6 +25,7 @@ from service.domain import WatchDoc
 from service.store.durations import DurationBook, Sample, durations_of
 from service.store.scripts import ScriptCall
 
+from .capped import CappedDict
 from .loop import WriteBatch
 from .retry import FailureStreak
 
@@ -57,7 +58,7 @@ class LearnedSchedules:
         self._cache: OrderedDict[str, tuple[float, LearnedSchedule | None]] = OrderedDict()
         self._reads: WriteBatch[str, LearnedSchedule | None] = WriteBatch(self._read_all)
         self._samples: dict[str, list[Sample]] = {}
-        self._garbage: set[str] = set()
+        self._garbage: CappedDict[str, None] = CappedDict(GARBAGE_NOTED_MAX)  # logged ones
         self._read_failures = FailureStreak("poller: reading learned durations", logger)
 
     async def planner(self, upstream: str) -> LearnedSchedule | None:
@@ -89,9 +90,7 @@ class LearnedSchedules:
             durations = durations_of(fields, self.book.half_life)
         except Exception as exc:  # garbage, or a bug reading it: never a stuck watch
             if upstream not in self._garbage:
-                if len(self._garbage) >= GARBAGE_NOTED_MAX:
-                    self._garbage.clear()
-                self._garbage.add(upstream)
+                self._garbage[upstream] = None
                 logger.warning(
                     "poller: the learned durations of %s are unreadable (%s); its watches "
                     "follow the backoff alone",
