@@ -23,11 +23,12 @@ What runs, all on 127.0.0.1:
   them: *top-level* = EVALSHA/EVAL plus every command no script uses (what the worker sends);
   *inside scripts* = the commands `service/store/lua/*.lua` call (TIME and ZRANGEBYSCORE are also
   sent directly by the retention sweep, once a minute, so at most one each per window);
-* **poll lateness** (`Poller.lateness_ms`: claim time minus the watch's `next_poll_at`) p50/p99
-  with the worker *in this process* (the simulator still apart), on K staggered watches polled
-  every `--lateness-period` s, K chosen for ~half the measured worker capacity; beside it, the
-  gap between a watch's real due time (its schedule score, Redis TIME inside `record`) and the
-  `next_poll_at` in its doc, read atomically at the end of the window;
+* **poll lateness** (`Poller.lateness_ms`, which only the bench turns on: claim time minus the
+  watch's `next_poll_at`) p50/p99 with the worker *in this process* (the simulator still
+  apart), on K staggered watches polled every `--lateness-period` s, K chosen for ~half the
+  measured worker capacity; beside it, the gap between a watch's real due time (its schedule
+  score, Redis TIME inside `record`) and the `next_poll_at` in its doc, read atomically at the
+  end of the window;
 * **Redis memory per pending watch**: `used_memory` before/after registering
   `--memory-watches` watches (default policy, metadata `{"video": "abc.mp4"}`) in a fresh
   namespace, then deleted; with `MEMORY USAGE` of one doc and of each ZSET per member;

@@ -178,7 +178,8 @@ class Poller(ClaimLoop):
         self.polls = 0
         # The dispatcher's picker in this process, told of the webhooks this poller queues.
         self.outbox_picker: PartitionPicker | None = None
-        self.lateness_ms: deque[int] = deque(maxlen=100_000)
+        # Each claimed poll's lateness (ms), kept only while a bench sets it (bench/_lateness.py).
+        self.lateness_ms: deque[int] | None = None
         INFLIGHT_POLLS.set_function(lambda: len(self.in_flight))
 
     async def handle(self, claimed: Claimed) -> None:
@@ -186,7 +187,8 @@ class Poller(ClaimLoop):
         spec = self.specs.get(doc["spec"])
         if doc["next_poll_at"] is not None:
             lateness_ms = self.server_now_ms() - doc["next_poll_at"]
-            self.lateness_ms.append(lateness_ms)
+            if self.lateness_ms is not None:
+                self.lateness_ms.append(lateness_ms)
             SCHEDULE_LAG.observe(max(0, lateness_ms) / 1000)
         planner = await self.schedules.planner(spec.upstream) if spec.adaptive else None
         put_off = plan_first_poll(doc, spec, planner, self.server_now_ms(), self.rng)
