@@ -3,10 +3,12 @@ in the shared Redis (deleted afterwards), and HTTP clients."""
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 from collections.abc import AsyncIterator, Generator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -86,3 +88,24 @@ def data_dir(tmp_path: Path) -> Path:
     path = tmp_path / "redis-data"
     path.mkdir()
     return path
+
+
+CHROMIUM = os.environ.get("VTW_CHROMIUM", "/usr/bin/chromium")
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    """Debian's chromium, headless, through playwright (imported here: only browser tests pay)."""
+    if not shutil.which(CHROMIUM):
+        message = f"{CHROMIUM} is missing: `make test` installs Debian's chromium (as root)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox"], headless=True
+        )
+        yield launched
+        await launched.close()

@@ -7,39 +7,21 @@ read it on a phone. Screenshots go to `VTW_SCREENSHOTS_DIR` (README's come from
 from __future__ import annotations
 
 import os
-import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
 from .faults import Receiver
 from .helpers import FAST_POLICY, Simulator
 from .procs import SHARED_REDIS_URL, Processes, service_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-CHROMIUM = os.environ.get("VTW_CHROMIUM", "/usr/bin/chromium")
 KEY = "dashboard-test-key-0123456789"
 TIMEOUT_MS = 30_000
 expect.set_options(timeout=TIMEOUT_MS)
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    if not shutil.which(CHROMIUM):
-        message = f"{CHROMIUM} is missing: `make test` installs Debian's chromium (as root)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox"], headless=True
-        )
-        yield browser
-        await browser.close()
 
 
 @pytest.fixture

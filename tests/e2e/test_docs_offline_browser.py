@@ -4,35 +4,16 @@ else. Swagger UI renders its operations from the app's own assets; no request tr
 
 from __future__ import annotations
 
-import os
-import shutil
-from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import pytest
-from playwright.async_api import Browser, Route, async_playwright, expect
+from playwright.async_api import Browser, Route, expect
 
 from .procs import SHARED_REDIS_URL, Processes, service_env
 
 pytestmark = [pytest.mark.e2e]
-CHROMIUM = os.environ.get("VTW_CHROMIUM", "/usr/bin/chromium")
 KEY = "docs-offline-test-key-0123456789"
 TIMEOUT_MS = 30_000
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    if not shutil.which(CHROMIUM):
-        message = f"{CHROMIUM} is missing: `make test` installs Debian's chromium (as root)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox"], headless=True
-        )
-        yield browser
-        await browser.close()
 
 
 async def test_the_docs_render_with_no_host_but_the_api(
