@@ -28,16 +28,14 @@ from prometheus_client import REGISTRY
 from client.learned import upstream_key
 from service.api.schemas import WatchCreate
 from service.settings import Settings
-from service.store.queue import Claimed
 from service.store.watches import Store
 from tests.fakes import served, until
 from worker.budget import GRANTED
-from worker.loop import ClaimLoop
 from worker.poller import Poller
 from worker.schedules import LearnedSchedules
 
 from .test_store import TENANT, claim, claim_one
-from .test_worker_units import OneItemQueue
+from .test_worker_units import OneSlowHostLoop, RecordingQueue
 
 # The store on fakeredis and on the real Redis (the cluster's run is the contract suite's).
 STORES = pytest.mark.parametrize("redis_client", ["fakeredis", "redis"], indirect=True)
@@ -163,30 +161,11 @@ async def test_a_lease_taken_by_another_claim_is_still_a_lost_lease(
 # -- 2. one slow host holds at most half the slots, whatever the per-host limit -----------------
 
 
-class EndlessQueue(OneItemQueue):
-    """Hands out a new item at every claim; records the items given back (deferred)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.released: list[tuple[str, float]] = []
-
-    async def release(self, items: list[Claimed], delay_seconds: float = 0.0) -> None:
-        self.released += [(claimed.id, delay_seconds) for claimed in items]
-
-
-class OneSlowHostLoop(ClaimLoop):
-    name = "one-slow-host"
-
-    async def handle(self, claimed: Claimed) -> None:
-        async with self.host_slot("slow.example"):
-            await asyncio.Event().wait()
-
-
 @pytest.mark.parametrize("host_limit", [None, 8, 64])
 async def test_one_slow_host_holds_half_the_slots_when_the_per_host_limit_cannot_bind(
     host_limit: int | None,
 ) -> None:
-    queue = EndlessQueue()
+    queue = RecordingQueue()
     loop = OneSlowHostLoop(queue, concurrency=8, lease_seconds=30, host_limit=host_limit)
     claiming = asyncio.create_task(loop._claim_until_stopped())
     await until(lambda: len(queue.released) >= 10, seconds=5)
