@@ -43,7 +43,7 @@ NOT_SETTINGS = {
     "VTW_API_URL": "client/terminal/follow.py",  # vtwatch follow --api's default
     "VTW_API_KEY": "client/terminal/follow.py",  # vtwatch follow --key's default
     "VTW_TEST_REDIS_URL": "tests/service_fixtures.py",  # the test suite's Redis
-    "VTW_CHROMIUM": "tests/e2e/test_dashboard_browser.py",  # the browser test's chromium
+    "VTW_CHROMIUM": "tests/e2e/conftest.py",  # the browser tests' chromium
     "VTW_SCREENSHOTS_DIR": "tests/e2e/test_dashboard_browser.py",  # where it saves screenshots
     "VTW_HEALTHCHECK_URL": "deploy/Dockerfile",  # the image's HEALTHCHECK
     "VTW_API_PUBLISH": "deploy/compose.yaml",  # where compose publishes the API
