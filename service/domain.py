@@ -55,7 +55,7 @@ class WebhookDoc(TypedDict):
     state: str  # a WebhookState
     attempts: int
     last_status_code: int | None
-    cycle_attempts: NotRequired[int]  # attempts since the (re)start of the retry schedule
+    cycle_attempts: int  # attempts since the (re)start of the retry schedule
     redeliver: NotRequired[bool]  # a manual retry asked for while an attempt was in flight
 
 

@@ -3,6 +3,8 @@
 - `service/store/` speaks Redis and nothing else: no FastAPI, Starlette or aiohttp.
 - `service/api/` is the FastAPI app: it imports `service.store`, never `worker`.
 - `worker/` imports `service.store` and `client`, never `service.api`.
+- `client/` (the library users install, and the SSRF guard both the API and the worker use)
+  imports nothing of the service's: no `service`, `worker`, FastAPI or Redis.
 
 Every import statement is read with `ast` (those inside functions and under `TYPE_CHECKING`
 too), relative imports resolved to absolute names. A violation the code had when the rule was
@@ -24,6 +26,7 @@ RULES: dict[str, tuple[str, ...]] = {
     "service/store": ("fastapi", "starlette", "aiohttp", "service.api", "worker"),
     "service/api": ("worker",),
     "worker": ("service.api",),
+    "client": ("service", "worker", "fastapi", "starlette", "redis"),
 }
 # The composition root, the one module that may import everything (STYLE.md).
 COMPOSITION_ROOTS = frozenset({"worker/cli.py", "worker/dev.py"})  # `vtwatch`, `vtwatch dev`

@@ -23,7 +23,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from client.upstream import fetch_status
 from service.api.app import create_app
 from service.settings import Settings
-from service.ssrf import BlockedAddress, blocked_literal, guarded_connector, is_blocked
+from client.ssrf import BlockedAddress, blocked_literal, guarded_connector, is_blocked
 
 LOOPBACK_ALLOWED = "127.0.0.0/8,::1/128"
 BLOCKED_URLS = [

@@ -1,4 +1,4 @@
-"""The SSRF guard's deny list (service/ssrf.py): every special-purpose block of the IANA IPv4 and
+"""The SSRF guard's deny list (client/ssrf.py): every special-purpose block of the IANA IPv4 and
 IPv6 registries, and every prefix that embeds an IPv4 address, checked address by address
 through `is_blocked` and through `blocked_literal` (a URL with the literal host).
 
@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from service.ssrf import blocked_literal, is_blocked
+from client.ssrf import blocked_literal, is_blocked
 
 IPv4 = ipaddress.IPv4Address
 IPv6 = ipaddress.IPv6Address

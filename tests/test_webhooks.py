@@ -38,7 +38,7 @@ from client.webhooks import WebhookVerificationError, sign, signature_header, ve
 from service.api.app import create_app
 from service.api.schemas import Watch, WatchCreate
 from service.settings import Settings
-from service.ssrf import guarded_connector
+from client.ssrf import guarded_connector
 from service.store.keys import Keys
 from service.store.outbox import Outbox
 from worker.dispatcher import SCHEDULE_JITTER, Dispatcher, decide, event_body

@@ -162,7 +162,7 @@ class Dispatcher(ClaimLoop):
         outcome, delay = decide(
             sent.status_code,
             sent.retry_after,
-            doc["webhook"].get("cycle_attempts", 0) + 1,
+            doc["webhook"]["cycle_attempts"] + 1,
             self.settings.webhook_retry_schedule,
             self.rng,
             refused=sent.refused,
@@ -171,7 +171,7 @@ class Dispatcher(ClaimLoop):
         WEBHOOK_ATTEMPTS.labels(outcome).inc()
         WEBHOOK_DURATION.observe(sent.latency_ms / 1000)
         finished_at, webhook = doc["finished_at"], doc["webhook"]
-        first_cycle = webhook.get("cycle_attempts", 0) == webhook["attempts"]  # no manual resend
+        first_cycle = webhook["cycle_attempts"] == webhook["attempts"]  # no manual resend
         if outcome == "delivered" and finished_at is not None and first_cycle:
             NOTIFY_LATENCY.observe(max(0, self.server_now_ms() - finished_at) / 1000)
 

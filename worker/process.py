@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from service.settings import Settings
-from service.ssrf import guarded_connector
+from client.ssrf import guarded_session
 from service.store.connection import connect
 from service.store.outbox import Outbox
 from service.store.replication import Replication
@@ -172,11 +172,8 @@ class Worker:
 
 
 def outbound_session(settings: Settings) -> aiohttp.ClientSession:
-    """The session every upstream poll and webhook goes through: the SSRF guard on every
-    connection, and no cookie jar (a cookie one tenant's upstream sets must not ride along
-    another tenant's requests to that host; nor cost each request a jar lookup)."""
-    connector = guarded_connector(settings.allowed_networks, limit=settings.worker_concurrency)
-    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+    """The session every upstream poll and webhook goes through (`client.ssrf.guarded_session`)."""
+    return guarded_session(settings.allowed_networks, limit=settings.worker_concurrency)
 
 
 def tune_gc() -> None:

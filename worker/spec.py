@@ -12,7 +12,7 @@ from yarl import URL
 
 from client.backoff import BackoffPolicy
 from client.learned import upstream_key
-from service.ssrf import carried_ipv4
+from client.ssrf import carried_ipv4
 from service.store.codec import full_spec
 
 # The cache is bounded by the size of the spec texts it keys on (metadata may take 4 KiB each)

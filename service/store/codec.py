@@ -34,6 +34,7 @@ WEBHOOK_DEFAULTS: dict[str, Any] = {
     "state": WebhookState.NONE.value,
     "attempts": 0,
     "last_status_code": None,
+    "cycle_attempts": 0,
 }
 # A watch's polling policy, as the API's `Policy` defaults it (the same values, in its order).
 POLICY_DEFAULTS: dict[str, Any] = {

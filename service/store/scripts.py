@@ -7,6 +7,7 @@ one pipeline (`run_scripts`). The scripts read the time from the server (`now_ms
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
@@ -14,6 +15,11 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
+
+from .codec import WEBHOOK_DEFAULTS
+
+# The stored document's defaults, for the scripts' `webhook_of` (their one home is the codec).
+_DEFAULTS_LUA = f"local WEBHOOK_DEFAULTS = cjson.decode('{json.dumps(WEBHOOK_DEFAULTS)}')\n"
 
 # A script, its keys and its arguments: one EVALSHA of a pipeline (`run_scripts`).
 ScriptCall = tuple[AsyncScript, list[str], list[Any]]
@@ -25,7 +31,7 @@ def load_scripts(
     """Register the named scripts of `lua/` once, each after `_prelude.lua` (shared helpers)
     and any other `preludes`; calls use EVALSHA (reloading if flushed)."""
     folder = resources.files("service.store") / "lua"
-    prelude = "".join((folder / f"{name}.lua").read_text() for name in preludes)
+    prelude = _DEFAULTS_LUA + "".join((folder / f"{name}.lua").read_text() for name in preludes)
     return {
         name: redis.register_script(prelude + (folder / f"{name}.lua").read_text())
         for name in names

@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from ...domain import WatchState
 from ...metrics import WATCHES_FINISHED, WATCHES_REGISTERED
 from ...settings import Settings
-from ...ssrf import blocked_literal
+from client.ssrf import blocked_literal
 from ..deps import SettingsDep, StoreDep, TenantDep
 from ..responses import errors
 from ..schemas import (

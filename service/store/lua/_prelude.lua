@@ -6,6 +6,19 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- A document's webhook, its fields left out at their defaults filled in (`WEBHOOK_DEFAULTS`, put
+-- before this prelude by `load_scripts` from `codec.WEBHOOK_DEFAULTS`, their one home).
+local function webhook_of(doc)
+  local webhook = doc.webhook or {}
+  for field, default in pairs(WEBHOOK_DEFAULTS) do
+    if webhook[field] == nil then
+      webhook[field] = default
+    end
+  end
+  doc.webhook = webhook
+  return webhook
+end
+
 -- A stored number, or `default` when missing or not a finite number.
 local function num(value, default)
   local n = tonumber(value)

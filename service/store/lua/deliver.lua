@@ -18,9 +18,9 @@ local doc = cjson.decode(raw)
 local attempt = cjson.decode(ARGV[3])
 local now = now_ms()
 redis.call('HDEL', KEYS[2], ARGV[1])
-local webhook = doc.webhook  -- a queued webhook is stored (its state is not the default)
-webhook.attempts = (webhook.attempts or 0) + 1
-webhook.cycle_attempts = (webhook.cycle_attempts or 0) + 1
+local webhook = webhook_of(doc)
+webhook.attempts = webhook.attempts + 1
+webhook.cycle_attempts = webhook.cycle_attempts + 1
 webhook.last_status_code = tonumber(ARGV[6])  -- nil: left out, read as null
 attempt.at = now
 local outcome = ARGV[4]

@@ -11,7 +11,7 @@ if not score or tonumber(score) > now then
 end
 local raw = redis.call('GET', KEYS[2])
 if raw then
-  local webhook = cjson.decode(raw).webhook or {state = 'none'}  -- left out: its default
+  local webhook = webhook_of(cjson.decode(raw))
   if webhook.state == 'pending' then
     redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
     return 0

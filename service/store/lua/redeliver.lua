@@ -15,7 +15,7 @@ end
 if doc.state == 'pending' then
   return 'not_ended'
 end
-doc.webhook = doc.webhook or {state = 'none'}  -- left out when at its default
+webhook_of(doc)
 if doc.webhook.state == 'none' then
   return 'no_webhook'
 end

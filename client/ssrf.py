@@ -43,7 +43,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
-from client.upstream import DestinationRefused
+from .upstream import DestinationRefused
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -233,3 +233,12 @@ def guarded_connector(
     return aiohttp.TCPConnector(
         resolver=GuardedResolver(allowed, resolver), socket_factory=socket_factory, **kwargs
     )
+
+
+def guarded_session(allowed: Sequence[Network] = (), limit: int = 100) -> aiohttp.ClientSession:
+    """The session for requests to caller-supplied URLs (the workers' polls and webhooks): the
+    guard on every connection, at most `limit` of them, and no cookie jar (a cookie one
+    tenant's upstream sets must not ride along another tenant's requests to that host; nor
+    cost each request a jar lookup)."""
+    connector = guarded_connector(allowed, limit=limit)
+    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
