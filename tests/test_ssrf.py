@@ -20,10 +20,10 @@ import pytest
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
+from client.ssrf import BlockedAddress, blocked_literal, guarded_connector, is_blocked
 from client.upstream import fetch_status
 from service.api.app import create_app
 from service.settings import Settings
-from client.ssrf import BlockedAddress, blocked_literal, guarded_connector, is_blocked
 
 LOOPBACK_ALLOWED = "127.0.0.0/8,::1/128"
 BLOCKED_URLS = [

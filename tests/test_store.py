@@ -113,7 +113,12 @@ async def test_register_then_get_returns_the_stored_watch(store: Store) -> None:
     assert doc["tenant"] == TENANT
     assert json.loads(doc["spec"]) == SPEC
     assert doc["attempts"] == 0
-    assert doc["webhook"] == {"state": "none", "attempts": 0, "last_status_code": None, "cycle_attempts": 0}
+    assert doc["webhook"] == {
+        "state": "none",
+        "attempts": 0,
+        "last_status_code": None,
+        "cycle_attempts": 0,
+    }
     assert doc["next_poll_at"] == doc["created_at"] == doc["updated_at"]
     assert doc["deadline"] == doc["created_at"] + 3600 * 1000
     assert doc["finished_at"] is None

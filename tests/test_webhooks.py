@@ -34,11 +34,11 @@ from aiohttp import web
 from client import webhooks
 from client.simulator import SimulatorConfig
 from client.simulator import create_app as create_simulator
+from client.ssrf import guarded_connector
 from client.webhooks import WebhookVerificationError, sign, signature_header, verify
 from service.api.app import create_app
 from service.api.schemas import Watch, WatchCreate
 from service.settings import Settings
-from client.ssrf import guarded_connector
 from service.store.keys import Keys
 from service.store.outbox import Outbox
 from worker.dispatcher import SCHEDULE_JITTER, Dispatcher, decide, event_body

@@ -19,8 +19,8 @@ import aiohttp
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from service.settings import Settings
 from client.ssrf import guarded_session
+from service.settings import Settings
 from service.store.connection import connect
 from service.store.outbox import Outbox
 from service.store.replication import Replication

@@ -10,10 +10,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Path, Query, Response, status
 from fastapi.exceptions import RequestValidationError
 
+from client.ssrf import blocked_literal
+
 from ...domain import WatchState
 from ...metrics import WATCHES_FINISHED, WATCHES_REGISTERED
 from ...settings import Settings
-from client.ssrf import blocked_literal
 from ..deps import SettingsDep, StoreDep, TenantDep
 from ..responses import errors
 from ..schemas import (
