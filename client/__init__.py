@@ -18,7 +18,15 @@ from .service import (
     Watch,
     WatchServiceClient,
 )
-from .upstream import TERMINAL, Observation, Status, classify_response, parse_retry_after
+from .upstream import (
+    TERMINAL,
+    Observation,
+    Status,
+    Upstream,
+    UpstreamSpecError,
+    classify_response,
+    parse_retry_after,
+)
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
@@ -38,6 +46,8 @@ __all__ = [
     "Status",
     "StatusSummary",
     "StatusUpdate",
+    "Upstream",
+    "UpstreamSpecError",
     "VideoTranslationClient",
     "Watch",
     "WatchServiceClient",

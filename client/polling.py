@@ -27,7 +27,7 @@ from .backoff import (
 )
 from .errors import ConfigurationError
 from .learned import ScheduleHistory
-from .upstream import Observation, Status, fetch_status
+from .upstream import Observation, Status, Upstream, fetch_status
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +94,9 @@ class PollResult:
     attempts: int
     elapsed: float
     last_error: str | None = None
+    # What the job produced, read by the `Upstream`'s `result` path (see `Observation`).
+    result: Any = None
+    result_truncated: bool = False
     updates: deque[StatusUpdate] = field(default_factory=lambda: deque(maxlen=KEPT_UPDATES))
 
 
@@ -110,6 +113,10 @@ class VideoTranslationClient(OwnsSession):
     every job seen to completion is recorded, counted from the start of `poll()`; once its
     upstream has enough samples and while `adaptive`, polls follow the learned schedule within
     the same bounds. Without one the schedule is the blind backoff alone.
+
+    With an `upstream` (`Upstream`: a preset of `client.presets`, status rules, headers),
+    `base_url` is the job's own status URL (unless a `status_path` is given), polled with the
+    upstream's headers and read by its rules; `PollResult.result` holds what the job produced.
     """
 
     def __init__(
@@ -124,8 +131,9 @@ class VideoTranslationClient(OwnsSession):
         max_interval: float = MAX_INTERVAL,
         jitter_ratio: float = 0.0,
         request_timeout: float = 10.0,
-        status_path: str = "/status",
+        status_path: str | None = None,
         headers: dict[str, str] | None = None,
+        upstream: Upstream | None = None,
         session: aiohttp.ClientSession | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
@@ -140,7 +148,9 @@ class VideoTranslationClient(OwnsSession):
         if not request_timeout > 0:
             raise ConfigurationError(f"request_timeout must be positive, got {request_timeout!r}")
         self.base_url = base_url
-        self.status_url = base_url.rstrip("/") + status_path
+        if status_path is None:  # the original protocol's path; another API's URL as given
+            status_path = "/status" if upstream is None else ""
+        self.status_url = base_url.rstrip("/") + status_path if status_path else base_url
         self.max_attempts = max_attempts
         self.max_wait_time = float(max_wait_time)
         self.request_timeout = float(request_timeout)
@@ -151,7 +161,10 @@ class VideoTranslationClient(OwnsSession):
             jitter_ratio=jitter_ratio,
             max_interval=max_interval,
         )
-        self.headers = headers
+        self.upstream = upstream
+        # The upstream's headers (its credentials), then the caller's own.
+        self.headers = {**(upstream.headers if upstream else {}), **(headers or {})} or None
+        self.reader = upstream.reader() if upstream else None
         self._session = session
         self._owned_session: aiohttp.ClientSession | None = None
         self._clock = clock
@@ -172,12 +185,17 @@ class VideoTranslationClient(OwnsSession):
     async def check(self) -> Observation:
         """One request, no waiting: what the upstream says right now."""
         async with self._session_for_call() as session:
-            return await fetch_status(session, self.status_url, self.request_timeout, self.headers)
+            return await self._fetch(session)
 
     async def poll(self, on_update: OnUpdate | None = None) -> PollResult:
         """Like `get_status`, returning the attempts, elapsed time, last error and updates."""
         async with self._session_for_call() as session:
             return await self._poll(session, on_update)
+
+    async def _fetch(self, session: aiohttp.ClientSession) -> Observation:
+        return await fetch_status(
+            session, self.status_url, self.request_timeout, self.headers, reader=self.reader
+        )
 
     @contextlib.asynccontextmanager
     async def _session_for_call(self) -> AsyncIterator[aiohttp.ClientSession]:
@@ -206,7 +224,7 @@ class VideoTranslationClient(OwnsSession):
         while True:
             result.attempts += 1
             sent_at = self._clock() if self.history is not None else start
-            seen = await fetch_status(session, self.status_url, self.request_timeout, self.headers)
+            seen = await self._fetch(session)
             seen_at = self._clock()
             if seen.error:
                 result.last_error = seen.error
@@ -247,6 +265,7 @@ class VideoTranslationClient(OwnsSession):
             # A callback that ran past the deadline ends the poll: no request after the deadline.
             if next_poll_in is None or now > deadline:
                 result.status = seen.status if seen.terminal and seen.status else Status.TIMEOUT
+                result.result, result.result_truncated = seen.result, seen.result_truncated
                 return result
             # The next poll is due at seen_at + next_poll_in (by the deadline at the latest);
             # the callback's time counts against that wait.

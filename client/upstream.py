@@ -14,6 +14,9 @@ Whatever an upstream sends, a poll ends as an `Observation`: `classify_response`
 and `fetch_status` records any exception it did not foresee as a transient failure, so the
 caller's deadline still applies.
 
+Other job APIs are read through status rules (`Upstream`, compiled to a `StatusReader`): a
+preset of `client.presets` and/or rules of the caller's, JMESPath over the body (below).
+
 Both `VideoTranslationClient` and the service's workers poll through `fetch_status`.
 """
 
@@ -25,8 +28,10 @@ import functools
 import json
 import logging
 import math
+import re
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
@@ -35,6 +40,9 @@ import orjson
 from yarl import URL
 
 from ._capped import read_capped
+from ._jmespath import PathError, compile_path, search
+from .errors import ConfigurationError
+from .presets import DEFAULT_PRESET, PRESETS
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +51,7 @@ MAX_BODY_BYTES = 64 * 1024
 EXCERPT_CHARS = 64
 TRANSIENT_HTTP = frozenset({408, 425, 429})
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 10  # aiohttp's default, for the redirects followed here
 
 
 class Status(StrEnum):
@@ -80,6 +89,10 @@ class Observation:
     eta_seconds: float | None = None
     retry_after: float | None = None
     internal: bool = False
+    # What the upstream's job produced (an `Upstream.result` path; at most MAX_RESULT_BYTES of
+    # JSON, else its JSON text cut there and `result_truncated`). Only on a terminal status.
+    result: Any = None
+    result_truncated: bool = False
 
     def __post_init__(self) -> None:
         if self.error is not None:  # it is logged and stored: always valid UTF-8
@@ -211,19 +224,26 @@ async def fetch_status(
     headers: dict[str, str] | None = None,
     *,
     follow_redirects: bool = True,
+    reader: StatusReader | None = None,
 ) -> Observation:
     """One `GET url` with a total timeout and a capped body read; never raises (but cancels).
 
     `follow_redirects=False` (the service's workers: every request a host sees must be
-    admitted by its budget) makes a redirect a terminal error naming where it led."""
+    admitted by its budget) makes a redirect a terminal error naming where it led. `reader`:
+    how to read the answer (status rules); None is the original protocol (`classify_response`).
+    `headers` never leave the URL's origin: a redirect elsewhere is followed without them.
+    """
+    classify = classify_response if reader is None else reader.classify
     try:
+        if headers and follow_redirects:
+            return await _fetch_following(session, URL(url), timeout, headers, classify)
         async with session.get(
             url, headers=headers, timeout=_timeout(timeout), allow_redirects=follow_redirects
         ) as response:
             if not follow_redirects and response.status in REDIRECTS:
                 return _redirect_refused(response)
             body = await _read_capped(response)
-            return classify_response(response.status, body, response.headers.get("Retry-After"))
+            return classify(response.status, body, response.headers.get("Retry-After"))
     except aiohttp.ClientConnectorError as exc:
         if isinstance(exc.os_error, DestinationRefused):
             return Observation(Status.ERROR, None, exc.os_error.strerror)
@@ -236,6 +256,35 @@ async def fetch_status(
             "unexpected %s while polling; counted as a transient failure", name, exc_info=True
         )
         return Observation(None, None, f"unexpected {name}", internal=True)
+
+
+async def _fetch_following(
+    session: aiohttp.ClientSession,
+    url: URL,
+    timeout: float,
+    headers: dict[str, str],
+    classify: Callable[[int, bytes, str | None], Observation],
+) -> Observation:
+    """`GET url`, following redirects here rather than in aiohttp, so that `headers` (an API
+    key) go to the first URL's origin only: aiohttp forwards all but `Authorization`."""
+    deadline = time.monotonic() + timeout
+    sent: dict[str, str] | None = headers
+    for _ in range(MAX_REDIRECTS + 1):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        async with session.get(
+            url, headers=sent, timeout=aiohttp.ClientTimeout(total=left), allow_redirects=False
+        ) as response:
+            location = response.headers.get("Location")
+            if response.status not in REDIRECTS or not location:
+                body = await _read_capped(response)
+                return classify(response.status, body, response.headers.get("Retry-After"))
+        target = url.join(URL(location))
+        if target.origin() != url.origin():
+            sent = None  # and not again, even back at the first origin
+        url = target
+    return Observation(None, None, f"more than {MAX_REDIRECTS} redirects")
 
 
 def _redirect_refused(response: aiohttp.ClientResponse) -> Observation:
@@ -259,3 +308,385 @@ async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
 
 
 _TOO_LONG = bytes(MAX_BODY_BYTES + 1)  # what classify_response calls a body over the cap
+
+
+# -- Status rules: any job API ------------------------------------------------------------------
+
+THEN = {"completed": Status.COMPLETED, "error": Status.ERROR, "pending": Status.PENDING}
+MAX_RULES = 32
+MAX_RULE_BYTES = 1024
+MAX_HEADERS = 16
+MAX_HEADERS_BYTES = 8 * 1024
+MAX_RESULT_BYTES = 16 * 1024
+MAX_ERROR_CHARS = 500
+# Headers a caller may not set: they describe the connection or the body, not the caller.
+REFUSED_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+_RULE_KEYS = frozenset({"path", "http_status", "equals", "in", "exists", "then"})
+_MATCHERS = ("equals", "in", "exists")
+_HINTS = ("progress", "eta", "error", "result")
+_SCALES = {"percent": 1.0, "fraction": 100.0}
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 field name
+_PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+
+
+class UpstreamSpecError(ConfigurationError):
+    """An `Upstream` that cannot be used; `field` says where (`upstream.rules[2].path`)."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+@dataclass(frozen=True, eq=True)
+class Upstream:
+    """How to poll and read one job API.
+
+    `preset` (a name of `client.presets.PRESETS`, default `vtwatch`) fills `rules`,
+    `progress`, `eta`, `error`, `result` and `progress_scale`; each one given here replaces
+    the preset's. `headers` go with every poll of this upstream and nowhere else (an API key:
+    they are never shown in a repr, a log or an error).
+
+    Rules are tried in order and the first that matches decides the status (`then`:
+    `completed`, `error` or `pending`). A rule matches on `http_status` (a code or a list),
+    on `path` (JMESPath over the JSON body) with one of `equals` (a value), `in` (a list) or
+    `exists` (true: the path gives a value; false: it gives none), or on both. Timeouts, 408,
+    425, 429, 5xx and bodies that are not JSON or over 64 KiB stay transient, and other 4xx
+    `error`, unless a rule names that status code; a 2xx body no rule matches is a transient
+    failure ("no rule matched"), so the deadline still applies.
+
+    `progress` reads a number 0-100 (0-1 with `progress_scale="fraction"`) or a string
+    "NN%"; `eta` seconds; `error` the provider's message (the error text of a watch that ends
+    `error`); `result` what the job produced (kept on a terminal observation, cut past 16 KiB
+    of JSON). Raises UpstreamSpecError for anything it cannot use.
+    """
+
+    preset: str = DEFAULT_PRESET
+    headers: Mapping[str, str] = field(default_factory=dict)
+    rules: Sequence[Mapping[str, Any]] | None = None
+    progress: str | None = None
+    eta: str | None = None
+    error: str | None = None
+    result: str | None = None
+    progress_scale: str | None = None
+
+    def __post_init__(self) -> None:
+        check_headers(self.headers)
+        self.reader()  # compiles (cached): every Upstream that exists can be used
+
+    def __repr__(self) -> str:
+        shown = {name: "***" for name in self.headers}
+        return f"Upstream(preset={self.preset!r}, headers={shown}, {self.reading()})"
+
+    @classmethod
+    def from_json(cls, data: Any, field_name: str = "upstream") -> Upstream:
+        """An Upstream from its JSON object (a registration's `upstream`)."""
+        if not isinstance(data, Mapping):
+            raise UpstreamSpecError(field_name, "must be an object")
+        known = {f.name for f in fields(cls)}
+        for key in data:
+            if key not in known:
+                raise UpstreamSpecError(f"{field_name}.{key}", "unknown field")
+        return cls(**{key: data[key] for key in data if data[key] is not None})
+
+    def reading(self) -> dict[str, Any]:
+        """What this Upstream says about reading answers (all but the headers), as JSON."""
+        own: dict[str, Any] = {"preset": self.preset}
+        for name in ("rules", *_HINTS, "progress_scale"):
+            value = getattr(self, name)
+            if value is not None:
+                own[name] = list(value) if name == "rules" else value
+        return own
+
+    def reader(self) -> StatusReader | None:
+        """The compiled rules; None for the original protocol (`classify_response`)."""
+        return compile_reader(json.dumps(self.reading(), sort_keys=True, separators=(",", ":")))
+
+
+def check_headers(headers: Any, field_name: str = "upstream.headers") -> None:
+    """Raise UpstreamSpecError unless `headers` are at most 16 names to text values, 8 KiB
+    in all, none of them describing the connection (Host, Content-Length, hop-by-hop). The
+    message names the header, never its value."""
+    if not isinstance(headers, Mapping):
+        raise UpstreamSpecError(field_name, "must be an object of header names to values")
+    if len(headers) > MAX_HEADERS:
+        raise UpstreamSpecError(field_name, f"at most {MAX_HEADERS} headers")
+    size = 0
+    for name, value in headers.items():
+        where = f"{field_name}.{name[:EXCERPT_CHARS]}" if isinstance(name, str) else field_name
+        if not isinstance(name, str) or not _TOKEN.match(name):
+            raise UpstreamSpecError(where, "not a valid header name")
+        if name.lower() in REFUSED_HEADERS:
+            raise UpstreamSpecError(where, "this header is set by the connection, not by you")
+        if not isinstance(value, str) or any(c in value for c in "\r\n\0"):
+            raise UpstreamSpecError(where, "the value must be text on one line")
+        size += len(name.encode()) + len(value.encode("utf-8", "surrogatepass"))
+    if size > MAX_HEADERS_BYTES:
+        raise UpstreamSpecError(field_name, f"{size} bytes of headers; at most {MAX_HEADERS_BYTES}")
+
+
+@functools.lru_cache(maxsize=512)
+def compile_reader(reading_json: str) -> StatusReader | None:
+    """The StatusReader for an Upstream's `reading()` (as canonical JSON): compiled once per
+    distinct spec. Raises UpstreamSpecError."""
+    reading = json.loads(reading_json)
+    name = reading.pop("preset")
+    preset = PRESETS.get(name) if isinstance(name, str) else None
+    if preset is None:
+        raise UpstreamSpecError("upstream.preset", f"unknown preset; one of {', '.join(PRESETS)}")
+    if name == DEFAULT_PRESET and not reading:
+        return None  # the original protocol, read by classify_response exactly
+    merged = {key: preset.get(key) for key in ("rules", *_HINTS, "progress_scale")} | reading
+    return StatusReader(merged)
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    then: Status
+    codes: frozenset[int] | None
+    path: Any  # a compiled JMESPath (ParsedResult), or None
+    path_text: str | None
+    matcher: str | None  # "equals" | "in" | "exists"
+    value: Any
+
+    def test(self, found: Any) -> bool:
+        if self.matcher == "exists":
+            return (found is not None) is self.value
+        if self.matcher == "equals":
+            return _same(found, self.value)
+        return any(_same(found, option) for option in self.value)
+
+
+class StatusReader:
+    """Compiled status rules: `classify` turns one answer into an Observation (never raises)."""
+
+    def __init__(self, reading: Mapping[str, Any]) -> None:
+        rules = reading.get("rules")
+        if not isinstance(rules, list) or not rules:
+            raise UpstreamSpecError("upstream.rules", "must be a non-empty list of rules")
+        if len(rules) > MAX_RULES:
+            raise UpstreamSpecError("upstream.rules", f"at most {MAX_RULES} rules")
+        self.rules = tuple(
+            _compile_rule(rule, f"upstream.rules[{i}]") for i, rule in enumerate(rules)
+        )
+        self.named = frozenset(code for rule in self.rules for code in rule.codes or ())
+        self.first_path = next((rule for rule in self.rules if rule.path is not None), None)
+        self.hints = {
+            name: _compile_path(reading[name], f"upstream.{name}")
+            for name in _HINTS
+            if reading.get(name) is not None
+        }
+        scale = reading.get("progress_scale") or "percent"
+        if scale not in _SCALES:
+            raise UpstreamSpecError("upstream.progress_scale", "must be percent or fraction")
+        self.progress_factor = _SCALES[scale]
+
+    def classify(
+        self,
+        http_status: int,
+        body: bytes,
+        retry_after_header: str | None = None,
+        now: float | None = None,
+    ) -> Observation:
+        """One answer through the rules (see `Upstream`)."""
+        is_2xx = 200 <= http_status < 300
+        if not is_2xx and http_status not in self.named:
+            return classify_response(http_status, body, retry_after_header, now)
+        unread: str | None = None
+        document: Any = _NOTHING
+        if len(body) > MAX_BODY_BYTES:
+            unread = "response body over 64 KiB"
+        else:
+            try:
+                document = parse_json(body)
+            except (ValueError, RecursionError):
+                unread = "response body is not JSON"
+        first_found: Any = _NOTHING
+        for rule in self.rules:
+            if rule.codes is not None and http_status not in rule.codes:
+                continue
+            if rule.path is None:
+                return self._observe(rule.then, http_status, document, retry_after_header, now)
+            if document is _NOTHING:
+                continue
+            found = _search(rule.path, document)
+            if first_found is _NOTHING:
+                first_found = found
+            if found is not _FAILED and rule.test(found):
+                return self._observe(rule.then, http_status, document, retry_after_header, now)
+        if not is_2xx:  # a named code no rule took: as the original protocol reads it
+            return classify_response(http_status, body, retry_after_header, now)
+        retry_after = parse_retry_after(retry_after_header, now)
+        if unread is not None:
+            return Observation(None, http_status, unread, retry_after=retry_after)
+        gave = (
+            "could not be evaluated" if first_found is _FAILED else f"gave {_excerpt(first_found)}"
+        )
+        where = self.first_path.path_text if self.first_path is not None else "the status code"
+        return Observation(
+            None, http_status, f"no rule matched: {where} {gave}", retry_after=retry_after
+        )
+
+    def _observe(
+        self,
+        status: Status,
+        http_status: int,
+        document: Any,
+        retry_after_header: str | None,
+        now: float | None,
+    ) -> Observation:
+        seen = Observation(
+            status, http_status, retry_after=parse_retry_after(retry_after_header, now)
+        )
+        if document is _NOTHING:
+            if status is Status.ERROR:
+                seen.error = f"HTTP {http_status}"
+            return seen
+        hints = self.hints
+        if "progress" in hints:
+            seen.progress = _progress(_search(hints["progress"], document), self.progress_factor)
+        if "eta" in hints:
+            seen.eta_seconds = _seconds(_search(hints["eta"], document))
+        if status is Status.ERROR:
+            message = _search(hints["error"], document) if "error" in hints else None
+            seen.error = _text(message) or f"the upstream reported an error (HTTP {http_status})"
+        if status is not Status.PENDING and "result" in hints:
+            found = _search(hints["result"], document)
+            if found is not None and found is not _FAILED:
+                seen.result, seen.result_truncated = capped_result(found)
+        return seen
+
+
+_NOTHING = object()  # no JSON document (the body was not JSON, or too long)
+_FAILED = object()  # an expression that raised or ran out of budget: matches no rule
+
+
+def _search(path: Any, document: Any) -> Any:
+    try:
+        return search(path, document)
+    except Exception:  # a function refused its argument, the budget ran out...: no value
+        return _FAILED
+
+
+def _compile_path(text: Any, where: str) -> Any:
+    if not isinstance(text, str):
+        raise UpstreamSpecError(where, "must be a JMESPath expression (text)")
+    try:
+        return compile_path(text)
+    except PathError as exc:
+        raise UpstreamSpecError(where, str(exc)) from None
+
+
+def _compile_rule(rule: Any, where: str) -> _Rule:
+    if not isinstance(rule, Mapping):
+        raise UpstreamSpecError(where, "must be an object")
+    size = len(json.dumps(rule, separators=(",", ":"), default=str).encode())
+    if size > MAX_RULE_BYTES:
+        raise UpstreamSpecError(where, f"{size} bytes of JSON; at most {MAX_RULE_BYTES}")
+    for key in rule:
+        if key not in _RULE_KEYS:
+            raise UpstreamSpecError(f"{where}.{key}", "unknown field")
+    then_text = rule.get("then")
+    then = THEN.get(then_text) if isinstance(then_text, str) else None
+    if then is None:
+        raise UpstreamSpecError(f"{where}.then", "must be completed, error or pending")
+    codes = _codes(rule["http_status"], f"{where}.http_status") if "http_status" in rule else None
+    matchers = [name for name in _MATCHERS if name in rule]
+    if "path" not in rule:
+        if codes is None:
+            raise UpstreamSpecError(where, "needs a path, an http_status or both")
+        if matchers:
+            raise UpstreamSpecError(f"{where}.{matchers[0]}", "needs a path to test")
+        return _Rule(then, codes, None, None, None, None)
+    if len(matchers) != 1:
+        raise UpstreamSpecError(where, "a path needs exactly one of equals, in or exists")
+    matcher, value = matchers[0], rule[matchers[0]]
+    if matcher == "in" and not isinstance(value, list):
+        raise UpstreamSpecError(f"{where}.in", "must be a list of values")
+    if matcher == "exists" and not isinstance(value, bool):
+        raise UpstreamSpecError(f"{where}.exists", "must be true or false")
+    path = _compile_path(rule["path"], f"{where}.path")
+    return _Rule(then, codes, path, rule["path"], matcher, value)
+
+
+def _codes(value: Any, where: str) -> frozenset[int]:
+    codes = value if isinstance(value, list) else [value]
+    if not codes or not all(
+        isinstance(code, int) and not isinstance(code, bool) and 100 <= code <= 599
+        for code in codes
+    ):
+        raise UpstreamSpecError(where, "must be an HTTP status code (100-599) or a list of them")
+    return frozenset(codes)
+
+
+def _same(found: Any, expected: Any) -> bool:
+    """JSON equality: true is not 1, 1 is 1.0."""
+    if isinstance(found, bool) or isinstance(expected, bool):
+        return found is expected
+    if isinstance(found, int | float) and isinstance(expected, int | float):
+        return bool(found == expected)
+    return type(found) is type(expected) and bool(found == expected)
+
+
+def _progress(found: Any, factor: float) -> float | None:
+    if isinstance(found, str):
+        match = _PERCENT.match(found)
+        number = float(match.group(1)) if match else None
+    else:
+        number = _finite(found)
+        number = None if number is None else number * factor
+    return None if number is None else min(100.0, max(0.0, number))
+
+
+def _seconds(found: Any) -> float | None:
+    number = _finite(found)
+    return None if number is None or number < 0 else number
+
+
+def _finite(found: Any) -> float | None:
+    if isinstance(found, bool) or not isinstance(found, int | float):
+        return None
+    try:
+        number = float(found)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _text(found: Any) -> str | None:
+    """An error message for a watch's `last_error`: text as is, anything else as JSON; cut."""
+    if found is None or found is _FAILED:
+        return None
+    if not isinstance(found, str):
+        found = _json_text(found)
+    found = found.strip()
+    return found[:MAX_ERROR_CHARS] if found else None
+
+
+def capped_result(found: Any) -> tuple[Any, bool]:
+    """`found`, or its JSON text cut at MAX_RESULT_BYTES (and True) when it is longer."""
+    text = _json_text(found)
+    if len(text.encode()) <= MAX_RESULT_BYTES:
+        return found, False
+    return text.encode()[:MAX_RESULT_BYTES].decode(errors="ignore"), True
+
+
+def _json_text(value: Any) -> str:
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # integers past 64 bits (the standard library parsed them)
+        return json.dumps(value)

@@ -289,7 +289,7 @@ async def test_a_terminal_status_stands_however_long_the_callback(
 async def test_updates_keep_only_the_latest_in_a_long_poll(
     clock: VirtualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def pending(*args: object) -> Observation:
+    async def pending(*args: object, **kwargs: object) -> Observation:
         return Observation(Status.PENDING, 200)
 
     monkeypatch.setattr("client.polling.fetch_status", pending)

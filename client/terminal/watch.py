@@ -10,8 +10,10 @@ import asyncio
 import sys
 
 from ..backoff import BACKOFF_FACTOR, INITIAL_WAIT_TIME, JITTER, MAX_INTERVAL
+from ..errors import ConfigurationError
 from ..polling import StatusUpdate, VideoTranslationClient
-from ..upstream import Status
+from ..presets import DEFAULT_PRESET, PRESETS
+from ..upstream import Status, Upstream
 from .display import Display
 
 EXIT_CODES = {Status.COMPLETED: 0, Status.ERROR: 1, Status.TIMEOUT: 2}
@@ -27,6 +29,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--initial-wait-time", type=float, default=INITIAL_WAIT_TIME)
     parser.add_argument("--backoff-factor", type=float, default=BACKOFF_FACTOR)
     parser.add_argument("--jitter", type=float, default=JITTER)
+    parser.add_argument(
+        "--preset",
+        default=DEFAULT_PRESET,
+        choices=sorted(PRESETS),
+        help=f"how to read the job API's answers (status rules; {DEFAULT_PRESET})",
+    )
+    parser.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="a header every poll sends, e.g. an API key (repeatable)",
+    )
+
+
+def parse_headers(lines: list[str]) -> dict[str, str]:
+    """`--header 'Name: value'` lines as a dict; ConfigurationError names a bad one (by name)."""
+    headers: dict[str, str] = {}
+    for line in lines:
+        name, colon, value = line.partition(":")
+        if not colon or not name.strip():
+            raise ConfigurationError("--header takes 'Name: value' (e.g. 'X-Api-Key: ...')")
+        headers[name.strip()] = value.strip()
+    return headers
 
 
 async def watch(args: argparse.Namespace, display: Display) -> Status:
@@ -39,6 +65,7 @@ async def watch(args: argparse.Namespace, display: Display) -> Status:
         jitter=args.jitter,
         max_interval=args.max_interval,
         status_path="",
+        upstream=Upstream(preset=args.preset, headers=parse_headers(args.header)),
     )
 
     def show(update: StatusUpdate) -> None:

@@ -1,0 +1,105 @@
+"""JMESPath for status rules, made safe to run on behalf of strangers.
+
+A rule is written by one tenant and evaluated by workers every tenant shares, so an expression
+must not be able to make a poll spin. JMESPath can: `[@, @][] | [@, @][] | ...` doubles a list
+at each stage (2^100 elements in 1 KiB of text), and nested multi-selects build trees whose
+shared branches `to_string` or `==` walk exponentially. So:
+
+* `compile_path` accepts the language less three things: the function `to_string` (use the value
+  itself), comparisons of two computed values (one side of `==`, `<`... must be a literal:
+  ``status == `"done"` `` is fine, `a == b` is not), and `contains` with a computed needle;
+  and at most `MAX_NODES` syntax nodes;
+* `search` counts its work (each node visited, each element a flatten produces) and gives up
+  past `WORK_BUDGET` with `TooMuchWork`: a 64 KiB body takes well under that.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jmespath
+from jmespath.exceptions import JMESPathError
+from jmespath.parser import ParsedResult
+from jmespath.visitor import TreeInterpreter
+
+MAX_NODES = 256
+WORK_BUDGET = 200_000
+_REFUSED_FUNCTIONS = frozenset({"to_string"})
+
+
+class TooMuchWork(Exception):
+    """An expression did more work than any status body needs."""
+
+
+class PathError(ValueError):
+    """An expression that does not compile, or that rules do not allow (the message says)."""
+
+
+def compile_path(text: str) -> ParsedResult:
+    """`text` compiled, or PathError saying what is wrong with it."""
+    if not isinstance(text, str) or not text.strip():
+        raise PathError("must be a non-empty JMESPath expression")
+    try:
+        parsed = jmespath.compile(text)
+    except JMESPathError as exc:
+        raise PathError(f"not a JMESPath expression: {_first_line(exc)}") from None
+    except (RecursionError, ValueError, TypeError):
+        raise PathError("not a JMESPath expression") from None
+    _check(parsed.parsed)
+    return parsed
+
+
+def _check(root: Any) -> None:
+    stack, count = [root], 0
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > MAX_NODES:
+            raise PathError(f"more than {MAX_NODES} syntax nodes")
+        kind, children = node["type"], node.get("children", [])
+        if kind == "function_expression":
+            name = node["value"]
+            if name in _REFUSED_FUNCTIONS:
+                raise PathError(f"the function {name}() is not allowed in rules")
+            if name == "contains" and len(children) == 2 and not _is_literal(children[1]):
+                raise PathError("contains() needs a literal as its second argument")
+        elif kind == "comparator" and not any(_is_literal(child) for child in children):
+            raise PathError('a comparison needs a literal on one side (e.g. status == `"done"`)')
+        stack.extend(child for child in children if isinstance(child, dict))
+
+
+def _is_literal(node: Any) -> bool:
+    return bool(node["type"] == "literal")
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+
+
+class _Budgeted(TreeInterpreter):
+    """A TreeInterpreter that counts its work and stops at `WORK_BUDGET`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.left = WORK_BUDGET
+
+    def _spend(self, amount: int) -> None:
+        self.left -= amount
+        if self.left < 0:
+            raise TooMuchWork
+
+    def visit(self, node: Any, *args: Any, **kwargs: Any) -> Any:
+        self._spend(1)
+        return super().visit(node, *args, **kwargs)
+
+    def visit_flatten(self, node: Any, value: Any) -> Any:
+        result = super().visit_flatten(node, value)
+        if isinstance(result, list):
+            self._spend(len(result))
+        return result
+
+
+def search(path: ParsedResult, document: Any) -> Any:
+    """What `path` gives on `document`; raises TooMuchWork, or whatever a function refuses
+    (JMESPathError, ValueError...): the caller treats any exception as "no value"."""
+    return _Budgeted().visit(path.parsed, document)
