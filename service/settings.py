@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import math
+import re
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .domain import MAX_PARTITIONS
@@ -20,6 +23,12 @@ DEFAULT_WEBHOOK_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 REDIS_URL_EXAMPLE = "redis://127.0.0.1:6379/0"
 NETWORKS_EXAMPLE = "10.0.0.0/8,fd00::/8"
+# How to make a key of VTW_SECRET_KEYS (service/sealing.py): 32 random bytes, URL-safe base64.
+SECRET_KEY_COMMAND = (
+    "python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
+)
+SECRET_KEY_BYTES = 32
+_URLSAFE_BASE64 = re.compile(r"[A-Za-z0-9_-]+={0,2}")
 
 
 class ConfigurationError(ValueError):
@@ -71,8 +80,32 @@ def _network(text: str) -> Network:
         ) from None
 
 
+def _secret_key(value: object, number: int, count: int) -> str:
+    """One key of VTW_SECRET_KEYS in its canonical form (padded URL-safe base64). The error
+    says which key and what is wrong with it, never the key."""
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if isinstance(value, bytes):
+        value = value.decode("ascii", errors="replace")
+    which = f"key {number} of {count}" if count > 1 else "the key"
+    how = (
+        f"each is {SECRET_KEY_BYTES} random bytes in URL-safe base64, "
+        f"e.g. the output of `{SECRET_KEY_COMMAND}`"
+    )
+    text = value.strip() if isinstance(value, str) else ""
+    if not _URLSAFE_BASE64.fullmatch(text):
+        raise ValueError(f"{which} is not URL-safe base64 ({how})")
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{which} is not URL-safe base64 ({how})") from None
+    if len(raw) != SECRET_KEY_BYTES:
+        raise ValueError(f"{which} is {len(raw)} bytes, not {SECRET_KEY_BYTES} ({how})")
+    return base64.urlsafe_b64encode(raw).decode("ascii")
+
+
 class Settings(BaseSettings):
-    # Errors never carry the values (VTW_API_KEYS holds secrets).
+    # Errors never carry the values (VTW_API_KEYS and VTW_SECRET_KEYS hold secrets).
     model_config = SettingsConfigDict(
         env_prefix="VTW_", extra="ignore", frozen=True, hide_input_in_errors=True
     )
@@ -91,6 +124,12 @@ class Settings(BaseSettings):
         default_factory=list,
         description="CIDRs the SSRF guard admits, comma-separated",
         examples=[NETWORKS_EXAMPLE],
+    )
+    secret_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        (),
+        description="keys that encrypt upstream credentials at rest, comma-separated: the first "
+        "encrypts, every one decrypts (service/sealing.py); unset: no upstream headers with Redis",
+        examples=["<new key>,<old key>"],
     )
     namespace: str = Field("vtw", pattern=NAMESPACE_PATTERN.pattern)
     redis_cluster: bool = Field(False, description="VTW_REDIS_URL names a node of a Redis Cluster")
@@ -232,6 +271,17 @@ class Settings(BaseSettings):
                 raise ValueError("an API key must not be empty")
             if not NAMESPACE_PATTERN.match(tenant):
                 raise ValueError(f"tenant names use letters, digits, '.', '_' and '-': {tenant!r}")
+        return value
+
+    @field_validator("secret_keys", mode="before")
+    @classmethod
+    def _parse_secret_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = _split(value)
+        if isinstance(value, list | tuple):
+            return tuple(
+                _secret_key(key, number, len(value)) for number, key in enumerate(value, 1)
+            )
         return value
 
     @field_validator("redis_url")

@@ -16,12 +16,14 @@ from collections.abc import Iterator
 import aiohttp
 import uvicorn
 from aiohttp import web
+from pydantic import SecretStr
 
 from client.simulator import SimulatorConfig
 from client.simulator import create_app as create_simulator
 from service.api.app import create_app
 from service.api.auth import OPEN_TENANT, check_key_length, check_open_mode
 from service.api.server import close_streams
+from service.sealing import generate_key
 from service.settings import Settings
 from service.store.connection import connect
 
@@ -40,10 +42,23 @@ class _Server(uvicorn.Server):
         yield
 
 
+def with_ephemeral_secret_key(settings: Settings) -> Settings:
+    """The settings as they are when VTW_SECRET_KEYS is set; else with a key made now, so that
+    watches with upstream headers can be registered, and one line on the log saying so."""
+    if settings.secret_keys:
+        return settings
+    logger.warning(
+        "VTW_SECRET_KEYS not set: using an ephemeral key; the upstream credentials of watches "
+        "registered now cannot be read after a restart"
+    )
+    return settings.model_copy(update={"secret_keys": (SecretStr(generate_key()),)})
+
+
 async def run_dev(settings: Settings, host: str, port: int, *, demo: bool = False) -> int:
     """Serve until stopped; the exit status: 0, or 1 when the worker died (see below)."""
     check_open_mode(settings, host)
     check_key_length(settings, host)
+    settings = with_ephemeral_secret_key(settings)
     # Local development polls local upstreams: the SSRF guard admits loopback here.
     settings = settings.model_copy(
         update={"allowed_networks": [*settings.allowed_networks, *LOOPBACK]}
