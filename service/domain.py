@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 from enum import StrEnum
-from typing import NotRequired, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 
 class WatchState(StrEnum):
@@ -81,6 +81,8 @@ class WatchDoc(TypedDict):
     next_poll_at: int | None
     deadline: int
     finished_at: int | None
+    result: Any  # what the job produced (the upstream's `result` path), on a terminal watch
+    result_truncated: bool
     webhook: WebhookDoc
     cancel_request: NotRequired[str]  # the request id of the cancel that ended it
     pending_at: NotRequired[int]  # when the last poll that saw the job pending was sent

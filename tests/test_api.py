@@ -23,7 +23,7 @@ AS_B = {"Authorization": "Bearer key-b"}
 WATCH_FIELDS = {
     "id", "state", "reason", "status_url", "webhook_url", "metadata", "policy", "attempts",
     "last_result", "last_error", "progress", "created_at", "updated_at", "last_polled_at",
-    "next_poll_at", "deadline", "finished_at", "webhook",
+    "next_poll_at", "deadline", "finished_at", "webhook", "upstream", "result", "result_truncated",
 }  # fmt: skip
 DEFAULT_POLICY = {
     "initial_wait_time": 1.0,

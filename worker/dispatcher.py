@@ -135,7 +135,7 @@ class Dispatcher(ClaimLoop):
         self.session = session
         self.settings = settings
         self.rng = rng or random.Random()
-        self.specs = SpecCache(settings.min_poll_interval)
+        self.specs = SpecCache(settings.min_poll_interval)  # no sealer: it needs no credentials
         self.budget = HostBudget(
             HostBook(outbox.redis, outbox.keys),
             receiver_policy_of(settings),

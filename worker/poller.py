@@ -37,6 +37,7 @@ from service.metrics import (
     SCHEDULE_LAG,
     WATCHES_FINISHED,
 )
+from service.sealing import UNREADABLE_DETAIL, Sealer
 from service.settings import Settings
 from service.store.queue import Claimed
 from service.store.watches import Store
@@ -86,6 +87,8 @@ def advance(
         new["pending_at"] = now_ms if sent_ms is None else sent_ms
     if seen.progress is not None:
         new["progress"] = round(seen.progress, 2)
+    if seen.result is not None:
+        new["result"], new["result_truncated"] = seen.result, seen.result_truncated
     remaining = (new["deadline"] - now_ms) / 1000
     delay = next_poll_delay(
         spec.backoff,
@@ -170,7 +173,7 @@ class Poller(ClaimLoop):
         self.session = session
         self.settings = settings
         self.rng = rng or random.Random()
-        self.specs = SpecCache(settings.min_poll_interval)
+        self.specs = SpecCache(settings.min_poll_interval, sealer=Sealer.from_settings(settings))
         self.budget = HostBudget(store.hosts, policy_of(settings), self.rng)
         self.schedules = LearnedSchedules(store.durations, settings.learned_refresh_seconds)
         self._budget_failures = FailureStreak(f"{self.name}: taking host budgets", logger)
@@ -255,12 +258,16 @@ class Poller(ClaimLoop):
         if not admission.go:
             return self._refuse(claimed.doc, admission)
         sent_ms, started = self.server_now_ms(), time.perf_counter()
+        if spec.unreadable:  # polling without its credentials would be refused, or worse
+            return Observation(Status.ERROR, error=UNREADABLE_DETAIL), sent_ms
         try:  # anything unexpected is a transient failure (the deadline still holds)
             seen = await fetch_status(
                 self.session,
                 spec.status_target,
                 self.settings.request_timeout,
+                spec.headers,
                 follow_redirects=False,
+                reader=spec.reader,
             )
         except Exception:
             logger.exception(

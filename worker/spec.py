@@ -6,6 +6,7 @@ import functools
 import ipaddress
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from yarl import URL
@@ -13,7 +14,9 @@ from yarl import URL
 from client.backoff import BackoffPolicy
 from client.learned import upstream_key
 from client.ssrf import carried_ipv4
-from service.store.codec import full_spec
+from client.upstream import StatusReader, Upstream
+from service.sealing import SealedSecretError, Sealer
+from service.store.codec import HEADER_NAMES, SEALED_HEADERS, full_spec
 
 # The cache is bounded by the size of the spec texts it keys on (metadata may take 4 KiB each)
 # plus what each parsed spec holds (SPEC_OVERHEAD_BYTES): ~45,000 small specs. A worker whose
@@ -37,6 +40,12 @@ class WatchSpec:
     max_attempts: int | None
     upstream: str  # host and path template: whose learned durations the watch shares
     adaptive: bool  # polls follow the upstream's learned durations (policy.adaptive)
+    reader: StatusReader | None = None  # its status rules, compiled; None: `{"result": ...}`
+    headers: dict[str, str] | None = None  # its upstream credentials, opened (never logged)
+    unreadable: bool = False  # its sealed headers could not be opened (VTW_SECRET_KEYS rotated)
+
+    def __repr__(self) -> str:  # the headers stay out of logs and tracebacks
+        return f"WatchSpec({self.status_url!r}, headers={sorted(self.headers or ())})"
 
 
 def normalized_host(url: str) -> str:
@@ -96,8 +105,14 @@ shared_policy = functools.lru_cache(maxsize=1024)(BackoffPolicy)
 class SpecCache:
     """Parses specs, keeping the most recently used ones within a byte budget."""
 
-    def __init__(self, min_poll_interval: float, budget_bytes: int = CACHE_BUDGET_BYTES) -> None:
+    def __init__(
+        self,
+        min_poll_interval: float,
+        budget_bytes: int = CACHE_BUDGET_BYTES,
+        sealer: Sealer | None = None,
+    ) -> None:
         self.min_poll_interval = min_poll_interval
+        self.sealer = sealer
         self.budget_bytes = budget_bytes
         self.size_bytes = 0
         self._specs: OrderedDict[str, WatchSpec] = OrderedDict()
@@ -130,6 +145,7 @@ class SpecCache:
         )
         webhook_url = spec.get("webhook_url")
         host, port = endpoint(spec["status_url"])
+        reader, headers, unreadable = self._upstream(spec.get("upstream"))
         return WatchSpec(
             status_url=spec["status_url"],
             status_target=parsed_url(spec["status_url"]),
@@ -141,4 +157,25 @@ class SpecCache:
             max_attempts=policy["max_attempts"],
             upstream=upstream_key(spec["status_url"]),
             adaptive=policy["adaptive"],  # full_spec fills the default in
+            reader=reader,
+            headers=headers,
+            unreadable=unreadable,
         )
+
+    def _upstream(
+        self, stored: dict[str, Any] | None
+    ) -> tuple[StatusReader | None, dict[str, str] | None, bool]:
+        """A spec's status rules (checked at registration, so they compile) and headers."""
+        if not stored:
+            return None, None, False
+        reading = {k: v for k, v in stored.items() if k not in (SEALED_HEADERS, HEADER_NAMES)}
+        reader = Upstream.from_json(reading).reader()
+        sealed = stored.get(SEALED_HEADERS)
+        if sealed is None:
+            return reader, None, False
+        try:
+            if self.sealer is None:
+                raise SealedSecretError("VTW_SECRET_KEYS is not set")
+            return reader, self.sealer.open(sealed), False
+        except SealedSecretError:
+            return reader, None, True

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from fastapi.responses import JSONResponse
@@ -133,13 +133,28 @@ def describe(errors: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "type": clip(str(error.get("type", "value_error"))),
             "loc": [_loc_part(part) for part in error.get("loc", ())],
             "msg": clip(str(error.get("msg", "")), MESSAGE_CHARS),
-            "input": excerpt(error.get("input")),
+            "input": excerpt(_without_credentials(error.get("loc", ()), error.get("input"))),
         }
         ctx = _ctx(error.get("ctx") or {})
         if ctx:
             item["ctx"] = ctx
         described.append(item)
     return described
+
+
+def _without_credentials(loc: Sequence[Any], value: Any, depth: int = 0) -> Any:
+    """An invalid input with upstream headers' values masked (an API key is never echoed):
+    nothing under a `headers` location, `***` for each value of a `headers` object inside."""
+    if "headers" in loc:
+        return None
+    if not isinstance(value, dict) or depth > 2:  # body -> upstream -> headers
+        return value
+    return {
+        key: {name: "***" for name in inner}
+        if key == "headers" and isinstance(inner, dict)
+        else _without_credentials((), inner, depth + 1)
+        for key, inner in value.items()
+    }
 
 
 def invalid_input(errors: Iterable[Mapping[str, Any]]) -> JSONResponse:

@@ -17,6 +17,9 @@ from pydantic import (
     field_validator,
 )
 
+from client.presets import DEFAULT_PRESET
+from client.upstream import MAX_HEADERS, MAX_HEADERS_BYTES, MAX_RULES, Upstream
+
 from ..domain import WatchState, WebhookState
 from ..store.codec import POLICY_DEFAULTS, timestamp, watch_json
 from ..store.hosts import HostState
@@ -63,6 +66,51 @@ class Policy(BaseModel):
     )
 
 
+class UpstreamSpec(BaseModel):
+    """How to poll and read the job API (`client.upstream.Upstream`; docs/upstreams.md): a
+    preset, status rules and hints that replace the preset's, and headers every poll sends."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: str = Field(
+        DEFAULT_PRESET, max_length=64, description="a preset's name (`GET /v1/presets`)"
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        description=f"sent with every poll and nowhere else (at most {MAX_HEADERS}, "
+        f"{MAX_HEADERS_BYTES} bytes); stored encrypted, shown as `***`",
+    )
+    rules: list[dict[str, Any]] | None = Field(
+        None,
+        max_length=MAX_RULES,
+        description='tried in order, the first that matches decides: `{"path": <JMESPath>, '
+        '"equals" | "in" | "exists": ..., "http_status": code or [codes], '
+        '"then": "completed" | "error" | "pending"}`; replace the preset\'s',
+    )
+    progress: str | None = Field(None, max_length=1024, description="JMESPath to 0-100 or 'NN%'")
+    eta: str | None = Field(None, max_length=1024, description="JMESPath to seconds left")
+    error: str | None = Field(
+        None, max_length=1024, description="JMESPath to the provider's error message"
+    )
+    result: str | None = Field(
+        None, max_length=1024, description="JMESPath to what the job produced (kept, 16 KiB)"
+    )
+    progress_scale: Literal["percent", "fraction"] | None = Field(
+        None, description="fraction: `progress` reads 0-1"
+    )
+
+    @field_validator("rules")
+    @classmethod
+    def _rules_are_json(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        if value is not None:
+            _check_json_document(value, "rules", MAX_METADATA_DEPTH)
+        return value
+
+    def upstream(self) -> Upstream:
+        """The client library's Upstream; raises UpstreamSpecError naming the field."""
+        return Upstream.from_json(self.model_dump(exclude_none=True))
+
+
 class WatchCreate(BaseModel):
     """Register a job to watch."""
 
@@ -73,6 +121,9 @@ class WatchCreate(BaseModel):
     policy: Policy = Field(default_factory=Policy)
     metadata: dict[str, Any] = Field(
         default_factory=dict, description="yours, echoed back (a JSON object up to 4 KiB)"
+    )
+    upstream: UpstreamSpec | None = Field(
+        None, description='another job API than `{"result": ...}`: preset, rules, headers'
     )
 
     @field_validator("metadata")
@@ -143,6 +194,13 @@ class Watch(BaseModel):
     deadline: datetime
     finished_at: datetime | None
     webhook: WebhookSummary
+    upstream: UpstreamSpec | None = Field(
+        None, description="as registered, the headers' values shown as `***`"
+    )
+    result: Any = Field(None, description="what the job produced (`upstream.result`), when ended")
+    result_truncated: bool = Field(
+        False, description="`result` was over 16 KiB of JSON: its JSON text, cut"
+    )
 
 
 class WatchPage(BaseModel):

@@ -29,6 +29,8 @@ DEFAULTS: dict[str, Any] = {
     "last_polled_at": None,
     "next_poll_at": None,
     "finished_at": None,
+    "result": None,
+    "result_truncated": False,
 }
 WEBHOOK_DEFAULTS: dict[str, Any] = {
     "state": WebhookState.NONE.value,
@@ -123,7 +125,26 @@ def watch_json(doc: Mapping[str, Any]) -> dict[str, Any]:
             "attempts": int(webhook["attempts"]),
             "last_status_code": webhook["last_status_code"],
         },
+        "upstream": upstream_json(spec.get("upstream")),
+        "result": doc.get("result"),
+        "result_truncated": bool(doc.get("result_truncated")),
     }
+
+
+def upstream_json(stored: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A stored spec's `upstream` as the API shows it: the headers' names, never their values
+    (they are stored sealed, `SEALED_HEADERS`)."""
+    if stored is None:
+        return None
+    shown = {key: value for key, value in stored.items() if key not in _SEALED_FIELDS}
+    shown["headers"] = {name: "***" for name in stored.get(HEADER_NAMES, ())}
+    return shown
+
+
+# A stored spec's `upstream` keeps its headers sealed (`service.sealing`) and their names apart.
+SEALED_HEADERS = "sealed_headers"
+HEADER_NAMES = "header_names"
+_SEALED_FIELDS = frozenset({SEALED_HEADERS, HEADER_NAMES})
 
 
 _FLOAT_POLICY = ("initial_wait_time", "backoff_factor", "jitter", "max_interval", "max_wait_time")

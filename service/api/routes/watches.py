@@ -10,15 +10,20 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Path, Query, Response, status
 from fastapi.exceptions import RequestValidationError
 
+from client.presets import PRESETS, Preset
 from client.ssrf import blocked_literal
+from client.upstream import UpstreamSpecError
 
 from ...domain import WatchState
 from ...metrics import WATCHES_FINISHED, WATCHES_REGISTERED
+from ...sealing import NOT_CONFIGURED_DETAIL, Sealer
 from ...settings import Settings
+from ...store.codec import HEADER_NAMES, SEALED_HEADERS
 from ..deps import SettingsDep, StoreDep, TenantDep
 from ..responses import errors
 from ..schemas import (
     StatusSummary,
+    UpstreamSpec,
     Watch,
     WatchCreate,
     WatchPage,
@@ -64,7 +69,10 @@ async def register_watch(
     """Register a job to watch; workers poll its `status_url` until it ends."""
     _refuse_blocked_urls(body, settings)
     spec = body.spec()
+    # Before the headers are sealed (a new token each time): a replay has the same fingerprint.
     fingerprint = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    if body.upstream is not None:
+        spec["upstream"] = _stored_upstream(body.upstream, settings)
     doc, created = await store.register(
         tenant,
         spec,
@@ -77,6 +85,39 @@ async def register_watch(
     else:
         response.status_code = status.HTTP_200_OK
     return render_watch(doc)
+
+
+def _stored_upstream(upstream: UpstreamSpec, settings: Settings) -> dict[str, Any]:
+    """The `upstream` the spec keeps: checked (a 422 names the field), defaults left out, the
+    headers sealed under VTW_SECRET_KEYS (a 422 says what to set when nothing can seal them)."""
+    try:
+        upstream.upstream()
+    except UpstreamSpecError as exc:
+        raise _invalid(("upstream", *_loc(exc.field)), exc.reason) from None
+    stored = upstream.model_dump(mode="json", exclude_defaults=True)
+    headers = stored.pop("headers", None)
+    if headers:
+        sealer = Sealer.from_settings(settings)
+        if sealer is None:
+            raise _invalid(("upstream", "headers"), NOT_CONFIGURED_DETAIL)
+        stored[SEALED_HEADERS] = sealer.seal(headers)
+        stored[HEADER_NAMES] = list(headers)
+    return stored
+
+
+def _loc(field: str) -> list[str | int]:
+    """`upstream.rules[2].path` as a 422's loc after `upstream`: rules, 2, path."""
+    parts: list[str | int] = []
+    for part in field.split(".")[1:]:
+        name, _, index = part.partition("[")
+        parts.append(name)
+        if index.rstrip("]").isdigit():
+            parts.append(int(index.rstrip("]")))
+    return parts
+
+
+def _invalid(loc: tuple[str | int, ...], why: str) -> RequestValidationError:
+    return RequestValidationError([{"type": "value_error", "loc": ("body", *loc), "msg": why}])
 
 
 def _refuse_blocked_urls(body: WatchCreate, settings: Settings) -> None:
@@ -120,6 +161,13 @@ async def cancel_watch(watch_id: WatchId, store: StoreDep, tenant: TenantDep) ->
     doc = await store.cancel(tenant, watch_id)
     WATCHES_FINISHED.labels(WatchState.CANCELLED.value).inc()
     return render_watch(doc)
+
+
+@router.get("/presets", tags=["upstreams"])
+async def list_presets(tenant: TenantDep) -> dict[str, Preset]:
+    """The presets an `upstream` may name, each with its rules and hints, the body it
+    assumes and the provider documentation it follows (docs/upstreams.md)."""
+    return PRESETS
 
 
 @router.get("/status")
