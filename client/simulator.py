@@ -6,12 +6,18 @@ drawn per request from one seeded RNG; `/jobs/{id}` and `/stats` expose counters
 `DurationMix`, jobs posted without a duration (and the default job, without `--delay`) draw
 theirs from it; with `host_rate_limit`, status requests beyond a token bucket over all of them
 answer 429 with `Retry-After`.
+
+With a `shape` (`SHAPES`: a provider's preset name) status bodies take that provider's format;
+with `require_header` status requests without it answer 401; a job posted with `callback_url`
+is POSTed there when it ends (after `callback_delay`; lost with `callback_loss_rate`), as the
+providers' webhooks do.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hmac
 import itertools
 import json
 import math
@@ -22,18 +28,221 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from aiohttp import web
+from aiohttp import ClientSession, ClientTimeout, web
 
 from .workload import MIXES, DurationMix, TokenBucket
 
 OUTCOMES = ("completed", "error", "random")
-RATES = frozenset({"error_rate", "fail_rate", "rate_limit_rate", "malformed_rate", "hang_rate"})
+RATES = frozenset(
+    {
+        "error_rate",
+        "fail_rate",
+        "rate_limit_rate",
+        "malformed_rate",
+        "hang_rate",
+        "callback_loss_rate",
+    }
+)
 SHARES = RATES | {"long_share"}
-OVERRIDES = ("latency", "retry_after", "hints", "eta_error", *sorted(RATES - {"error_rate"}))
+OVERRIDES = (
+    "latency",
+    "retry_after",
+    "hints",
+    "eta_error",
+    "callback_delay",
+    *sorted(RATES - {"error_rate"}),
+)
 DEFAULT_JOB = "default"
 MALFORMED_BODY = b'{"result": "pend'
 JSON = "application/json"
 BODIES = {r: json.dumps({"result": r}).encode() for r in ("pending", "completed", "error")}
+CALLBACK_TIMEOUT = 5.0  # seconds for one push, its only attempt
+
+RESULT_URL = "https://cdn.example/videos/{id}.mp4"
+ERROR_MESSAGE = "simulated failure of job {id}"
+
+
+def result_url(job_id: str) -> str:
+    """The deterministic result (a video URL) of a completed job in every shape."""
+    return RESULT_URL.format(id=job_id)
+
+
+def error_message(job_id: str) -> str:
+    """The deterministic error message of a failed job, in the shapes that carry one."""
+    return ERROR_MESSAGE.format(id=job_id)
+
+
+# A shape renders (job id, "pending" | "completed" | "error", fraction done in [0, 1]) as the
+# provider's status body, and (job id, terminal result) as the body of its push.
+Render = Callable[[str, str, float], dict[str, Any]]
+Push = Callable[[str, str], dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """One provider's body format: its status body, its push body, and the doc it follows."""
+
+    doc: str
+    status: Render
+    push: Push
+
+
+def _stage(fraction: float, *names: str) -> str:
+    """The pending sub-state: `names` split the job's running time evenly."""
+    return names[min(len(names) - 1, int(fraction * len(names)))]
+
+
+def _vtwatch(job_id: str, result: str, fraction: float) -> dict[str, Any]:
+    return {"result": result}  # progress and eta_seconds come from `hints` (see Simulator)
+
+
+def _heygen(job_id: str, result: str, fraction: float) -> dict[str, Any]:
+    status = {"completed": "completed", "error": "failed"}.get(result)
+    data: dict[str, Any] = {
+        "id": job_id,
+        "video_id": job_id,
+        "status": status or _stage(fraction, "waiting", "pending", "processing", "processing"),
+        "video_url": result_url(job_id) if result == "completed" else None,
+        "thumbnail_url": None,
+        "error": None,
+    }
+    if result == "error":
+        data["error"] = {"code": 40119, "message": error_message(job_id), "detail": job_id}
+    return {"code": 100, "data": data, "message": "Success"}
+
+
+def _heygen_push(job_id: str, result: str) -> dict[str, Any]:
+    if result == "completed":
+        data = {"video_id": job_id, "url": result_url(job_id), "callback_id": None}
+        return {"event_type": "avatar_video.success", "event_data": data}
+    data = {"video_id": job_id, "msg": error_message(job_id), "callback_id": None}
+    return {"event_type": "avatar_video.fail", "event_data": data}
+
+
+def _elevenlabs(job_id: str, result: str, fraction: float) -> dict[str, Any]:
+    status = {"pending": "dubbing", "completed": "dubbed", "error": "failed"}[result]
+    body: dict[str, Any] = {
+        "dubbing_id": job_id,
+        "name": f"simulated dub {job_id}",
+        "status": status,
+        "target_languages": ["es"],
+    }
+    if result == "completed":
+        body["media_metadata"] = {"content_type": "video/mp4", "duration": 1.0}
+    if result == "error":
+        body["error"] = error_message(job_id)
+    return body
+
+
+def _synthesia(job_id: str, result: str, fraction: float) -> dict[str, Any]:
+    status = {"pending": "in_progress", "completed": "complete", "error": "error"}[result]
+    body: dict[str, Any] = {"id": job_id, "title": f"simulated {job_id}", "status": status}
+    if result == "completed":
+        body["download"] = result_url(job_id)
+    return body
+
+
+def _synthesia_push(job_id: str, result: str) -> dict[str, Any]:
+    kind = "video.completed" if result == "completed" else "video.failed"
+    return {"type": kind, "data": _synthesia(job_id, result, 1.0)}
+
+
+def _assemblyai(job_id: str, result: str, fraction: float) -> dict[str, Any]:
+    status = {"completed": "completed", "error": "error"}.get(result)
+    body: dict[str, Any] = {
+        "id": job_id,
+        "status": status or _stage(fraction, "queued", "processing", "processing"),
+        "text": f"simulated transcript of job {job_id}" if result == "completed" else None,
+    }
+    if result == "error":
+        body["error"] = error_message(job_id)
+    return body
+
+
+def _assemblyai_push(job_id: str, result: str) -> dict[str, Any]:
+    return {"transcript_id": job_id, "status": result}
+
+
+def _google_lro(job_id: str, result: str, fraction: float) -> dict[str, Any]:
+    percent = 100 if result != "pending" else min(99, round(fraction * 100))
+    body: dict[str, Any] = {
+        "name": f"operations/{job_id}",
+        "metadata": {"progressPercent": percent},
+    }
+    if result == "pending" and fraction >= 0.2:
+        body["done"] = False  # proto3 JSON leaves a false `done` out, as early answers do here
+    elif result == "completed":
+        body |= {"done": True, "response": {"uri": result_url(job_id)}}
+    elif result == "error":
+        body |= {"done": True, "error": {"code": 13, "message": error_message(job_id)}}
+    return body
+
+
+def _azure_lro(job_id: str, result: str, fraction: float) -> dict[str, Any]:
+    status = {"completed": "Succeeded", "error": "Failed"}.get(result)
+    body: dict[str, Any] = {
+        "id": job_id,
+        "status": status or _stage(fraction, "NotStarted", "Running", "Running", "Running"),
+        "percentComplete": 100 if result != "pending" else min(99, round(fraction * 100)),
+    }
+    if result == "completed":
+        body["result"] = {"url": result_url(job_id)}
+    elif result == "error":
+        body["error"] = {"code": "InternalServerError", "message": error_message(job_id)}
+    return body
+
+
+def _terminal(render: Render) -> Push:
+    """A push that is the terminal status body (providers that document no webhook body)."""
+    return lambda job_id, result: render(job_id, result, 1.0)
+
+
+SHAPES: dict[str, Shape] = {
+    "vtwatch": Shape(
+        "this project's upstream: {result: pending|completed|error, progress?, eta_seconds?}; "
+        "push {id, result}",
+        _vtwatch,
+        lambda job_id, result: {"id": job_id, "result": result},
+    ),
+    "heygen": Shape(
+        "HeyGen API v1 GET /v1/video_status.get?video_id= (code 100, data.status "
+        "waiting|pending|processing|completed|failed, data.video_url, data.error{code,message,"
+        "detail}); push: its webhook event avatar_video.success|avatar_video.fail",
+        _heygen,
+        _heygen_push,
+    ),
+    "elevenlabs-dubbing": Shape(
+        "ElevenLabs GET /v1/dubbing/{dubbing_id} (status dubbing|dubbed|failed, "
+        "target_languages, error); push: the terminal status body",
+        _elevenlabs,
+        _terminal(_elevenlabs),
+    ),
+    "synthesia": Shape(
+        "Synthesia API v2 GET /v2/videos/{id} (status in_progress|complete|error|rejected, "
+        "download on complete); push: its webhook {type: video.completed|video.failed, data}",
+        _synthesia,
+        _synthesia_push,
+    ),
+    "assemblyai": Shape(
+        "AssemblyAI GET /v2/transcript/{id} (status queued|processing|completed|error, text, "
+        "error); push: its webhook_url POST {transcript_id, status}",
+        _assemblyai,
+        _assemblyai_push,
+    ),
+    "google-lro": Shape(
+        "Google Cloud long-running Operation (google.longrunning.Operation JSON: name, "
+        "metadata, done, response | error{code,message}); push: the terminal Operation",
+        _google_lro,
+        _terminal(_google_lro),
+    ),
+    "azure-lro": Shape(
+        "Azure REST API guidelines, long-running operation status monitor (status "
+        "NotStarted|Running|Succeeded|Failed|Canceled, percentComplete, result, "
+        "error{code,message}); push: the terminal status monitor",
+        _azure_lro,
+        _terminal(_azure_lro),
+    ),
+}
 
 
 @dataclass
@@ -63,10 +272,17 @@ class SimulatorConfig:
     max_duration: float = 55.0
     host_rate_limit: float = 0.0  # status requests per second over all jobs; 0: no limit
     host_burst: float = 0.0  # requests at once above that rate; 0: one second's worth
+    shape: str = "vtwatch"  # the body format of status answers, a key of SHAPES
+    require_header: str | None = None  # "Name: value" every status request must carry, else 401
+    callback_delay: float = 0.0  # seconds from a job's end to its push
+    callback_loss_rate: float = 0.0  # share of pushes never sent
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:
             raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}")
+        if self.shape not in SHAPES:
+            raise ValueError(f"shape must be one of {', '.join(SHAPES)}")
+        self.required_header()  # validates it
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name == "seed" or value is None or isinstance(value, bool | str):
@@ -75,6 +291,15 @@ class SimulatorConfig:
             if not (math.isfinite(value) and 0.0 <= value <= high):
                 raise ValueError(f"{f.name} must be a number in [0, {high}]")
         self.duration_mix()  # validates the mix
+
+    def required_header(self) -> tuple[str, str] | None:
+        """`require_header` split into (name, value)."""
+        if self.require_header is None:
+            return None
+        name, colon, value = self.require_header.partition(":")
+        if not colon or not name.strip() or name != name.strip() or not value.strip():
+            raise ValueError("require_header must be 'Name: value'")
+        return name, value.strip()
 
     def duration_mix(self) -> DurationMix | None:
         if self.mix is None:
@@ -111,6 +336,9 @@ class Job:
     first_request_at: float | None = None
     completed_noticed_at: float | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+    unauthorized: int = 0  # status requests answered 401 (not counted in `requests`)
+    callback_url: str | None = None
+    callback: str | None = None  # the push: scheduled, sent, lost or failed
 
     @property
     def ends_at(self) -> float:
@@ -135,11 +363,15 @@ def _number(value: object, name: str, high: float = math.inf) -> float:
     raise BadRequest(f"{name}: must be a number in [0, {high:g}]")
 
 
-def _parse_job(body: object, where: str = "") -> tuple[float | None, str, dict[str, Any]]:
-    """Validate one job spec: (duration, None to draw it from the mix; outcome; overrides)."""
+JobSpec = tuple[float | None, str, dict[str, Any], str | None]
+
+
+def _parse_job(body: object, where: str = "") -> JobSpec:
+    """Validate one job spec: (duration, None to draw it from the mix; outcome; overrides;
+    callback URL)."""
     if not isinstance(body, dict):
         raise BadRequest(f"{where.rstrip('.') or 'body'}: must be a JSON object")
-    unknown = sorted(set(body) - {"duration", "outcome", *OVERRIDES})
+    unknown = sorted(set(body) - {"duration", "outcome", "shape", "callback_url", *OVERRIDES})
     if unknown:
         raise BadRequest(f"{where}{unknown[0]}: unknown field")
     duration = _number(body["duration"], f"{where}duration") if "duration" in body else None
@@ -152,7 +384,16 @@ def _parse_job(body: object, where: str = "") -> tuple[float | None, str, dict[s
             raise BadRequest(f"{where}hints: must be true or false")
         high = 1.0 if key in RATES else math.inf
         overrides[key] = body[key] if key == "hints" else _number(body[key], where + key, high)
-    return duration, outcome, overrides
+    if "shape" in body:
+        if body["shape"] not in SHAPES:
+            raise BadRequest(f"{where}shape: must be one of {', '.join(SHAPES)}")
+        overrides["shape"] = body["shape"]
+    callback_url = body.get("callback_url")
+    if callback_url is not None and not (
+        isinstance(callback_url, str) and callback_url.startswith(("http://", "https://"))
+    ):
+        raise BadRequest(f"{where}callback_url: must be an http(s) URL")
+    return duration, outcome, overrides, callback_url
 
 
 class Simulator:
@@ -162,8 +403,13 @@ class Simulator:
         self.config = config
         self.clock = clock
         self.rng = random.Random(config.seed)
+        # pushes draw from their own RNG, so polls do not change which ones are lost
+        self.push_rng = random.Random(None if config.seed is None else f"push-{config.seed}")
         self.ids = itertools.count(1)
         self.mix = config.duration_mix()
+        self.header = config.required_header()
+        self.pushes: set[asyncio.Task[None]] = set()
+        self.session: ClientSession | None = None
         delay = config.delay if config.delay is not None else self.draw_duration()
         outcome = config.outcome
         if outcome == "random":
@@ -172,9 +418,13 @@ class Simulator:
         self.reset()
 
     def reset(self) -> None:
-        """Forget all jobs and counters; the default job starts again now."""
+        """Forget all jobs and counters (cancelling pushes not yet sent); the default job
+        starts again now."""
+        for task in self.pushes:
+            task.cancel()
         self.requests = self.in_flight = self.max_in_flight = self.max_concurrent = 0
         self.by_status: dict[int, int] = {}
+        self.callbacks = dict.fromkeys(("scheduled", "sent", "lost", "failed"), 0)
         self.rate_limiter = self.config.rate_limiter(self.clock())
         job = Job(DEFAULT_JOB, self.default_delay, self.default_outcome, self.clock(), self.config)
         self.jobs: dict[str, Job] = {DEFAULT_JOB: job}
@@ -183,11 +433,24 @@ class Simulator:
         """A duration from the mix; without one, the original's 5-15 s."""
         return self.mix.sample(self.rng) if self.mix else self.rng.uniform(5.0, 15.0)
 
-    def create(self, duration: float, outcome: str, overrides: dict[str, Any]) -> Job:
+    def create(
+        self,
+        duration: float,
+        outcome: str,
+        overrides: dict[str, Any],
+        callback_url: str | None = None,
+    ) -> Job:
+        """A new job; with `callback_url`, its push is scheduled for its end (needs a loop)."""
         job_id = f"j{next(self.ids)}"
         config = replace(self.config, **overrides) if overrides else self.config
         job = Job(job_id, duration, outcome, self.clock(), config, overrides=overrides)
         self.jobs[job_id] = job
+        if callback_url is not None:
+            job.callback_url, job.callback = callback_url, "scheduled"
+            self.callbacks["scheduled"] += 1
+            task = asyncio.get_running_loop().create_task(self._push(job))
+            self.pushes.add(task)
+            task.add_done_callback(self.pushes.discard)
         return job
 
     def stats(self) -> dict[str, Any]:
@@ -198,10 +461,25 @@ class Simulator:
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
             "max_concurrent": self.max_concurrent,
+            "callbacks": dict(self.callbacks),
         }
 
     def count(self, code: int) -> None:
         self.by_status[code] = self.by_status.get(code, 0) + 1
+
+    def unauthorized(self, request: web.Request, job: Job | None) -> web.Response | None:
+        """A 401 when `require_header` is set and the request lacks it (counted), else None."""
+        if self.header is None:
+            return None
+        name, value = self.header
+        given = request.headers.get(name)
+        if given is not None and hmac.compare_digest(given.encode(), value.encode()):
+            return None
+        self.requests += 1
+        self.count(401)
+        if job is not None:
+            job.unauthorized += 1
+        return web.json_response({"detail": f"missing or wrong {name} header"}, status=401)
 
     async def poll(self, job: Job) -> web.Response:
         """Answer one status request for `job`, counting it and applying faults."""
@@ -241,21 +519,60 @@ class Simulator:
             return web.Response(body=MALFORMED_BODY, content_type=JSON)
         now = self.clock()
         result = job.result(now)
+        vtwatch = cfg.shape == "vtwatch"
         if result != "pending":
             if job.completed_noticed_at is None:
                 job.completed_noticed_at = now
-            return web.Response(body=BODIES[result], content_type=JSON)
+            if vtwatch:
+                return web.Response(body=BODIES[result], content_type=JSON)
+            return web.json_response(SHAPES[cfg.shape].status(job.id, result, 1.0))
         headers = {}
         if cfg.hint_retry_after is not None:
             headers["Retry-After"] = f"{cfg.hint_retry_after:g}"
+        remaining = job.ends_at - now
+        fraction = 1.0 - remaining / job.duration if job.duration else 1.0
+        if not vtwatch:
+            body = SHAPES[cfg.shape].status(job.id, result, min(1.0, max(0.0, fraction)))
+            return web.json_response(body, headers=headers)
         if not cfg.hints:
             return web.Response(body=BODIES[result], content_type=JSON, headers=headers)
-        remaining = job.ends_at - now
-        progress = 100.0 * (1.0 - remaining / job.duration) if job.duration else 100.0
         eta = remaining * (1.0 + rng.uniform(-cfg.eta_error, cfg.eta_error))
-        body = {"result": result, "progress": round(min(100.0, max(0.0, progress)), 2)}
+        body = {"result": result, "progress": round(min(100.0, max(0.0, 100.0 * fraction)), 2)}
         body["eta_seconds"] = round(max(0.0, eta), 3)
         return web.json_response(body, headers=headers)
+
+    async def _push(self, job: Job) -> None:
+        """POST the job's end to its callback URL: once, `callback_delay` after it ends
+        whether or not anyone polls (the wait is read off the clock at creation and slept in
+        real seconds), unless drawn as lost; failures are counted, never raised."""
+        assert job.callback_url is not None
+        cfg = job.config
+        await asyncio.sleep(max(0.0, job.ends_at + cfg.callback_delay - self.clock()))
+        self.callbacks["scheduled"] -= 1
+        if cfg.callback_loss_rate and self.push_rng.random() < cfg.callback_loss_rate:
+            job.callback = "lost"
+            self.callbacks["lost"] += 1
+            return
+        body = SHAPES[cfg.shape].push(job.id, job.outcome)
+        if self.session is None:
+            self.session = ClientSession(timeout=ClientTimeout(total=CALLBACK_TIMEOUT))
+        try:
+            async with self.session.post(job.callback_url, json=body) as response:
+                ok = 200 <= response.status < 300
+        except Exception:  # any failure of the one attempt is only counted
+            ok = False
+        job.callback = "sent" if ok else "failed"
+        self.callbacks[job.callback] += 1
+
+    async def close(self) -> None:
+        """Cancel the pushes not yet sent and close the session (on the app's cleanup)."""
+        tasks = list(self.pushes)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
 
 
 SIMULATOR = web.AppKey("simulator", Simulator)
@@ -263,12 +580,16 @@ SIMULATOR = web.AppKey("simulator", Simulator)
 
 async def _default_status(request: web.Request) -> web.Response:
     sim = request.app[SIMULATOR]
-    return await sim.poll(sim.jobs[DEFAULT_JOB])
+    job = sim.jobs[DEFAULT_JOB]
+    return sim.unauthorized(request, job) or await sim.poll(job)
 
 
 async def _job_status(request: web.Request) -> web.Response:
     sim = request.app[SIMULATOR]
     job = sim.jobs.get(request.match_info["id"])
+    denied = sim.unauthorized(request, job)
+    if denied is not None:
+        return denied
     if job is None:
         sim.requests += 1
         sim.count(404)
@@ -296,23 +617,29 @@ async def _create_jobs(request: web.Request) -> web.Response:
             raise BadRequest("jobs: must be the only field and a list of job objects")
         specs = body["jobs"] if batch else [body]
         parsed = [_parse_job(s, f"jobs[{i}]." if batch else "") for i, s in enumerate(specs)]
-        if sim.mix is None and any(duration is None for duration, _, _ in parsed):
+        if sim.mix is None and any(spec[0] is None for spec in parsed):
             where = next(i for i, p in enumerate(parsed) if p[0] is None)
             raise BadRequest(f"{f'jobs[{where}].' if batch else ''}duration: required (no --mix)")
     except BadRequest as exc:
         return web.json_response({"detail": str(exc)}, status=400)
     base = f"{request.scheme}://{request.host}/jobs/"
     created = []
-    for wanted, outcome, overrides in parsed:
+    for wanted, outcome, overrides, callback_url in parsed:
         duration = sim.draw_duration() if wanted is None else wanted
-        job = sim.create(duration, outcome, overrides)
+        job = sim.create(duration, outcome, overrides, callback_url)
         url = f"{base}{job.id}/status"
         created.append({"id": job.id, "status_url": url, "duration": duration, "outcome": outcome})
+        if job.config.shape != "vtwatch":
+            created[-1]["shape"] = job.config.shape
     return web.json_response({"jobs": created} if batch else created[0], status=201)
 
 
 async def _stats(request: web.Request) -> web.Response:
     return web.json_response(request.app[SIMULATOR].stats())
+
+
+async def _close(app: web.Application) -> None:
+    await app[SIMULATOR].close()
 
 
 async def _reset(request: web.Request) -> web.Response:
@@ -332,6 +659,7 @@ def create_app(
     app.router.add_get("/jobs/{id}", _job_details)
     app.router.add_get("/stats", _stats)
     app.router.add_post("/reset", _reset)
+    app.on_cleanup.append(_close)
     return app
 
 
@@ -352,6 +680,14 @@ def _port(text: str) -> int:
     if not text.isdigit() or not 0 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"not a TCP port: {text!r}")
     return int(text)
+
+
+def _header(text: str) -> str:
+    try:
+        SimulatorConfig(require_header=text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not 'Name: value': {text!r}") from None
+    return text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -384,6 +720,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--max-duration", type=seconds, default=d.max_duration, help="loguniform: longest, s")
     add("--host-rate-limit", type=seconds, default=d.host_rate_limit, help="status requests/s")
     add("--host-burst", type=seconds, default=d.host_burst, help="burst above the rate limit")
+    add("--shape", choices=SHAPES, default=d.shape, help="a provider's status body format")
+    add(
+        "--require-header",
+        type=_header,
+        default=None,
+        metavar="'NAME: VALUE'",
+        help="status requests without this header (or with another value) answer 401",
+    )
+    add(
+        "--callback-delay",
+        type=seconds,
+        default=d.callback_delay,
+        help="seconds from a job's end to the POST to its callback_url",
+    )
+    add(
+        "--callback-loss-rate",
+        type=rate,
+        default=d.callback_loss_rate,
+        help="share of callback POSTs never sent",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
@@ -404,7 +760,7 @@ async def _serve(config: SimulatorConfig, host: str, port: int) -> None:
         await web.TCPSite(runner, host, port).start()
         print(
             f"simulator listening on http://{host}:{port} - GET /status: {sim.default_outcome}"
-            f" after {sim.default_delay:.1f} s; POST /jobs for more",
+            f" after {sim.default_delay:.1f} s ({config.shape} bodies); POST /jobs for more",
             flush=True,
         )
         stop = asyncio.Event()
