@@ -24,6 +24,7 @@ from aiohttp import web
 
 from client.simulator import SimulatorConfig, create_app
 from client.webhooks import new_secret, signature_header
+from service.api.schemas import WatchCreate
 from service.settings import Settings
 from worker.cli import build_parser
 
@@ -71,8 +72,8 @@ SDK_EXAMPLES = [block for block in PYTHON if "WatchServiceClient(" in block]
 
 def test_the_pages_have_the_blocks_these_tests_run() -> None:
     # the README's client example and tour receiver; docs/client.md's two client examples and
-    # the SDK example; docs/webhooks.md's receiver
-    assert len(CLIENT_EXAMPLES) == 3 and len(RECEIVERS) == 2 and len(SDK_EXAMPLES) == 1
+    # the SDK example; docs/upstreams.md's client example; docs/webhooks.md's receiver
+    assert len(CLIENT_EXAMPLES) == 4 and len(RECEIVERS) == 2 and len(SDK_EXAMPLES) == 1
     assert any("VideoTranslationClient(" in block for block in README_PYTHON)
     assert any("web.run_app(" in block for block in README_PYTHON)
     # a new block: give it a test
@@ -84,6 +85,24 @@ def test_python_blocks_compile(index: int) -> None:
     # Top-level `await` is allowed: a snippet may be the body of your coroutine (or the
     # `python -m asyncio` REPL).
     compile(PYTHON[index], f"python block {index}", "exec", ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+
+
+UPSTREAM_EXAMPLES = [block for block in blocks("json") if '"upstream"' in block]
+
+
+@pytest.mark.parametrize("index", range(len(UPSTREAM_EXAMPLES)))
+def test_upstream_examples_are_registrations_the_api_takes(index: int) -> None:
+    """Every registration with an `upstream` the README and docs show validates as the API's
+    WatchCreate, and its rules compile (as `POST /v1/watches` checks them)."""
+    body = WatchCreate.model_validate_json(UPSTREAM_EXAMPLES[index])
+    assert body.upstream is not None
+    body.upstream.upstream()
+
+
+def test_the_readme_shows_a_preset_and_custom_rules() -> None:
+    readme = [block for block in UPSTREAM_EXAMPLES if block in README]
+    assert any('"preset"' in block for block in readme)
+    assert any('"rules"' in block for block in readme)
 
 
 def free_port() -> int:
