@@ -183,6 +183,7 @@ async def watch_presets(
     sim, api = Simulator(http, sim_url), Api(http, api_url)
     answers: list[str] = []  # the raw text of every API answer, searched for the secret
     stream = TenantStream(http, f"{api_url}/v1/events")
+    followed: list[asyncio.Task[httpx.Response]] = []
 
     async def call(method: str, path: str, **kwargs: Any) -> httpx.Response:
         response = await http.request(method, f"{api_url}{path}", **kwargs)
@@ -242,6 +243,11 @@ async def watch_presets(
                 for job, (p, _) in zip(header_jobs, plan, strict=True)
             ]
         )
+        # Each watch's own event stream, followed to its end (a poll event per observed poll).
+        followed += [
+            asyncio.create_task(call("GET", f"/v1/watches/{w['id']}/events", timeout=40))
+            for w in registered
+        ]
         for watch, (preset, _) in zip(registered, plan, strict=True):
             assert watch["state"] == "pending", watch
             assert watch["upstream"]["preset"] == preset, watch
@@ -335,11 +341,15 @@ async def watch_presets(
         await call("GET", "/v1/status")
         for watch in [*registered, bare]:
             await call("GET", f"/v1/watches/{watch['id']}/deliveries")
-        one = registered[0]["id"]
-        events = await call("GET", f"/v1/watches/{one}/events", timeout=10)
-        assert "event: state" in events.text and one in events.text, events.text
-        answers.append(await stream.stop())
-        assert '"type"' in answers[-1] or "event: watch" in answers[-1], answers[-1][:500]
+        for watch, task in zip(registered, followed, strict=True):
+            events = await asyncio.wait_for(task, 10)
+            assert events.status_code == 200, events.text
+            ended = watches[watch["id"]]["state"]
+            assert f'"state":"{ended}"' in events.text.replace(" ", ""), events.text
+        tenant_events = await stream.stop()
+        answers.append(tenant_events)
+        assert tenant_events.count("event: watch") >= total, tenant_events
+        assert all(w["id"] in tenant_events for w in [*registered, bare]), tenant_events
         leaks = [answer[:300] for answer in answers if secret in answer]
         assert not leaks, leaks
 
@@ -351,6 +361,8 @@ async def watch_presets(
         assert len(sealed) == len(registered), sealed  # the bare watch has no headers
         assert not [key for key, value in dump.items() if secret in value]
     finally:
+        for task in followed:
+            task.cancel()
         await stream.stop()
         await receiver.aclose()
 
