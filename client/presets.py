@@ -107,7 +107,7 @@ PRESETS: dict[str, Preset] = {
         "description": "Google Cloud long-running operation (GET .../operations/{name})",
         "docs": "https://google.aip.dev/151",
         "rules": [
-            {"path": "done && error", "exists": True, "then": "error"},
+            {"path": "error", "exists": True, "then": "error"},  # set only once done (AIP-151)
             {"path": "done", "equals": True, "then": "completed"},
             {"path": "done || `false`", "equals": False, "then": "pending"},
         ],

@@ -90,7 +90,7 @@ class Observation:
     retry_after: float | None = None
     internal: bool = False
     # What the upstream's job produced (an `Upstream.result` path; at most MAX_RESULT_BYTES of
-    # JSON, else its JSON text cut there and `result_truncated`). Only on a terminal status.
+    # JSON, else its JSON text cut there and `result_truncated`). Only on `completed`.
     result: Any = None
     result_truncated: bool = False
 
@@ -371,7 +371,7 @@ class Upstream:
 
     `progress` reads a number 0-100 (0-1 with `progress_scale="fraction"`) or a string
     "NN%"; `eta` seconds; `error` the provider's message (the error text of a watch that ends
-    `error`); `result` what the job produced (kept on a terminal observation, cut past 16 KiB
+    `error`); `result` what the job produced (kept when it ends `completed`, cut past 16 KiB
     of JSON). Raises UpstreamSpecError for anything it cannot use.
     """
 
@@ -564,7 +564,7 @@ class StatusReader:
         if status is Status.ERROR:
             message = _search(hints["error"], document) if "error" in hints else None
             seen.error = _text(message) or f"the upstream reported an error (HTTP {http_status})"
-        if status is not Status.PENDING and "result" in hints:
+        if status is Status.COMPLETED and "result" in hints:
             found = _search(hints["result"], document)
             if found is not None and found is not _FAILED:
                 seen.result, seen.result_truncated = capped_result(found)

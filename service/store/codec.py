@@ -17,6 +17,7 @@ from typing import Any, cast
 import orjson
 
 from client.backoff import BACKOFF_FACTOR, INITIAL_WAIT_TIME, JITTER, SERVICE_MAX_INTERVAL
+from client.presets import DEFAULT_PRESET
 
 from ..domain import WatchDoc, WebhookState
 
@@ -136,8 +137,10 @@ def upstream_json(stored: Mapping[str, Any] | None) -> dict[str, Any] | None:
     (they are stored sealed, `SEALED_HEADERS`)."""
     if stored is None:
         return None
-    shown = {key: value for key, value in stored.items() if key not in _SEALED_FIELDS}
+    shown = {**_UPSTREAM_DEFAULTS, **stored}
     shown["headers"] = {name: "***" for name in stored.get(HEADER_NAMES, ())}
+    for field in _SEALED_FIELDS:
+        shown.pop(field, None)
     return shown
 
 
@@ -145,6 +148,18 @@ def upstream_json(stored: Mapping[str, Any] | None) -> dict[str, Any] | None:
 SEALED_HEADERS = "sealed_headers"
 HEADER_NAMES = "header_names"
 _SEALED_FIELDS = frozenset({SEALED_HEADERS, HEADER_NAMES})
+# `service.api.schemas.UpstreamSpec`'s fields in its order, at their defaults (a stored spec
+# leaves them out), so that GET and the webhook show the same `upstream`.
+_UPSTREAM_DEFAULTS: dict[str, Any] = {
+    "preset": DEFAULT_PRESET,
+    "headers": {},
+    "rules": None,
+    "progress": None,
+    "eta": None,
+    "error": None,
+    "result": None,
+    "progress_scale": None,
+}
 
 
 _FLOAT_POLICY = ("initial_wait_time", "backoff_factor", "jitter", "max_interval", "max_wait_time")
