@@ -34,7 +34,7 @@ from ..store.watches import Store
 from .deps import PartitionCheck
 from .middleware import Authenticate, LimitBody, RequestIds, TimeRequests
 from .responses import invalid_input, mismatch
-from .routes import dashboard, docs, ops
+from .routes import callbacks, dashboard, docs, ops
 from .routes import events as event_routes
 from .routes import watches as routes
 from .routes import webhooks as webhook_routes
@@ -106,6 +106,7 @@ def create_app(settings: Settings | None = None, redis: aioredis.Redis | None = 
     app.include_router(routes.router)
     app.include_router(webhook_routes.router)
     app.include_router(event_routes.router)
+    app.include_router(callbacks.router)
     app.include_router(dashboard.router)
     app.include_router(ops.router)
     docs.install(app)

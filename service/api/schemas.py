@@ -74,6 +74,12 @@ class WatchCreate(BaseModel):
     metadata: dict[str, Any] = Field(
         default_factory=dict, description="yours, echoed back (a JSON object up to 4 KiB)"
     )
+    callback: bool = Field(
+        False,
+        strict=True,
+        description="answer a `callback_url` to hand the upstream as the job's webhook: a "
+        "`POST` or `GET` there makes the watch due now (see `callback_url`)",
+    )
 
     @field_validator("metadata")
     @classmethod
@@ -143,6 +149,19 @@ class Watch(BaseModel):
     deadline: datetime
     finished_at: datetime | None
     webhook: WebhookSummary
+
+
+class WatchCreated(Watch):
+    """The answer of a registration: the Watch, and with `callback: true` its callback URL."""
+
+    callback_url: str | None = Field(
+        None,
+        description="with `callback: true` only: `POST` or `GET` it (no API key; the token in it "
+        "is the credential) to make the watch due now. Each answer of the registration (the "
+        "`201`, and each `200` replay with its Idempotency-Key) carries a fresh URL, all of them "
+        "valid, at most 8 per watch (then null); only their hashes are stored, so no other "
+        "request shows one",
+    )
 
 
 class WatchPage(BaseModel):
