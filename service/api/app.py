@@ -31,6 +31,7 @@ from ..store.outbox import Outbox
 from ..store.pubsub import EventHub
 from ..store.replication import Replication
 from ..store.watches import Store
+from .auth import redact
 from .deps import PartitionCheck
 from .middleware import Authenticate, LimitBody, RequestIds, TimeRequests
 from .responses import invalid_input, mismatch
@@ -146,7 +147,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     # every Redis error is a passing state of the store for the caller, never a 500.
     @app.exception_handler(RedisError)
     async def unavailable(request: Request, exc: Exception) -> JSONResponse:
-        logger.warning("Redis unavailable during %s %s: %s", request.method, request.url.path, exc)
+        path = redact(request.url.path)  # a push callback's token is a credential
+        logger.warning("Redis unavailable during %s %s: %s", request.method, path, exc)
         return JSONResponse(
             {"detail": UNAVAILABLE},
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,

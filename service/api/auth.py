@@ -26,9 +26,18 @@ CHALLENGE = {"WWW-Authenticate": "Bearer"}
 CALLBACK_PATH = re.compile(r"^/v1/callbacks/[A-Za-z0-9_-]{1,64}/[A-Za-z0-9_-]{1,64}$")
 
 
+CALLBACK_TOKEN = re.compile(r"(/v1/callbacks/[^/?#\s]+/)[^/?#\s\"]+")
+
+
 def is_callback(path: str) -> bool:
     """Whether `path` is a push callback's (no API key; its body is not parsed)."""
     return CALLBACK_PATH.fullmatch(path) is not None
+
+
+def redact(text: str) -> str:
+    """`text` with the token of any push-callback path in it replaced by `***` (a credential:
+    never logged)."""
+    return CALLBACK_TOKEN.sub(r"\1***", text)
 
 
 def tenant_of(authorization: str | None, settings: Settings) -> str | None:

@@ -7,6 +7,7 @@ a request there makes the watch due now (`Store.callback`, callback.lua), at mos
 is never trusted (capped at 64 KiB by `LimitBody`, never parsed; a short printable excerpt is
 logged at debug level). Unknown watch, wrong token and ended watch answer one `404`, byte for
 byte (no oracle). `middleware.Authenticate` lets exactly this path through (`auth.is_callback`).
+The token is a credential: the server's access lines show it as `***` (`RedactTokens`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from ...metrics import CALLBACKS
-from ..auth import is_callback
+from ..auth import is_callback, redact
 from ..deps import SettingsDep, StoreDep
 from ..responses import errors
 from .watches import callback_token_hash
@@ -29,6 +30,22 @@ router = APIRouter(prefix="/v1", tags=["callbacks"])
 NOT_FOUND_DETAIL = "no such callback"
 EXCERPT_BYTES = 200
 OUTCOMES = {outcome: CALLBACKS.labels(outcome) for outcome in ("accepted", "ignored", "rejected")}
+
+
+class RedactTokens(logging.Filter):
+    """Replaces the token of a push-callback path in a log line's arguments (uvicorn's access
+    line carries the request's path) with `***`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(
+            isinstance(arg, str) and "/v1/callbacks/" in arg for arg in record.args
+        ):
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+# A filter of the logger itself (not of a handler): `logs.configure` replaces handlers only.
+logging.getLogger("uvicorn.access").addFilter(RedactTokens())
 
 
 class CallbackAccepted(BaseModel):
