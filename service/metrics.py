@@ -171,3 +171,11 @@ REPLICA_WAIT_SHORT = Counter(
     "Promised writes that fewer replicas than VTW_REDIS_WAIT_REPLICAS acknowledged in time",
 )
 PARTITIONS_OWNED = Gauge("vtwatch_partitions_owned", "Partitions this worker owns (rendezvous)")
+CALLBACKS = Counter(
+    "vtwatch_callbacks",
+    "Push callbacks (POST or GET /v1/callbacks/...), by outcome: accepted (an early poll "
+    "granted), ignored (a valid callback that changed nothing: within VTW_MIN_POLL_INTERVAL of "
+    "the last early poll, or the watch already due), rejected (404: unknown watch, wrong token "
+    "or ended watch)",
+    ["outcome"],
+)

@@ -29,6 +29,7 @@ SECRET_KEY_COMMAND = (
 )
 SECRET_KEY_BYTES = 32
 _URLSAFE_BASE64 = re.compile(r"[A-Za-z0-9_-]+={0,2}")
+PUBLIC_URL_EXAMPLE = "https://vtwatch.example.com"
 
 
 class ConfigurationError(ValueError):
@@ -67,6 +68,24 @@ def check_redis_url(url: str) -> str:
             f"the path must be a database number (e.g. VTW_REDIS_URL={REDIS_URL_EXAMPLE})"
         )
     return url
+
+
+def check_public_url(url: str) -> str:
+    """An http(s) URL with a host, no query or fragment (a path prefix is fine), without its
+    trailing slash: callback URLs are `{it}/v1/callbacks/...`."""
+    parts = urlsplit(url.strip())
+    hint = f"(e.g. VTW_PUBLIC_URL={PUBLIC_URL_EXAMPLE})"
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"must be an http:// or https:// URL {hint}")
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number in range
+    except ValueError:
+        raise ValueError(f"the port is not a number from 1 to 65535 {hint}") from None
+    if not parts.hostname:
+        raise ValueError(f"names no host {hint}")
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        raise ValueError(f"must have no query or fragment {hint}")
+    return url.strip().rstrip("/")
 
 
 def _network(text: str) -> Network:
@@ -211,6 +230,12 @@ class Settings(BaseSettings):
         description="seconds a worker uses an upstream's learned durations before reading "
         "them again",
     )
+    public_url: str | None = Field(
+        None,
+        description="the API's address as callers and upstreams reach it, for `callback_url`; "
+        "unset: the request's base URL",
+        examples=[PUBLIC_URL_EXAMPLE],
+    )
     metrics_refresh_seconds: float = Field(
         5.0,
         gt=0,
@@ -288,6 +313,11 @@ class Settings(BaseSettings):
     @classmethod
     def _check_redis_url(cls, value: str | None) -> str | None:
         return None if value is None else check_redis_url(value)
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str | None) -> str | None:
+        return None if value is None else check_public_url(value)
 
     @field_validator("allowed_networks", mode="before")
     @classmethod

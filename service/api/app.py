@@ -31,10 +31,11 @@ from ..store.outbox import Outbox
 from ..store.pubsub import EventHub
 from ..store.replication import Replication
 from ..store.watches import Store
+from .auth import redact
 from .deps import PartitionCheck
 from .middleware import Authenticate, LimitBody, RequestIds, TimeRequests
 from .responses import invalid_input, mismatch
-from .routes import dashboard, docs, ops
+from .routes import callbacks, dashboard, docs, ops
 from .routes import events as event_routes
 from .routes import watches as routes
 from .routes import webhooks as webhook_routes
@@ -106,6 +107,7 @@ def create_app(settings: Settings | None = None, redis: aioredis.Redis | None = 
     app.include_router(routes.router)
     app.include_router(webhook_routes.router)
     app.include_router(event_routes.router)
+    app.include_router(callbacks.router)
     app.include_router(dashboard.router)
     app.include_router(ops.router)
     docs.install(app)
@@ -145,7 +147,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     # every Redis error is a passing state of the store for the caller, never a 500.
     @app.exception_handler(RedisError)
     async def unavailable(request: Request, exc: Exception) -> JSONResponse:
-        logger.warning("Redis unavailable during %s %s: %s", request.method, request.url.path, exc)
+        path = redact(request.url.path)  # a push callback's token is a credential
+        logger.warning("Redis unavailable during %s %s: %s", request.method, path, exc)
         return JSONResponse(
             {"detail": UNAVAILABLE},
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,

@@ -1,7 +1,8 @@
 """API keys: `Authorization: Bearer <key>`; a key belongs to one tenant.
 
 `tenant_of` is the one rule from a header to a tenant. `middleware.Authenticate` applies it to
-every `/v1/` request and to `/metrics` before anything reads the body; the `TenantDep`
+every `/v1/` request (but a push callback's, `is_callback`) and to `/metrics` before anything
+reads the body; the `TenantDep`
 dependency hands its answer to the routes. `check_open_mode` and `check_key_length` are the
 start-up refusals.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import re
 
 from fastapi import HTTPException, status
 
@@ -19,6 +21,23 @@ OPEN_TENANT = "default"
 MIN_KEY_LENGTH = 16  # characters, when listening beyond loopback
 UNAUTHORIZED = "missing or unknown API key: send `Authorization: Bearer <key>`"
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
+# The one path that needs no key: a push callback, whose token is its credential
+# (routes/callbacks.py). Exactly two segments of id characters: nothing else under /v1/ matches.
+CALLBACK_PATH = re.compile(r"^/v1/callbacks/[A-Za-z0-9_-]{1,64}/[A-Za-z0-9_-]{1,64}$")
+
+
+CALLBACK_TOKEN = re.compile(r"(/v1/callbacks/[^/?#\s]+/)[^/?#\s\"]+")
+
+
+def is_callback(path: str) -> bool:
+    """Whether `path` is a push callback's (no API key; its body is not parsed)."""
+    return CALLBACK_PATH.fullmatch(path) is not None
+
+
+def redact(text: str) -> str:
+    """`text` with the token of any push-callback path in it replaced by `***` (a credential:
+    never logged)."""
+    return CALLBACK_TOKEN.sub(r"\1***", text)
 
 
 def tenant_of(authorization: str | None, settings: Settings) -> str | None:

@@ -5,15 +5,17 @@ Observing (every request, before anything can refuse it):
 - `RequestIds` gives each request an id, on its log lines and in `X-Request-ID`.
 
 What a request must pass before any route sees it:
-- `Authenticate` resolves the caller's tenant from `Authorization` for every `/v1/` path and
-  for `/metrics` (fleet-wide figures: with keys set, any tenant's key; open when no keys are
+- `Authenticate` resolves the caller's tenant from `Authorization` for every `/v1/` path (but
+  a push callback's, `/v1/callbacks/{id}/{token}`: its token is the credential) and for
+  `/metrics` (fleet-wide figures: with keys set, any tenant's key; open when no keys are
   configured, which only loopback allows) and answers 401 before a byte of the body is read.
 - `LimitBody` refuses a body over the cap with 413 — a declared `Content-Length` at once, a
   streamed body as soon as the count passes the cap, so nothing reads more than that — and a
   JSON body that JSON cannot carry with 422: orjson refuses NaN and Infinity, numbers that
   overflow a double, lone surrogates, invalid UTF-8, which Python's `json` (FastAPI's parser)
   lets through; and nesting deeper than `MAX_JSON_DEPTH`, which no request needs and which
-  Python's recursive parser fails on (near 1000 levels) with a 400 instead of a 422.
+  Python's recursive parser fails on (near 1000 levels) with a 400 instead of a 422. A push
+  callback's body is capped but never parsed (an upstream's, whatever it sends).
 
 A refusal that leaves a body unread closes the connection (`Connection: close`), so the server
 stops reading it too.
@@ -34,7 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..logs import REQUEST_ID
 from ..metrics import HTTP_DURATION
 from ..settings import Settings
-from .auth import CHALLENGE, UNAUTHORIZED, tenant_of
+from .auth import CHALLENGE, UNAUTHORIZED, is_callback, tenant_of
 from .responses import MAX_BODY_BYTES, describe
 
 MAX_JSON_DEPTH = 64
@@ -145,7 +147,7 @@ async def refuse(
 
 
 def is_protected(path: str) -> bool:
-    return path.startswith(PROTECTED_PREFIX) or path in PROTECTED_PATHS
+    return (path.startswith(PROTECTED_PREFIX) and not is_callback(path)) or path in PROTECTED_PATHS
 
 
 class Authenticate:
@@ -201,7 +203,7 @@ class LimitBody:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        if body and _is_json(headers):
+        if body and _is_json(headers) and not is_callback(scope["path"]):
             why = _not_strict_json(body)
             if why is not None:
                 await refuse(send, 422, describe([why]))

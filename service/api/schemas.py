@@ -125,6 +125,12 @@ class WatchCreate(BaseModel):
     upstream: UpstreamSpec | None = Field(
         None, description='another job API than `{"result": ...}`: preset, rules, headers'
     )
+    callback: bool = Field(
+        False,
+        strict=True,
+        description="answer a `callback_url` to hand the upstream as the job's webhook: a "
+        "`POST` or `GET` there makes the watch due now (see `callback_url`)",
+    )
 
     @field_validator("metadata")
     @classmethod
@@ -200,6 +206,19 @@ class Watch(BaseModel):
     result: Any = Field(None, description="what the job produced (`upstream.result`), when ended")
     result_truncated: bool = Field(
         False, description="`result` was over 16 KiB of JSON: its JSON text, cut"
+    )
+
+
+class WatchCreated(Watch):
+    """The answer of a registration: the Watch, and with `callback: true` its callback URL."""
+
+    callback_url: str | None = Field(
+        None,
+        description="with `callback: true` only: `POST` or `GET` it (no API key; the token in it "
+        "is the credential) to make the watch due now. Each answer of the registration (the "
+        "`201`, and each `200` replay with its Idempotency-Key) carries a fresh URL, all of them "
+        "valid, at most 8 per watch (then null); only their hashes are stored, so no other "
+        "request shows one",
     )
 
 

@@ -21,6 +21,12 @@ Per partition (`<tag>` = `{ns}` or `{ns:p}`):
     vtw:<tag>:t:<tenant>:idx:<st>   ZSET  the same, per state
     vtw:<tag>:t:<tenant>:counts     HASH  state -> count, and wh:<state> -> count
     vtw:<tag>:idem:<tenant>:<hash>  STRING idempotency key -> "<id> <body fingerprint>"
+    vtw:<tag>:cb:<id>               HASH  a watch's push callbacks: `h:<SHA-256 of a token>` -> 1
+                                          per callback URL handed out, `early` -> when the last
+                                          early poll was granted (ms); expires a day after the
+                                          watch's deadline
+    vtw:<tag>:callbacks             ZSET  "<id> <fencing token>" -> when an early poll is owed after
+                                          the poll in flight under that lease ends (record.lua)
     vtw:<tag>:listening             STRING set (30 s, refreshed) while an API process streams a
                                           watch of the partition: only then is each saved poll
                                           published (a cluster would broadcast it to every node)
@@ -101,6 +107,13 @@ class Partition:
     @property
     def listening(self) -> str:
         return self.prefix + "listening"
+
+    @property
+    def callbacks(self) -> str:
+        return self.prefix + "callbacks"
+
+    def callback(self, watch_id: str) -> str:
+        return f"{self.prefix}cb:{watch_id}"
 
     def queue(self, kind: QueueKind) -> tuple[str, str]:
         """The leased schedule `kind` of this partition: (its ZSET, its leases)."""

@@ -37,9 +37,11 @@ from .hosts import HostBook
 from .keys import Keys, Partition
 from .queue import Claimed, LeasedQueue
 from .replication import Replication
-from .scripts import ScriptCall, load_scripts, run_scripts, server_time_ms
+from .scripts import ScriptCall, load_scripts, run_scripts, server_time_ms, text
 
-SCRIPTS = ("register", "record", "finish", "cancel", "forget")
+SCRIPTS = ("register", "record", "finish", "cancel", "forget", "callback", "callback_token")
+# Push-callback URLs one watch may hand out (its registration, and replays of it).
+MAX_CALLBACK_TOKENS = 8
 # A finished watch whose webhook is still being delivered outlives its retention: checked again
 # this long after (its delivery settles first).
 RETENTION_RECHECK_MS = 3_600_000
@@ -242,6 +244,34 @@ class Store:
             raise WatchConflict(watch_id, f"has already ended: it is {doc['state']}")
         return doc
 
+    async def add_callback_token(self, watch_id: str, token_hash: str) -> bool:
+        """Accept push callbacks for a pending watch with a token whose SHA-256 (hex) is
+        `token_hash` (callback_token.lua): False when the watch is gone or ended, or already
+        has `MAX_CALLBACK_TOKENS` (then no callback URL is handed out)."""
+        part = self.keys.of(watch_id)
+        keys = [part.watch(watch_id), part.callback(watch_id)]
+        args: list[str | int] = [token_hash, MAX_CALLBACK_TOKENS]
+        script = self._scripts["callback_token"]
+        return bool(await retry_idempotent(lambda: script(keys=keys, args=args)))
+
+    async def callback(self, watch_id: str, token_hash: str, min_interval_seconds: float) -> str:
+        """A push callback (callback.lua): make the watch due now, at most once per interval,
+        without a second poll while one is in flight. Returns `accepted` (an early poll was
+        granted), `ignored` (a valid callback that changed nothing) or `missing` (no such watch,
+        not its token, or ended: one answer for all three)."""
+        part = self.keys.of(watch_id)
+        keys = [
+            part.schedule,
+            part.leases,
+            part.watch(watch_id),
+            part.callback(watch_id),
+            part.callbacks,
+        ]
+        args: list[str | int] = [watch_id, token_hash, int(min_interval_seconds * 1000)]
+        script = self._scripts["callback"]
+        # Safe to repeat: a second run inside the interval changes nothing.
+        return text(await retry_idempotent(lambda: script(keys=keys, args=args)))
+
     async def due_backlog(self) -> tuple[int, float]:
         """How many watches are due and unclaimed, and how long the oldest has waited (s)."""
         now = await self.server_time_ms()
@@ -311,7 +341,7 @@ class Store:
             for part, js in self.keys.group(polls[i][0].id for i in pending).items()
         }
         for part, indexes in by_partition.items():
-            keys = [part.schedule, part.leases, part.listening]
+            keys = [part.schedule, part.leases, part.listening, part.callbacks]
             args: list[Any] = [self.keys.events_prefix]
             for claimed, doc in (polls[i] for i in indexes):
                 keys.append(part.watch(claimed.id))

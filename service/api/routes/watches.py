@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import secrets
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Query, Response, status
+from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 
 from client.presets import PRESETS, Preset
@@ -18,7 +19,8 @@ from ...domain import WatchState
 from ...metrics import WATCHES_FINISHED, WATCHES_REGISTERED
 from ...sealing import NOT_CONFIGURED_DETAIL, Sealer
 from ...settings import Settings
-from ...store.codec import HEADER_NAMES, SEALED_HEADERS
+from ...store.codec import HEADER_NAMES, SEALED_HEADERS, watch_json
+from ...store.watches import Store
 from ..deps import SettingsDep, StoreDep, TenantDep
 from ..responses import errors
 from ..schemas import (
@@ -26,6 +28,7 @@ from ..schemas import (
     UpstreamSpec,
     Watch,
     WatchCreate,
+    WatchCreated,
     WatchPage,
     render_summary,
     render_watch,
@@ -39,8 +42,13 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = errors(404)
 @router.post(
     "/watches",
     status_code=status.HTTP_201_CREATED,
+    # `callback_url` only with `callback: true` (render_watch sets every other field).
+    response_model_exclude_unset=True,
     responses={
-        200: {"model": Watch, "description": "an earlier request with this Idempotency-Key"},
+        200: {
+            "model": WatchCreated,
+            "description": "an earlier request with this Idempotency-Key",
+        },
         **errors(
             409,
             422,
@@ -57,6 +65,7 @@ async def register_watch(
     store: StoreDep,
     tenant: TenantDep,
     settings: SettingsDep,
+    request: Request,
     response: Response,
     idempotency_key: Annotated[
         str | None,
@@ -65,7 +74,7 @@ async def register_watch(
             description="repeat a request safely: same key and body give the same watch",
         ),
     ] = None,
-) -> Watch:
+) -> WatchCreated:
     """Register a job to watch; workers poll its `status_url` until it ends."""
     _refuse_blocked_urls(body, settings)
     spec = body.spec()
@@ -84,7 +93,24 @@ async def register_watch(
         WATCHES_REGISTERED.inc()
     else:
         response.status_code = status.HTTP_200_OK
-    return render_watch(doc)
+    watch = WatchCreated.model_validate(watch_json(doc))
+    if body.callback:
+        base = settings.public_url or str(request.base_url).rstrip("/")
+        watch.callback_url = await _callback_url(store, doc["id"], base)
+    return watch
+
+
+async def _callback_url(store: Store, watch_id: str, base: str) -> str | None:
+    """A new push-callback URL of the watch: 128 random bits, stored only as a SHA-256 hash
+    (routes/callbacks.py); None when the watch takes no more (ended, or has the most)."""
+    token = secrets.token_urlsafe(16)
+    if not await store.add_callback_token(watch_id, callback_token_hash(token)):
+        return None
+    return f"{base}/v1/callbacks/{watch_id}/{token}"
+
+
+def callback_token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _stored_upstream(upstream: UpstreamSpec, settings: Settings) -> dict[str, Any]:
