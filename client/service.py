@@ -31,6 +31,7 @@ import aiohttp
 from ._capped import read_capped
 from ._session import OwnsSession
 from .errors import ClientError
+from .upstream import Upstream
 
 TERMINAL_STATES = frozenset({"completed", "error", "timeout", "cancelled"})
 RECONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0)  # between attempts to resume a dropped event stream
@@ -81,6 +82,10 @@ class Watch:
     deadline: str
     finished_at: str | None
     webhook: Webhook
+    upstream: dict[str, Any] | None = None  # as registered, header values shown as "***"
+    result: Any = None  # what the job produced (`upstream.result`), once completed
+    result_truncated: bool = False
+    callback_url: str | None = None  # the registration's answer only, with `callback=True`
 
     @property
     def ended(self) -> bool:
@@ -90,6 +95,7 @@ class Watch:
     def from_json(cls, body: Mapping[str, Any]) -> Watch:
         fields: dict[str, Any] = {name: body.get(name) for name in cls.__slots__}
         fields["webhook"] = Webhook(**body["webhook"])
+        fields["result_truncated"] = bool(body.get("result_truncated"))
         return cls(**fields)
 
 
@@ -220,8 +226,16 @@ class WatchServiceClient(OwnsSession):
         policy: Mapping[str, Any] | None = None,
         metadata: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
+        upstream: Upstream | None = None,
+        callback: bool = False,
     ) -> Watch:
+        """Register a watch. `upstream`: another job API (preset, rules, its API key);
+        `callback=True`: the answer's `callback_url` is for the provider to push to."""
         body: dict[str, Any] = {"status_url": status_url}
+        if upstream is not None:
+            body["upstream"] = {**upstream.reading(), "headers": dict(upstream.headers)}
+        if callback:
+            body["callback"] = True
         if webhook_url is not None:
             body["webhook_url"] = webhook_url
         if policy is not None:

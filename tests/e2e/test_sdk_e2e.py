@@ -11,8 +11,10 @@ from typing import Any
 import httpx
 import pytest
 
-from client import ServiceAPIError, Watch, WatchServiceClient
+from client import ServiceAPIError, Upstream, Watch, WatchServiceClient
+from client.simulator import result_url
 from client.terminal.follow import EXIT_CODES, UNREACHABLE
+from service.sealing import generate_key
 from tests.test_cli import run_in_a_terminal
 
 from .helpers import FAST_POLICY, Simulator
@@ -66,6 +68,31 @@ async def test_the_sdk_drives_the_whole_api(
         with pytest.raises(ServiceAPIError) as conflict:
             await service.retry_webhook(watch.id)
         assert conflict.value.status == 409 and "webhook_url" in conflict.value.detail
+
+
+async def test_the_sdk_registers_another_job_api_with_its_key_and_a_callback(
+    namespace: str, procs: Processes, http: httpx.AsyncClient
+) -> None:
+    env = service_env(SHARED_REDIS_URL, namespace, secret_keys=generate_key())
+    _, sim_url = await procs.start_simulator("simulator", "--require-header", "X-Api-Key: k3y")
+    _, api_url = await procs.start_api(env)
+    procs.start_worker(env)
+    (job,) = await Simulator(http, sim_url).create_jobs(
+        [{"duration": 0.5, "outcome": "completed", "shape": "azure-lro"}]
+    )
+    upstream = Upstream(preset="azure-lro", headers={"X-Api-Key": "k3y"})
+    slow = {**FAST_POLICY, "initial_wait_time": 600, "max_interval": 600}  # only a push ends it
+    async with WatchServiceClient(api_url) as service:
+        watch = await service.register(
+            job["status_url"], policy=slow, upstream=upstream, callback=True
+        )
+        assert watch.upstream is not None and watch.upstream["headers"] == {"X-Api-Key": "***"}
+        assert watch.callback_url and watch.callback_url.startswith(f"{api_url}/v1/callbacks/")
+        await asyncio.sleep(0.6)  # the job has ended; the watch would wait ten minutes
+        assert (await http.post(watch.callback_url)).status_code == 202
+        events = [event async for event in service.events(watch.id)]
+        done = events[-1].watch
+        assert done.state == "completed" and done.result == {"url": result_url(job["id"])}
 
 
 async def test_events_resume_by_themselves_across_an_api_restart(
