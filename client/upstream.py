@@ -409,7 +409,8 @@ class Upstream:
         for name in ("rules", *_HINTS, "progress_scale"):
             value = getattr(self, name)
             if value is not None:
-                own[name] = list(value) if name == "rules" else value
+                # a tuple of rules is a list; anything else (a string!) is refused as it is
+                own[name] = list(value) if isinstance(value, tuple) else value
         return own
 
     def reader(self) -> StatusReader | None:
@@ -678,15 +679,25 @@ def _text(found: Any) -> str | None:
 
 
 def capped_result(found: Any) -> tuple[Any, bool]:
-    """`found`, or its JSON text cut at MAX_RESULT_BYTES (and True) when it is longer."""
-    text = _json_text(found)
+    """`found`, or its JSON text cut at MAX_RESULT_BYTES (and True) when it is longer, or
+    when the store's encoder (orjson) cannot hold it as it is (a lone surrogate, nesting past
+    orjson's limit): the watch document that keeps it must still save."""
+    try:
+        text = orjson.dumps(found).decode()
+    except TypeError:  # orjson.JSONEncodeError
+        return _json_text(found).encode()[:MAX_RESULT_BYTES].decode(errors="ignore"), True
     if len(text.encode()) <= MAX_RESULT_BYTES:
         return found, False
     return text.encode()[:MAX_RESULT_BYTES].decode(errors="ignore"), True
 
 
 def _json_text(value: Any) -> str:
+    """`value` as JSON text (ASCII-escaped where orjson refuses it); never raises."""
     try:
         return orjson.dumps(value).decode()
-    except TypeError:  # integers past 64 bits (the standard library parsed them)
+    except TypeError:  # integers past 64 bits, lone surrogates, nesting past 254 levels
+        pass
+    try:
         return json.dumps(value)
+    except (RecursionError, ValueError):  # nesting deeper than the interpreter's stack
+        return json.dumps(_excerpt(value))
