@@ -144,14 +144,19 @@ def describe(errors: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 def _without_credentials(loc: Sequence[Any], value: Any, depth: int = 0) -> Any:
     """An invalid input with upstream headers' values masked (an API key is never echoed):
-    nothing under a `headers` location, `***` for each value of a `headers` object inside."""
-    if "headers" in loc:
+    nothing under a `headers` location, `***` for each value of a `headers` object inside
+    (whatever holds it: a body that is a list too), and nothing for a `headers` that is not
+    an object. Past EXCERPT_CHARS levels nothing is kept: at least one character a level,
+    the excerpt never reaches that deep."""
+    if "headers" in loc or depth > EXCERPT_CHARS:
         return None
-    if not isinstance(value, dict) or depth > 2:  # body -> upstream -> headers
+    if isinstance(value, list):
+        return [_without_credentials((), item, depth + 1) for item in value]
+    if not isinstance(value, dict):
         return value
     return {
-        key: {name: "***" for name in inner}
-        if key == "headers" and isinstance(inner, dict)
+        key: ({name: "***" for name in inner} if isinstance(inner, dict) else None)
+        if key == "headers"
         else _without_credentials((), inner, depth + 1)
         for key, inner in value.items()
     }
