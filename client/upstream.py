@@ -673,7 +673,7 @@ def _text(found: Any) -> str | None:
     if found is None or found is _FAILED:
         return None
     if not isinstance(found, str):
-        found = _json_text(found)
+        found = _json_prefix(found, MAX_ERROR_CHARS * 4)[0].decode(errors="ignore")
     found = found.strip()
     return found[:MAX_ERROR_CHARS] if found else None
 
@@ -682,22 +682,51 @@ def capped_result(found: Any) -> tuple[Any, bool]:
     """`found`, or its JSON text cut at MAX_RESULT_BYTES (and True) when it is longer, or
     when the store's encoder (orjson) cannot hold it as it is (a lone surrogate, nesting past
     orjson's limit): the watch document that keeps it must still save."""
-    try:
-        text = orjson.dumps(found).decode()
-    except TypeError:  # orjson.JSONEncodeError
-        return _json_text(found).encode()[:MAX_RESULT_BYTES].decode(errors="ignore"), True
-    if len(text.encode()) <= MAX_RESULT_BYTES:
+    text, whole = _json_prefix(found, MAX_RESULT_BYTES)
+    if whole:
+        try:
+            orjson.dumps(found)  # at most 16 KiB of it: cheap
+        except TypeError:  # orjson.JSONEncodeError
+            return text.decode(errors="ignore"), True
         return found, False
-    return text.encode()[:MAX_RESULT_BYTES].decode(errors="ignore"), True
+    return text.decode(errors="ignore"), True
 
 
-def _json_text(value: Any) -> str:
-    """`value` as JSON text (ASCII-escaped where orjson refuses it); never raises."""
+def _json_prefix(value: Any, limit: int) -> tuple[bytes, bool]:
+    """The compact JSON of `value`, at most its first `limit` bytes, and whether that is all
+    of it. Iterative, and it stops at `limit`: a value JMESPath built with shared branches
+    (`@ | {a: @, b: @} | {a: @, b: @} | ...`) stands for more text than any memory holds,
+    and nesting may be deeper than the interpreter's stack."""
+    out = bytearray()
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, bytes):  # punctuation and keys, already encoded
+            out += item
+        elif isinstance(item, dict):
+            pieces: list[Any] = [b"{"]
+            for index, (key, inner) in enumerate(item.items()):
+                pieces += [b"," if index else b"", _scalar(str(key)) + b":", inner]
+            pieces.append(b"}")
+            stack.extend(reversed(pieces))
+        elif isinstance(item, list | tuple):
+            pieces = [b"["]
+            for index, inner in enumerate(item):
+                pieces += [b"," if index else b"", inner]
+            pieces.append(b"]")
+            stack.extend(reversed(pieces))
+        else:
+            out += _scalar(item)
+        if len(out) > limit:
+            return bytes(out[:limit]), False
+    return bytes(out), True
+
+
+def _scalar(value: Any) -> bytes:
     try:
-        return orjson.dumps(value).decode()
-    except TypeError:  # integers past 64 bits, lone surrogates, nesting past 254 levels
-        pass
-    try:
-        return json.dumps(value)
-    except (RecursionError, ValueError):  # nesting deeper than the interpreter's stack
-        return json.dumps(_excerpt(value))
+        return orjson.dumps(value)
+    except TypeError:  # integers past 64 bits, lone surrogates (escaped), what JSON has not
+        try:
+            return json.dumps(value).encode()
+        except (TypeError, ValueError):
+            return json.dumps(repr(value)).encode()

@@ -695,3 +695,34 @@ async def test_fetch_status_reads_through_the_reader_and_sends_headers_unfollowe
         )
         assert refused.status is Status.ERROR and "not followed" in (refused.error or "")
         assert first.seen == [("x", SECRET), ("moved", SECRET)]
+
+
+SHARED = "@" + " | {a: @, b: @}" * 24  # 2^24 paths to the body, through 24 shared objects
+
+
+@pytest.mark.parametrize("then", ["completed", "error"])
+def test_a_hint_with_shared_branches_is_cut_not_written_out(then: str) -> None:
+    """A result or error path that doubles the value at each stage, by sharing: writing it
+    out whole would take 2^24 copies of the body (minutes, gigabytes)."""
+    read = rules({"path": "s", "equals": "x", "then": then}, result=SHARED, error=SHARED)
+    started = time.perf_counter()
+    seen = read.classify(200, body({"s": "x", "pad": "y" * 1000}))
+    assert time.perf_counter() - started < 1.0
+    assert seen.status == then
+    if then == "completed":
+        assert seen.result_truncated and isinstance(seen.result, str)
+        assert len(seen.result.encode()) == MAX_RESULT_BYTES
+        assert seen.result.startswith('{"a":{"a":')
+    else:
+        assert seen.error is not None and len(seen.error) == MAX_ERROR_CHARS
+        assert seen.error.startswith('{"a":{"a":')
+
+
+def test_a_result_is_written_as_orjson_writes_it() -> None:
+    value: dict[str, Any] = {"a": [1, 2.5, None, True, "é", {"b": []}], "c": {}}
+    read = rules({"path": "s", "equals": "x", "then": "completed"}, result="@.v")
+    padded = {"s": "x", "v": {**value, "pad": "z" * MAX_RESULT_BYTES}}
+    seen = read.classify(200, json.dumps(padded, ensure_ascii=False).encode())
+    assert seen.result_truncated
+    assert seen.result.startswith('{"a":[1,2.5,null,true,"é",{"b":[]}],"c":{},"pad":"zzz')
+    assert len(seen.result.encode()) <= MAX_RESULT_BYTES
