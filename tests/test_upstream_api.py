@@ -89,6 +89,8 @@ async def make_env(
 def loc_of(field: str) -> list[str | int]:
     """`upstream.rules[2].path` as a 422's loc: body, upstream, rules, 2, path."""
     loc: list[str | int] = ["body"]
+    if field.startswith("upstream.headers."):
+        return [*loc, "upstream", "headers", field.removeprefix("upstream.headers.")]
     for part in field.split("."):
         name, _, index = part.partition("[")
         loc.append(name)
@@ -127,6 +129,19 @@ async def test_refused_headers_are_a_422_naming_the_header_never_its_value(
     assert response.status_code == 422, response.text
     [item] = response.json()["detail"]
     assert item["loc"] == loc_of(field)
+    assert_no_secret(response)
+
+
+@pytest.mark.parametrize("name", ["X.Api.Key", "x[1]", "Bad Name.v2"])
+async def test_a_refused_header_with_dots_or_brackets_is_named_whole(
+    make_env: EnvFactory, name: str
+) -> None:
+    env = await make_env()
+    headers = {name: SECRET + "\r\n"}
+    response = await env.register({"status_url": STATUS_URL, "upstream": {"headers": headers}})
+    assert response.status_code == 422, response.text
+    [item] = response.json()["detail"]
+    assert item["loc"] == ["body", "upstream", "headers", name]
     assert_no_secret(response)
 
 

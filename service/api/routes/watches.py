@@ -132,8 +132,11 @@ def _stored_upstream(upstream: UpstreamSpec, settings: Settings) -> dict[str, An
 
 
 def _loc(field: str) -> list[str | int]:
-    """`upstream.rules[2].path` as a 422's loc after `upstream`: rules, 2, path."""
+    """`upstream.rules[2].path` as a 422's loc after `upstream`: rules, 2, path (and
+    `upstream.headers.<name>`: headers, the name as it is)."""
     parts: list[str | int] = []
+    if field.startswith("upstream.headers."):  # a header's name may hold "." or "[" itself
+        return ["headers", field.removeprefix("upstream.headers.")]
     for part in field.split(".")[1:]:
         name, _, index = part.partition("[")
         parts.append(name)
