@@ -10,7 +10,8 @@ shared branches `to_string` or `==` walk exponentially. So:
   ``status == `"done"` `` is fine, `a == b` is not), and `contains` with a computed needle;
   and at most `MAX_NODES` syntax nodes;
 * `search` counts its work (each node visited, each element a flatten produces) and gives up
-  past `WORK_BUDGET` with `TooMuchWork`: a 64 KiB body takes well under that.
+  past `WORK_BUDGET` with `TooMuchWork`: a 64 KiB body takes well under that. A `Budget` is
+  shared by all the expressions run on one answer (the rules and hints of a StatusReader).
 """
 
 from __future__ import annotations
@@ -76,16 +77,26 @@ def _first_line(exc: Exception) -> str:
     return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
 
 
-class _Budgeted(TreeInterpreter):
-    """A TreeInterpreter that counts its work and stops at `WORK_BUDGET`."""
+class Budget:
+    """Work left (`WORK_BUDGET` to start with): one per answer, shared by every expression
+    run on it, so that 32 rules and 4 hints cost at most what one expression may."""
 
-    def __init__(self) -> None:
+    __slots__ = ("left",)
+
+    def __init__(self, work: int = WORK_BUDGET) -> None:
+        self.left = work
+
+
+class _Budgeted(TreeInterpreter):
+    """A TreeInterpreter that counts its work and stops when its budget is spent."""
+
+    def __init__(self, budget: Budget) -> None:
         super().__init__()
-        self.left = WORK_BUDGET
+        self.budget = budget
 
     def _spend(self, amount: int) -> None:
-        self.left -= amount
-        if self.left < 0:
+        self.budget.left -= amount
+        if self.budget.left < 0:
             raise TooMuchWork
 
     def visit(self, node: Any, *args: Any, **kwargs: Any) -> Any:
@@ -99,7 +110,8 @@ class _Budgeted(TreeInterpreter):
         return result
 
 
-def search(path: ParsedResult, document: Any) -> Any:
-    """What `path` gives on `document`; raises TooMuchWork, or whatever a function refuses
-    (JMESPathError, ValueError...): the caller treats any exception as "no value"."""
-    return _Budgeted().visit(path.parsed, document)
+def search(path: ParsedResult, document: Any, budget: Budget | None = None) -> Any:
+    """What `path` gives on `document`; raises TooMuchWork (past `budget`, by default a
+    fresh one), or whatever a function refuses (JMESPathError, ValueError...): the caller
+    treats any exception as "no value"."""
+    return _Budgeted(budget or Budget()).visit(path.parsed, document)

@@ -40,7 +40,7 @@ import orjson
 from yarl import URL
 
 from ._capped import read_capped
-from ._jmespath import PathError, compile_path, search
+from ._jmespath import Budget, PathError, compile_path, search
 from .errors import ConfigurationError
 from .presets import DEFAULT_PRESET, PRESETS
 
@@ -517,18 +517,23 @@ class StatusReader:
             except (ValueError, RecursionError):
                 unread = "response body is not JSON"
         first_found: Any = _NOTHING
+        budget = Budget()  # for all the expressions this answer runs, rules and hints
         for rule in self.rules:
             if rule.codes is not None and http_status not in rule.codes:
                 continue
             if rule.path is None:
-                return self._observe(rule.then, http_status, document, retry_after_header, now)
+                return self._observe(
+                    rule.then, http_status, document, retry_after_header, now, budget
+                )
             if document is _NOTHING:
                 continue
-            found = _search(rule.path, document)
+            found = _search(rule.path, document, budget)
             if first_found is _NOTHING:
                 first_found = found
             if found is not _FAILED and rule.test(found):
-                return self._observe(rule.then, http_status, document, retry_after_header, now)
+                return self._observe(
+                    rule.then, http_status, document, retry_after_header, now, budget
+                )
         if not is_2xx:  # a named code no rule took: as the original protocol reads it
             return classify_response(http_status, body, retry_after_header, now)
         retry_after = parse_retry_after(retry_after_header, now)
@@ -549,6 +554,7 @@ class StatusReader:
         document: Any,
         retry_after_header: str | None,
         now: float | None,
+        budget: Budget,
     ) -> Observation:
         seen = Observation(
             status, http_status, retry_after=parse_retry_after(retry_after_header, now)
@@ -559,14 +565,16 @@ class StatusReader:
             return seen
         hints = self.hints
         if "progress" in hints:
-            seen.progress = _progress(_search(hints["progress"], document), self.progress_factor)
+            seen.progress = _progress(
+                _search(hints["progress"], document, budget), self.progress_factor
+            )
         if "eta" in hints:
-            seen.eta_seconds = _seconds(_search(hints["eta"], document))
+            seen.eta_seconds = _seconds(_search(hints["eta"], document, budget))
         if status is Status.ERROR:
-            message = _search(hints["error"], document) if "error" in hints else None
+            message = _search(hints["error"], document, budget) if "error" in hints else None
             seen.error = _text(message) or f"the upstream reported an error (HTTP {http_status})"
         if status is Status.COMPLETED and "result" in hints:
-            found = _search(hints["result"], document)
+            found = _search(hints["result"], document, budget)
             if found is not None and found is not _FAILED:
                 seen.result, seen.result_truncated = capped_result(found)
         return seen
@@ -576,9 +584,9 @@ _NOTHING = object()  # no JSON document (the body was not JSON, or too long)
 _FAILED = object()  # an expression that raised or ran out of budget: matches no rule
 
 
-def _search(path: Any, document: Any) -> Any:
+def _search(path: Any, document: Any, budget: Budget) -> Any:
     try:
-        return search(path, document)
+        return search(path, document, budget)
     except Exception:  # a function refused its argument, the budget ran out...: no value
         return _FAILED
 

@@ -726,3 +726,26 @@ def test_a_result_is_written_as_orjson_writes_it() -> None:
     assert seen.result_truncated
     assert seen.result.startswith('{"a":[1,2.5,null,true,"é",{"b":[]}],"c":{},"pad":"zzz')
     assert len(seen.result.encode()) <= MAX_RESULT_BYTES
+
+
+def test_all_the_rules_and_hints_of_an_answer_share_one_work_budget() -> None:
+    """32 rules and 4 hints, each just within what one expression may do: together they may
+    do no more than one (each on its own budget, a poll took about two seconds of CPU, the
+    worker's event loop stalled for every tenant)."""
+    heavy = "rows[*].tags[]" + " | [@, @][]" * 4  # 36,800 elements: within one budget
+    many = [
+        {"path": f"{heavy} | [{i}]", "equals": "never", "then": "pending"}
+        for i in range(MAX_RULES - 1)
+    ]
+    payload = body(WIDE)
+    for last in (
+        {"path": f"{heavy} | [0]", "equals": "never", "then": "pending"},
+        {"path": "rows[0].id", "equals": 0, "then": "completed"},  # never reached
+    ):
+        read = reader(rules=[*many, last], progress=heavy, eta=heavy, error=heavy, result=heavy)
+        started = time.perf_counter()
+        seen = read.classify(200, payload)
+        assert time.perf_counter() - started < 0.5
+        assert seen.transient  # the budget ran out before the last rule
+    alone = rules({"path": heavy, "exists": True, "then": "completed"})
+    assert alone.classify(200, payload).status is Status.COMPLETED  # one fits
