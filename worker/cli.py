@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from client import ClientError
 from service import logs
-from service.settings import ConfigurationError, Settings, example
+from service.settings import ConfigurationError, Settings, example, parse_processes
 
 T = TypeVar("T")
 EXIT_CONFIG = 78
@@ -104,11 +104,48 @@ def _api(args: argparse.Namespace) -> None:
 def _worker(args: argparse.Namespace) -> None:
     from service.store.connection import check_mode
 
+    from . import supervisor
     from .process import ROLES, run_worker
 
     settings = Settings()
+    count = worker_processes(args.processes, settings)
     run_async(check_mode(settings))
+    if count > 1:  # a supervisor of `count` workers (worker/supervisor.py); else none at all
+        base = settings.metrics_port
+        sys.exit(
+            supervisor.Supervisor(
+                count,
+                lambda index: supervisor.worker_command(
+                    index, log_level=args.log_level, log_format=args.log_format, only=args.only
+                ),
+                lambda index: supervisor.worker_env(index, base),
+                grace_seconds=settings.shutdown_grace_seconds,
+            ).run()
+        )
+    if args.process_index is not None:
+        supervisor.tag_logs(args.process_index)
     run_async(run_worker(settings, roles=args.only or ROLES))
+
+
+def worker_processes(flag: str | None, settings: Settings) -> int:
+    """`--processes` (else `VTW_WORKER_PROCESSES`) as a count, `auto` resolved; the metrics
+    ports it needs must exist."""
+    from .supervisor import resolve
+
+    if flag is None:
+        count = resolve(settings.worker_processes)
+    else:
+        try:
+            count = resolve(parse_processes(flag))
+        except ValueError as exc:
+            raise ConfigurationError(f"--processes: {exc} (e.g. --processes auto)") from None
+    last = settings.metrics_port + count - 1
+    if settings.metrics_port and last > 65535:
+        raise ConfigurationError(
+            f"VTW_METRICS_PORT: {count} worker processes serve metrics on it and the "
+            f"{count - 1} ports above, up to {last}, past 65535 (e.g. VTW_METRICS_PORT=9464)"
+        )
+    return count
 
 
 def _dev(args: argparse.Namespace) -> None:
@@ -176,6 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["poller", "dispatcher"],
         help="run only this part (repeatable); default: both",
     )
+    worker.add_argument(
+        "--processes",
+        metavar="N",
+        help="worker processes under one supervisor, or auto: one per core "
+        "(also VTW_WORKER_PROCESSES; 1)",
+    )
+    worker.add_argument("--process-index", type=int, help=argparse.SUPPRESS)  # a supervisor's child
     worker.set_defaults(func=_worker)
 
     dev = commands.add_parser(
