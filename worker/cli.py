@@ -91,13 +91,40 @@ def _api(args: argparse.Namespace) -> None:
     from service.api.server import serve
 
     settings = Settings()
-    check_serving(settings, args.host, args.port, "api")
+    workers = process_count("--workers", args.workers)
+    if args.fd is None:  # a child of `--workers N` serves what its supervisor checked and bound
+        check_serving(settings, args.host, args.port, "api")
+    if workers > 1:  # a supervisor of `workers` API processes on one socket
+        from . import supervisor
+
+        sock = supervisor.listen(args.host, args.port)
+        sys.exit(
+            supervisor.Supervisor(
+                workers,
+                lambda index: supervisor.api_command(
+                    index,
+                    host=args.host,
+                    port=args.port,
+                    fd=sock.fileno(),
+                    log_level=args.log_level,
+                    log_format=args.log_format,
+                ),
+                grace_seconds=settings.shutdown_grace_seconds,
+                pass_fds=[sock.fileno()],
+                what="api",
+            ).run()
+        )
+    if args.process_index is not None:
+        from .supervisor import tag_logs
+
+        tag_logs(args.process_index)
     serve(
         create_app(settings),
         args.host,
         args.port,
         log_level=args.log_level,
         grace_seconds=settings.shutdown_grace_seconds,
+        fd=args.fd,
     )
 
 
@@ -127,6 +154,18 @@ def _worker(args: argparse.Namespace) -> None:
     run_async(run_worker(settings, roles=args.only or ROLES))
 
 
+def process_count(option: str, flag: str | None) -> int:
+    """`--processes` or `--workers` as a count (`auto`: the cores)."""
+    from .supervisor import resolve
+
+    if flag is None:
+        return 1
+    try:
+        return resolve(parse_processes(flag))
+    except ValueError as exc:
+        raise ConfigurationError(f"{option}: {exc} (e.g. {option} auto)") from None
+
+
 def worker_processes(flag: str | None, settings: Settings) -> int:
     """`--processes` (else `VTW_WORKER_PROCESSES`) as a count, `auto` resolved; the metrics
     ports it needs must exist."""
@@ -135,10 +174,7 @@ def worker_processes(flag: str | None, settings: Settings) -> int:
     if flag is None:
         count = resolve(settings.worker_processes)
     else:
-        try:
-            count = resolve(parse_processes(flag))
-        except ValueError as exc:
-            raise ConfigurationError(f"--processes: {exc} (e.g. --processes auto)") from None
+        count = process_count("--processes", flag)
     last = settings.metrics_port + count - 1
     if settings.metrics_port and last > 65535:
         raise ConfigurationError(
@@ -204,6 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
     api = commands.add_parser("api", help="serve the HTTP API")
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8000)
+    api.add_argument(
+        "--workers",
+        metavar="N",
+        help="API processes on one port under one supervisor, or auto: one per core (1)",
+    )
+    api.add_argument("--fd", type=int, help=argparse.SUPPRESS)  # a supervisor's socket
+    api.add_argument("--process-index", type=int, help=argparse.SUPPRESS)
     api.set_defaults(func=_api)
 
     worker = commands.add_parser("worker", help="poll upstreams and deliver webhooks")

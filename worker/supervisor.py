@@ -15,7 +15,7 @@ worker.
   the supervisor stops the others and exits 78.
 * **Shutdown.** SIGTERM or SIGINT is passed on to every child (a second one too: a worker takes
   it as "exit now"); children get `VTW_SHUTDOWN_GRACE_SECONDS` plus `STOP_MARGIN` to drain, then
-  SIGKILL. The supervisor exits 0 when every child exited 0.
+  SIGKILL. The supervisor exits 0 when every child drained.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -100,10 +101,14 @@ class Supervisor:
         *,
         grace_seconds: float,
         policy: Policy | None = None,
+        pass_fds: Sequence[int] = (),
+        what: str = "worker",
     ) -> None:
         self.children = [Child(index) for index in range(count)]
         self.command = command
         self.env = env
+        self.pass_fds = tuple(pass_fds)
+        self.what = what  # "worker process 1 started"
         self.grace_seconds = grace_seconds
         self.policy = policy or Policy()
         for child in self.children:
@@ -132,7 +137,9 @@ class Supervisor:
     # -- the loop ---------------------------------------------------------------------------
 
     def _supervise(self) -> int:
-        logger.info("supervising %d worker processes (pid %d)", len(self.children), os.getpid())
+        logger.info(
+            "supervising %d %s processes (pid %d)", len(self.children), self.what, os.getpid()
+        )
         for child in self.children:
             self._start(child)
         while not self._signals:
@@ -147,7 +154,7 @@ class Supervisor:
                     self._start(child)
             time.sleep(self.policy.tick)
         sig = self._signals.pop(0)
-        logger.info("%s: passing it on to the worker processes", signal.Signals(sig).name)
+        logger.info("%s: passing it on to the %s processes", signal.Signals(sig).name, self.what)
         return self._drain(sig)
 
     def _start(self, child: Child) -> None:
@@ -157,11 +164,12 @@ class Supervisor:
             stdin=subprocess.DEVNULL,
             env=env,
             preexec_fn=self._preexec,  # single-threaded: safe
+            pass_fds=self.pass_fds,
             process_group=0,
         )
         child.started_at = time.monotonic()
         child.restart_at = None
-        logger.info("worker process %d started (pid %d)", child.index, child.popen.pid)
+        logger.info("%s process %d started (pid %d)", self.what, child.index, child.popen.pid)
 
     def _died(self, child: Child, code: int, now: float) -> int | None:
         """Note a child's death and schedule its restart; the supervisor's exit status if it
@@ -172,7 +180,8 @@ class Supervisor:
         how = describe_exit(code)
         if code == EXIT_CONFIG:
             logger.error(
-                "worker process %d (pid %d) %s: its configuration cannot work; stopping",
+                "%s process %d (pid %d) %s: its configuration cannot work; stopping",
+                self.what,
                 child.index,
                 pid,
                 how,
@@ -184,8 +193,9 @@ class Supervisor:
             child.deaths.popleft()
         if len(child.deaths) >= self.policy.max_deaths:
             logger.error(
-                "worker process %d keeps dying (%d times within %.0fs, last: pid %d %s); "
+                "%s process %d keeps dying (%d times within %.0fs, last: pid %d %s); "
                 "stopping the others and exiting",
+                self.what,
                 child.index,
                 len(child.deaths),
                 window,
@@ -196,7 +206,8 @@ class Supervisor:
         if lived >= self.policy.stable_after:
             child.delay = self.policy.backoff_initial
         logger.warning(
-            "worker process %d (pid %d) %s after %.1fs; restarting it in %.1fs",
+            "%s process %d (pid %d) %s after %.1fs; restarting it in %.1fs",
+            self.what,
             child.index,
             pid,
             how,
@@ -209,7 +220,7 @@ class Supervisor:
 
     def _drain(self, sig: int) -> int:
         """Pass `sig` on to every child, wait for them (the grace period and a margin), kill
-        the rest; 0 when every child exited 0."""
+        the rest; 0 when every child drained (exited 0, or by `sig` once it had handled it)."""
         running = [child for child in self.children if child.running()]
         for child in running:
             _send(child, sig)
@@ -224,10 +235,12 @@ class Supervisor:
             for child in [child for child in running if child.popen.poll() is not None]:  # type: ignore[union-attr]
                 assert child.popen is not None
                 code = child.popen.returncode
-                clean = clean and code == 0
-                log = logger.info if code == 0 else logger.warning
+                drained = code in (0, -sig)  # uvicorn ends by raising the signal it handled
+                clean = clean and drained
+                log = logger.info if drained else logger.warning
                 log(
-                    "worker process %d (pid %d) %s",
+                    "%s process %d (pid %d) %s",
+                    self.what,
                     child.index,
                     child.popen.pid,
                     describe_exit(code),
@@ -236,7 +249,8 @@ class Supervisor:
         for child in running:
             assert child.popen is not None
             logger.warning(
-                "worker process %d (pid %d) still running %.0fs after %s: killing it",
+                "%s process %d (pid %d) still running %.0fs after %s: killing it",
+                self.what,
                 child.index,
                 child.popen.pid,
                 self.grace_seconds + self.policy.stop_margin,
@@ -246,7 +260,7 @@ class Supervisor:
                 child.popen.kill()
             child.popen.wait()
             clean = False
-        logger.info("worker processes stopped")
+        logger.info("%s processes stopped", self.what)
         return 0 if clean else EXIT_FAILING
 
 
@@ -325,3 +339,45 @@ class _Indexed(logging.Formatter):
         if line.startswith("{") and line.endswith("}"):  # one JSON object (service/logs.py)
             return f"{line[:-1]}, {json.dumps('process')}: {self.index}}}"
         return f"{line} [process={self.index}]"
+
+
+# -- the API's children -------------------------------------------------------------------------
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The API's socket, bound once here and inherited by every child (as uvicorn binds)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
+def api_command(
+    index: int, *, host: str, port: int, fd: int, log_level: str, log_format: str | None
+) -> list[str]:
+    """`vtwatch api` as child `index`, serving the inherited socket `fd`."""
+    command = [
+        sys.executable,
+        "-c",
+        "from worker.cli import main; main()",
+        "--log-level",
+        log_level,
+    ]
+    if log_format is not None:
+        command += ["--log-format", log_format]
+    return [
+        *command,
+        "api",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--fd",
+        str(fd),
+        "--process-index",
+        str(index),
+    ]
