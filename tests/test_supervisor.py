@@ -224,12 +224,15 @@ def test_processes_parse(monkeypatch: pytest.MonkeyPatch) -> None:
         (["worker"], {"VTW_WORKER_PROCESSES": "lots"}, "VTW_WORKER_PROCESSES: must be"),
         (["worker", "--processes", "2"], {"VTW_METRICS_PORT": "65535"}, "VTW_METRICS_PORT:"),
         (["api", "--workers", "none", "--port", "1"], {}, "--workers: must be a whole number"),
+        (["api", "--workers", "2", "--port", "1"], {}, "--workers 2: processes share one store"),
     ],
 )
 def test_a_bad_count_is_one_line_and_exit_78(
     args: list[str], env: dict[str, str], needle: str
 ) -> None:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("VTW_", "COVERAGE_"))}
+    if "share one store" not in needle:
+        base["VTW_REDIS_URL"] = "redis://127.0.0.1:1/0"  # never reached: refused before
     result = subprocess.run(
         [*vtwatch(), *args],
         env={**base, **env},

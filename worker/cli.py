@@ -26,7 +26,13 @@ from pydantic import ValidationError
 
 from client import ClientError
 from service import logs
-from service.settings import ConfigurationError, Settings, example, parse_processes
+from service.settings import (
+    REDIS_URL_EXAMPLE,
+    ConfigurationError,
+    Settings,
+    example,
+    parse_processes,
+)
 
 T = TypeVar("T")
 EXIT_CONFIG = 78
@@ -91,7 +97,7 @@ def _api(args: argparse.Namespace) -> None:
     from service.api.server import serve
 
     settings = Settings()
-    workers = process_count("--workers", args.workers)
+    workers = shared_store(process_count("--workers", args.workers), "--workers", settings)
     if args.fd is None:  # a child of `--workers N` serves what its supervisor checked and bound
         check_serving(settings, args.host, args.port, "api")
     if workers > 1:  # a supervisor of `workers` API processes on one socket
@@ -166,6 +172,17 @@ def process_count(option: str, flag: str | None) -> int:
         raise ConfigurationError(f"{option}: {exc} (e.g. {option} auto)") from None
 
 
+def shared_store(count: int, option: str, settings: Settings) -> int:
+    """`count` if its processes share a store: several need Redis (embedded: one each)."""
+    if count > 1 and settings.redis_url is None:
+        raise ConfigurationError(
+            f"{option} {count}: processes share one store, and without VTW_REDIS_URL each would "
+            f"have an embedded one of its own: set it (e.g. VTW_REDIS_URL={REDIS_URL_EXAMPLE}) "
+            "or run one process"
+        )
+    return count
+
+
 def worker_processes(flag: str | None, settings: Settings) -> int:
     """`--processes` (else `VTW_WORKER_PROCESSES`) as a count, `auto` resolved; the metrics
     ports it needs must exist."""
@@ -175,6 +192,7 @@ def worker_processes(flag: str | None, settings: Settings) -> int:
         count = resolve(settings.worker_processes)
     else:
         count = process_count("--processes", flag)
+    shared_store(count, "--processes", settings)
     last = settings.metrics_port + count - 1
     if settings.metrics_port and last > 65535:
         raise ConfigurationError(
