@@ -103,7 +103,13 @@ def _api(args: argparse.Namespace) -> None:
     if workers > 1:  # a supervisor of `workers` API processes on one socket
         from . import supervisor
 
-        sock = supervisor.listen(args.host, args.port)
+        try:
+            sock = supervisor.listen(args.host, args.port)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot listen on {args.host} port {args.port}: {exc.strerror or exc} "
+                f"(e.g. `vtwatch api --port {args.port + 1}` or another --host)"
+            ) from None
         sys.exit(
             supervisor.Supervisor(
                 workers,
