@@ -184,7 +184,7 @@ async def test_sigterm_drains_every_child_within_the_grace_period(
 async def test_two_processes_of_each_poll_nothing_twice_at_once_and_streams_see_the_end(
     namespace: str, procs: Processes, http: httpx.AsyncClient, shared_redis: aioredis.Redis
 ) -> None:
-    """A two-process worker (metrics on base and base + 1) and a two-process API: 150 watches
+    """A two-process worker (metrics on base and base + 1) and a two-process API: 100 watches
     end, none polled by both children at once, and event streams (served by either API
     process) see their watches end."""
     metrics = free_port()
@@ -205,7 +205,7 @@ async def test_two_processes_of_each_poll_nothing_twice_at_once_and_streams_see_
         await procs.wait_http(workers, f"http://127.0.0.1:{metrics + index}/healthz")
     sim, api = Simulator(http, sim_url), Api(http, api_url)
 
-    plan = plan_jobs(random.Random(22), 150, 0.5, 2.5, FAST_POLICY, latency=0.05)
+    plan = plan_jobs(random.Random(22), 100, 0.5, 2.0, FAST_POLICY, latency=0.05)
     registered = await register_all(sim, api, plan)
     streams = [
         asyncio.create_task(follow(http, f"{api_url}/v1/watches/{r.watch_id}/events"))
