@@ -7,7 +7,7 @@ import binascii
 import ipaddress
 import math
 import re
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -86,6 +86,19 @@ def check_public_url(url: str) -> str:
     if parts.query or parts.fragment or "?" in url or "#" in url:
         raise ValueError(f"must have no query or fragment {hint}")
     return url.strip().rstrip("/")
+
+
+MAX_PROCESSES = 1024
+
+
+def parse_processes(value: object) -> int | Literal["auto"]:
+    """A count of processes: a whole number from 1 to `MAX_PROCESSES`, or `auto` (one per core)."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return "auto"
+    if isinstance(value, bool) or not text.isdigit() or not 1 <= int(text) <= MAX_PROCESSES:
+        raise ValueError(f"must be a whole number from 1 to {MAX_PROCESSES}, or auto")
+    return int(text)
 
 
 def _network(text: str) -> Network:
@@ -182,6 +195,12 @@ class Settings(BaseSettings):
         9464, ge=0, le=65535, description="a worker's /metrics and /healthz port; 0: off"
     )
     metrics_host: str = Field("0.0.0.0", description="the address a worker's port listens on")
+    worker_processes: int | Literal["auto"] = Field(
+        1,
+        description="worker processes `vtwatch worker` runs under one supervisor; auto: one per "
+        "core (worker/supervisor.py)",
+        examples=["auto"],
+    )
     min_poll_interval: float = Field(
         1.0, ge=0.01, le=3600, description="the floor of every poll delay, hints included"
     )
@@ -308,6 +327,11 @@ class Settings(BaseSettings):
                 _secret_key(key, number, len(value)) for number, key in enumerate(value, 1)
             )
         return value
+
+    @field_validator("worker_processes", mode="before")
+    @classmethod
+    def _parse_worker_processes(cls, value: object) -> object:
+        return parse_processes(value)
 
     @field_validator("redis_url")
     @classmethod

@@ -26,7 +26,13 @@ from pydantic import ValidationError
 
 from client import ClientError
 from service import logs
-from service.settings import ConfigurationError, Settings, example
+from service.settings import (
+    REDIS_URL_EXAMPLE,
+    ConfigurationError,
+    Settings,
+    example,
+    parse_processes,
+)
 
 T = TypeVar("T")
 EXIT_CONFIG = 78
@@ -91,24 +97,115 @@ def _api(args: argparse.Namespace) -> None:
     from service.api.server import serve
 
     settings = Settings()
-    check_serving(settings, args.host, args.port, "api")
+    workers = shared_store(process_count("--workers", args.workers), "--workers", settings)
+    if args.fd is None:  # a child of `--workers N` serves what its supervisor checked and bound
+        check_serving(settings, args.host, args.port, "api")
+    if workers > 1:  # a supervisor of `workers` API processes on one socket
+        from . import supervisor
+
+        try:
+            sock = supervisor.listen(args.host, args.port)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot listen on {args.host} port {args.port}: {exc.strerror or exc} "
+                f"(e.g. `vtwatch api --port {args.port + 1}` or another --host)"
+            ) from None
+        sys.exit(
+            supervisor.Supervisor(
+                workers,
+                lambda index: supervisor.api_command(
+                    index,
+                    host=args.host,
+                    port=args.port,
+                    fd=sock.fileno(),
+                    log_level=args.log_level,
+                    log_format=args.log_format,
+                ),
+                grace_seconds=settings.shutdown_grace_seconds,
+                pass_fds=[sock.fileno()],
+                what="api",
+            ).run()
+        )
+    if args.process_index is not None:
+        from .supervisor import tag_logs
+
+        tag_logs(args.process_index)
     serve(
         create_app(settings),
         args.host,
         args.port,
         log_level=args.log_level,
         grace_seconds=settings.shutdown_grace_seconds,
+        fd=args.fd,
     )
 
 
 def _worker(args: argparse.Namespace) -> None:
     from service.store.connection import check_mode
 
+    from . import supervisor
     from .process import ROLES, run_worker
 
     settings = Settings()
+    count = worker_processes(args.processes, settings)
     run_async(check_mode(settings))
+    if count > 1:  # a supervisor of `count` workers (worker/supervisor.py); else none at all
+        base = settings.metrics_port
+        sys.exit(
+            supervisor.Supervisor(
+                count,
+                lambda index: supervisor.worker_command(
+                    index, log_level=args.log_level, log_format=args.log_format, only=args.only
+                ),
+                lambda index: supervisor.worker_env(index, base),
+                grace_seconds=settings.shutdown_grace_seconds,
+            ).run()
+        )
+    if args.process_index is not None:
+        supervisor.tag_logs(args.process_index)
     run_async(run_worker(settings, roles=args.only or ROLES))
+
+
+def process_count(option: str, flag: str | None) -> int:
+    """`--processes` or `--workers` as a count (`auto`: the cores)."""
+    from .supervisor import resolve
+
+    if flag is None:
+        return 1
+    try:
+        return resolve(parse_processes(flag))
+    except ValueError as exc:
+        raise ConfigurationError(f"{option}: {exc} (e.g. {option} auto)") from None
+
+
+def shared_store(count: int, option: str, settings: Settings) -> int:
+    """`count` if its processes share a store: several need Redis (embedded: one each)."""
+    if count > 1 and settings.redis_url is None:
+        raise ConfigurationError(
+            f"{option} {count}: processes share one store, and without VTW_REDIS_URL each would "
+            f"have an embedded one of its own: set it (e.g. VTW_REDIS_URL={REDIS_URL_EXAMPLE}) "
+            "or run one process"
+        )
+    return count
+
+
+def worker_processes(flag: str | None, settings: Settings) -> int:
+    """`--processes` (else `VTW_WORKER_PROCESSES`) as a count, `auto` resolved; the metrics
+    ports it needs must exist."""
+    from .supervisor import resolve
+
+    if flag is None:
+        count = resolve(settings.worker_processes)
+    else:
+        count = process_count("--processes", flag)
+    shared_store(count, "--processes", settings)
+    last = settings.metrics_port + count - 1
+    if settings.metrics_port and last > 65535:
+        raise ConfigurationError(
+            f"VTW_METRICS_PORT: {count} worker processes serve metrics on it and the "
+            f"{count - 1} ports above, up to {last}, past 65535 (e.g. VTW_METRICS_PORT=9464)"
+        )
+    return count
 
 
 def _dev(args: argparse.Namespace) -> None:
@@ -167,6 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
     api = commands.add_parser("api", help="serve the HTTP API")
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8000)
+    api.add_argument(
+        "--workers",
+        metavar="N",
+        help="API processes on one port under one supervisor, or auto: one per core (1)",
+    )
+    api.add_argument("--fd", type=int, help=argparse.SUPPRESS)  # a supervisor's socket
+    api.add_argument("--process-index", type=int, help=argparse.SUPPRESS)
     api.set_defaults(func=_api)
 
     worker = commands.add_parser("worker", help="poll upstreams and deliver webhooks")
@@ -176,6 +280,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["poller", "dispatcher"],
         help="run only this part (repeatable); default: both",
     )
+    worker.add_argument(
+        "--processes",
+        metavar="N",
+        help="worker processes under one supervisor, or auto: one per core "
+        "(also VTW_WORKER_PROCESSES; 1)",
+    )
+    worker.add_argument("--process-index", type=int, help=argparse.SUPPRESS)  # a supervisor's child
     worker.set_defaults(func=_worker)
 
     dev = commands.add_parser(

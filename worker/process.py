@@ -157,18 +157,24 @@ class Worker:
         await loop.run(self.settings.shutdown_grace_seconds)
 
     async def _sweep(self, store: Store) -> None:
-        """Forget terminal watches past their retention, once a minute; any error is retried
-        with backoff."""
+        """Forget terminal watches past their retention, once a minute, until stopping; any
+        error is retried with backoff. It ends by itself: a cancel that reaches it inside a
+        Redis call can be swallowed there (seen: a SIGTERM just after start hung the worker
+        in the next minute's nap)."""
         failures = FailureStreak("retention sweep", logger)
-        while True:
+        while not self.stopping.is_set():
             try:
-                while await store.forget_expired():
+                while await store.forget_expired() and not self.stopping.is_set():
                     pass
             except Exception as exc:
-                await asyncio.sleep(failures.failed(exc))
+                await self._nap(failures.failed(exc))
                 continue
             failures.succeeded()
-            await asyncio.sleep(SWEEP_INTERVAL)
+            await self._nap(SWEEP_INTERVAL)
+
+    async def _nap(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), seconds)
 
 
 def outbound_session(settings: Settings) -> aiohttp.ClientSession:

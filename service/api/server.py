@@ -4,6 +4,7 @@ otherwise hold the graceful shutdown until its timeout cut them off)."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from types import FrameType
 
 import uvicorn
@@ -31,7 +32,17 @@ def close_streams(app: object, loop: asyncio.AbstractEventLoop | None) -> None:
         loop.call_soon_threadsafe(hub.close_streams)
 
 
-def serve(app: FastAPI, host: str, port: int, *, log_level: str, grace_seconds: float) -> None:
+def serve(
+    app: FastAPI,
+    host: str,
+    port: int,
+    *,
+    log_level: str,
+    grace_seconds: float,
+    fd: int | None = None,
+) -> None:
+    """Serve on host:port, or on the listening socket `fd` when given (one of `vtwatch api
+    --workers N`'s processes: the supervisor bound it, worker/supervisor.py)."""
     config = uvicorn.Config(
         app,
         host=host,
@@ -40,4 +51,5 @@ def serve(app: FastAPI, host: str, port: int, *, log_level: str, grace_seconds: 
         timeout_graceful_shutdown=int(grace_seconds),
         log_config=None,  # uvicorn's logs go through ours (service/logs.py)
     )
-    Server(config).run()
+    sockets = None if fd is None else [socket.socket(fileno=fd)]
+    Server(config).run(sockets=sockets)
