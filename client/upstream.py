@@ -339,7 +339,10 @@ _RULE_KEYS = frozenset({"path", "http_status", "equals", "in", "exists", "then"}
 _MATCHERS = ("equals", "in", "exists")
 _HINTS = ("progress", "eta", "error", "result")
 _SCALES = {"percent": 1.0, "fraction": 100.0}
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 field name
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 field name (fullmatch)
+# What a field value may not hold (RFC 9110: visible characters, spaces and tabs): the other
+# control characters, which aiohttp refuses when sending (every poll would fail).
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 
 
@@ -429,13 +432,16 @@ def check_headers(headers: Any, field_name: str = "upstream.headers") -> None:
     size = 0
     for name, value in headers.items():
         where = f"{field_name}.{name[:EXCERPT_CHARS]}" if isinstance(name, str) else field_name
-        if not isinstance(name, str) or not _TOKEN.match(name):
+        if not isinstance(name, str) or not _TOKEN.fullmatch(name):
             raise UpstreamSpecError(where, "not a valid header name")
         if name.lower() in REFUSED_HEADERS:
             raise UpstreamSpecError(where, "this header is set by the connection, not by you")
-        if not isinstance(value, str) or any(c in value for c in "\r\n\0"):
+        if not isinstance(value, str) or _CONTROL.search(value):
             raise UpstreamSpecError(where, "the value must be text on one line")
-        size += len(name.encode()) + len(value.encode("utf-8", "surrogatepass"))
+        try:
+            size += len(name.encode()) + len(value.encode())
+        except UnicodeEncodeError:  # a lone surrogate: it cannot be sealed or sent
+            raise UpstreamSpecError(where, "the value must be UTF-8 text") from None
     if size > MAX_HEADERS_BYTES:
         raise UpstreamSpecError(field_name, f"{size} bytes of headers; at most {MAX_HEADERS_BYTES}")
 

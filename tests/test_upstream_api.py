@@ -56,7 +56,12 @@ class Env:
     namespace: str
 
     async def register(self, body: Any, headers: dict[str, str] | None = None) -> httpx.Response:
-        return await self.api.post("/v1/watches", json=body, headers=headers or AS_A)
+        # JSON as the standard library writes it: ASCII, lone surrogates escaped
+        return await self.api.post(
+            "/v1/watches",
+            content=json.dumps(body),
+            headers={"Content-Type": "application/json", **(headers or AS_A)},
+        )
 
 
 EnvFactory = Callable[..., Awaitable[Env]]
@@ -127,9 +132,12 @@ async def test_refused_headers_are_a_422_naming_the_header_never_its_value(
     env = await make_env()
     response = await env.register({"status_url": STATUS_URL, "upstream": {"headers": headers}})
     assert response.status_code == 422, response.text
-    [item] = response.json()["detail"]
-    assert item["loc"] == loc_of(field)
     assert_no_secret(response)
+    [item] = response.json()["detail"]
+    if any("\ud800" in str(value) for value in headers.values()):
+        assert item["type"] == "json_invalid"  # a lone surrogate: not JSON the API reads
+        return
+    assert item["loc"] == loc_of(field)
 
 
 @pytest.mark.parametrize("name", ["X.Api.Key", "x[1]", "Bad Name.v2"])

@@ -470,6 +470,11 @@ BAD_HEADERS: list[tuple[dict[str, Any], str]] = [
     ({"X-Api-Key": SECRET + "\r\nX-Evil: 1"}, "upstream.headers.X-Api-Key"),
     ({"X-Api-Key": SECRET + "\n"}, "upstream.headers.X-Api-Key"),
     ({"X-Api-Key": SECRET + "\0"}, "upstream.headers.X-Api-Key"),
+    ({"X-Api-Key": SECRET + "\x01"}, "upstream.headers.X-Api-Key"),
+    ({"X-Api-Key": "\x7f" + SECRET}, "upstream.headers.X-Api-Key"),
+    ({"X-Api-Key": SECRET + "\x1b[0m"}, "upstream.headers.X-Api-Key"),
+    ({"X-Api-Key": SECRET + "\ud800"}, "upstream.headers.X-Api-Key"),
+    ({"X-Api-Key\n": SECRET}, "upstream.headers.X-Api-Key\n"),
     ({"X Api Key": SECRET}, "upstream.headers.X Api Key"),
     ({"": SECRET}, "upstream.headers."),
     ({"X-Api-Key": 42}, "upstream.headers.X-Api-Key"),
@@ -491,6 +496,10 @@ def test_headers_must_be_an_object() -> None:
     assert spec_error(headers=[["X-Api-Key", SECRET]]).field == "upstream.headers"
     with pytest.raises(UpstreamSpecError):
         check_headers("X-Api-Key: " + SECRET)
+
+
+def test_header_values_may_hold_tabs_spaces_and_any_unicode() -> None:
+    Upstream(headers={"X-Api-Key": "a\tb c é \u2028 ключ", "X-Empty": ""})
 
 
 def test_sixteen_headers_and_8_kib_are_fine() -> None:
@@ -749,3 +758,20 @@ def test_all_the_rules_and_hints_of_an_answer_share_one_work_budget() -> None:
         assert seen.transient  # the budget ran out before the last rule
     alone = rules({"path": heavy, "exists": True, "then": "completed"})
     assert alone.classify(200, payload).status is Status.COMPLETED  # one fits
+
+
+async def test_every_header_value_accepted_can_be_sent() -> None:
+    first = Recorder()
+    values = ["a\tb", " padded ", "é-ключ", "\u2028x", "x" * 4000]
+    async with (
+        TestServer(first.app, host="127.0.0.1") as one,
+        aiohttp.ClientSession() as session,
+    ):
+        for value in values:
+            Upstream(headers={"X-Api-Key": value})
+            for follow in (True, False):
+                seen = await fetch_status(
+                    session, one.make_url("/x"), 5, {"X-Api-Key": value}, follow_redirects=follow
+                )
+                assert seen.status is Status.COMPLETED, (value, seen)
+        assert len(first.seen) == 2 * len(values)
