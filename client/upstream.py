@@ -491,7 +491,6 @@ class StatusReader:
             _compile_rule(rule, f"upstream.rules[{i}]") for i, rule in enumerate(rules)
         )
         self.named = frozenset(code for rule in self.rules for code in rule.codes or ())
-        self.first_path = next((rule for rule in self.rules if rule.path is not None), None)
         self.hints = {
             name: _compile_path(reading[name], f"upstream.{name}")
             for name in _HINTS
@@ -545,13 +544,21 @@ class StatusReader:
         retry_after = parse_retry_after(retry_after_header, now)
         if unread is not None:
             return Observation(None, http_status, unread, retry_after=retry_after)
-        gave = (
-            "could not be evaluated" if first_found is _FAILED else f"gave {_excerpt(first_found)}"
-        )
-        where = self.first_path.path_text if self.first_path is not None else "the status code"
-        return Observation(
-            None, http_status, f"no rule matched: {where} {gave}", retry_after=retry_after
-        )
+        if first_found is _NOTHING:  # no rule with a path was for this status code
+            why = f"no rule matched: none is for HTTP {http_status}"
+        elif first_found is _FAILED:
+            why = f"no rule matched: {self.first_path_text(http_status)} could not be evaluated"
+        else:
+            why = f"no rule matched: {self.first_path_text(http_status)} gave "
+            why += _excerpt(first_found)
+        return Observation(None, http_status, why, retry_after=retry_after)
+
+    def first_path_text(self, http_status: int) -> str:
+        """The path of the first rule with one that was tried on an answer of `http_status`."""
+        for rule in self.rules:
+            if rule.path_text is not None and (rule.codes is None or http_status in rule.codes):
+                return rule.path_text
+        return "?"
 
     def _observe(
         self,

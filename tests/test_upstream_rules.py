@@ -775,3 +775,19 @@ async def test_every_header_value_accepted_can_be_sent() -> None:
                 )
                 assert seen.status is Status.COMPLETED, (value, seen)
         assert len(first.seen) == 2 * len(values)
+
+
+def test_no_rule_matched_names_the_path_that_was_tried() -> None:
+    read = rules(
+        {"http_status": 202, "path": "queued", "equals": True, "then": "pending"},
+        {"path": "state", "equals": "done", "then": "completed"},
+        {"http_status": 409, "then": "error"},
+    )
+    assert read.classify(200, body({"state": "busy"})).error == (
+        "no rule matched: state gave 'busy'"
+    )
+    assert read.classify(202, body({"queued": 1})).error == "no rule matched: queued gave a number"
+    only_codes = rules({"http_status": 202, "path": "q", "exists": True, "then": "pending"})
+    assert only_codes.classify(200, body({"q": 1})).error == (
+        "no rule matched: none is for HTTP 200"
+    )
