@@ -10,7 +10,9 @@ answer 429 with `Retry-After`.
 With a `shape` (`SHAPES`: a provider's preset name) status bodies take that provider's format;
 with `require_header` status requests without it answer 401; a job posted with `callback_url`
 is POSTed there when it ends (after `callback_delay`; lost with `callback_loss_rate`), as the
-providers' webhooks do.
+providers' webhooks do. A job posted with an `id` (1-64 of `[A-Za-z0-9_-]`, not yet taken: else
+409) gets that id, as providers whose job id the caller chooses do (Azure's `Operation-Id`):
+the caller knows the status URL before the job exists (to register its watch first).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import itertools
 import json
 import math
 import random
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -57,6 +60,7 @@ MALFORMED_BODY = b'{"result": "pend'
 JSON = "application/json"
 BODIES = {r: json.dumps({"result": r}).encode() for r in ("pending", "completed", "error")}
 CALLBACK_TIMEOUT = 5.0  # seconds for one push, its only attempt
+JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # an id the caller chooses (POST /jobs "id")
 
 RESULT_URL = "https://cdn.example/videos/{id}.mp4"
 ERROR_MESSAGE = "simulated failure of job {id}"
@@ -356,6 +360,10 @@ class BadRequest(Exception):
     """A request body that cannot be accepted; the message names the field."""
 
 
+class Conflict(BadRequest):
+    """A job id the caller chose that is taken (409)."""
+
+
 def _number(value: object, name: str, high: float = math.inf) -> float:
     number = value if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
     if math.isfinite(number) and 0.0 <= number <= high:
@@ -363,15 +371,16 @@ def _number(value: object, name: str, high: float = math.inf) -> float:
     raise BadRequest(f"{name}: must be a number in [0, {high:g}]")
 
 
-JobSpec = tuple[float | None, str, dict[str, Any], str | None]
+JobSpec = tuple[float | None, str, dict[str, Any], str | None, str | None]
 
 
 def _parse_job(body: object, where: str = "") -> JobSpec:
     """Validate one job spec: (duration, None to draw it from the mix; outcome; overrides;
-    callback URL)."""
+    callback URL; the id the caller chose, None for the next `j<n>`)."""
     if not isinstance(body, dict):
         raise BadRequest(f"{where.rstrip('.') or 'body'}: must be a JSON object")
-    unknown = sorted(set(body) - {"duration", "outcome", "shape", "callback_url", *OVERRIDES})
+    known = {"id", "duration", "outcome", "shape", "callback_url", *OVERRIDES}
+    unknown = sorted(set(body) - known)
     if unknown:
         raise BadRequest(f"{where}{unknown[0]}: unknown field")
     duration = _number(body["duration"], f"{where}duration") if "duration" in body else None
@@ -393,7 +402,10 @@ def _parse_job(body: object, where: str = "") -> JobSpec:
         isinstance(callback_url, str) and callback_url.startswith(("http://", "https://"))
     ):
         raise BadRequest(f"{where}callback_url: must be an http(s) URL")
-    return duration, outcome, overrides, callback_url
+    job_id = body.get("id")
+    if job_id is not None and not (isinstance(job_id, str) and JOB_ID.fullmatch(job_id)):
+        raise BadRequest(f"{where}id: must be 1-64 characters of A-Z, a-z, 0-9, '_' and '-'")
+    return duration, outcome, overrides, callback_url, job_id
 
 
 class Simulator:
@@ -439,9 +451,16 @@ class Simulator:
         outcome: str,
         overrides: dict[str, Any],
         callback_url: str | None = None,
+        job_id: str | None = None,
     ) -> Job:
-        """A new job; with `callback_url`, its push is scheduled for its end (needs a loop)."""
-        job_id = f"j{next(self.ids)}"
+        """A new job (`job_id`, the caller's choice and not taken, else the next free `j<n>`);
+        with `callback_url`, its push is scheduled for its end (needs a loop)."""
+        if job_id is None:
+            job_id = f"j{next(self.ids)}"
+            while job_id in self.jobs:  # taken by a caller's choice
+                job_id = f"j{next(self.ids)}"
+        elif job_id in self.jobs:
+            raise ValueError(f"job id taken: {job_id}")
         config = replace(self.config, **overrides) if overrides else self.config
         job = Job(job_id, duration, outcome, self.clock(), config, overrides=overrides)
         self.jobs[job_id] = job
@@ -620,13 +639,18 @@ async def _create_jobs(request: web.Request) -> web.Response:
         if sim.mix is None and any(spec[0] is None for spec in parsed):
             where = next(i for i, p in enumerate(parsed) if p[0] is None)
             raise BadRequest(f"{f'jobs[{where}].' if batch else ''}duration: required (no --mix)")
+        chosen = [spec[4] for spec in parsed]
+        for i, job_id in enumerate(chosen):  # none is created unless all ids are free
+            if job_id is not None and (job_id in sim.jobs or job_id in chosen[:i]):
+                raise Conflict(f"{f'jobs[{i}].' if batch else ''}id: {job_id} is taken")
     except BadRequest as exc:
-        return web.json_response({"detail": str(exc)}, status=400)
+        code = 409 if isinstance(exc, Conflict) else 400
+        return web.json_response({"detail": str(exc)}, status=code)
     base = f"{request.scheme}://{request.host}/jobs/"
     created = []
-    for wanted, outcome, overrides, callback_url in parsed:
+    for wanted, outcome, overrides, callback_url, job_id in parsed:
         duration = sim.draw_duration() if wanted is None else wanted
-        job = sim.create(duration, outcome, overrides, callback_url)
+        job = sim.create(duration, outcome, overrides, callback_url, job_id)
         url = f"{base}{job.id}/status"
         created.append({"id": job.id, "status_url": url, "duration": duration, "outcome": outcome})
         if job.config.shape != "vtwatch":
