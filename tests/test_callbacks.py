@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
+import random
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -28,6 +30,8 @@ from service.store.queue import Claimed
 from service.store.watches import MAX_CALLBACK_TOKENS, Store
 from tests.service_fixtures import ApiFactory, delete_namespace, fake_redis, real_redis_or_skip
 from worker.cli import describe_invalid
+from worker.poller import plan_first_poll
+from worker.spec import SpecCache
 
 TENANT = "acme"
 STATUS_URL = "http://translate-1:5000/status"
@@ -488,3 +492,25 @@ def test_the_access_line_of_a_callback_never_shows_its_token(
     assert redact(f"GET {path}?x=1 and {path}/") == (
         "GET /v1/callbacks/w_0123/***?x=1 and /v1/callbacks/w_0123/***/"
     )
+
+
+# -- the worker: a watch with callbacks waits for its push ----------------------------------
+
+
+def test_a_watch_with_callbacks_makes_its_first_poll_after_initial_wait_time() -> None:
+    """Register first, create the job after: the first poll must not find it missing (a 404
+    ends a watch). A callback watch's first poll is its safety net's, at `initial_wait_time`,
+    and it follows no learned schedule (the push tells when the job ends)."""
+    specs = SpecCache(min_poll_interval=1.0)
+    policy = {"initial_wait_time": 60.0, "max_interval": 300.0}
+    pushed = specs.parse(
+        json.dumps({"status_url": "http://u/jobs/1/status", "callback": True, "policy": policy})
+    )
+    polled = specs.parse(json.dumps({"status_url": "http://u/jobs/1/status", "policy": policy}))
+    assert pushed.callback and not pushed.adaptive and polled.adaptive
+    doc: Any = {"attempts": 0, "created_at": 1_000, "next_poll_at": 1_000, "deadline": 901_000}
+    planned = plan_first_poll(doc, pushed, None, 1_000, random.Random(0))
+    assert planned is not None and planned["next_poll_at"] == 61_000
+    assert plan_first_poll(doc, polled, None, 1_000, random.Random(0)) is None  # at once
+    called_back = {**doc, "next_poll_at": 5_000}  # a push made it due: poll now
+    assert plan_first_poll(called_back, pushed, None, 5_000, random.Random(0)) is None

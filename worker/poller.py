@@ -110,13 +110,16 @@ def advance(
 def plan_first_poll(
     doc: WatchDoc, spec: WatchSpec, planner: Planner | None, now_ms: int, rng: random.Random
 ) -> WatchDoc | None:
-    """A new watch due later than now, at its planned first poll (learned, or the deadline for
-    a watch of one attempt; no request before it); None: poll now (its first poll is already
-    planned, or not worth putting off)."""
+    """A new watch due later than now, at its planned first poll (learned; the deadline for a
+    watch of one attempt; `initial_wait_time` for a watch with push callbacks, whose job the
+    caller may create only after registering it; no request before it); None: poll now (its
+    first poll is already planned, a callback came, or it is not worth putting off)."""
     if doc["attempts"] or doc["next_poll_at"] != doc["created_at"]:
         return None
     remaining = (doc["deadline"] - doc["created_at"]) / 1000
     wait = first_poll_delay(spec.backoff, remaining, rng, planner, spec.max_attempts)
+    if spec.callback:  # the push comes first; its job may not even exist yet (register first)
+        wait = max(wait, min(spec.backoff.initial_wait_time, remaining))
     due = doc["created_at"] + int(wait * 1000)
     if due <= now_ms:
         return None

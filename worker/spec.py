@@ -40,6 +40,7 @@ class WatchSpec:
     max_attempts: int | None
     upstream: str  # host and path template: whose learned durations the watch shares
     adaptive: bool  # polls follow the upstream's learned durations (policy.adaptive)
+    callback: bool = False  # the upstream pushes the end: polls are only a safety net
     reader: StatusReader | None = None  # its status rules, compiled; None: `{"result": ...}`
     headers: dict[str, str] | None = None  # its upstream credentials, opened (never logged)
     unreadable: bool = False  # its sealed headers could not be opened (VTW_SECRET_KEYS rotated)
@@ -156,7 +157,9 @@ class SpecCache:
             backoff=backoff,
             max_attempts=policy["max_attempts"],
             upstream=upstream_key(spec["status_url"]),
-            adaptive=policy["adaptive"],  # full_spec fills the default in
+            # A watch told of the end by a push needs no learned schedule to find it.
+            adaptive=policy["adaptive"] and not spec.get("callback", False),
+            callback=spec.get("callback", False),
             reader=reader,
             headers=headers,
             unreadable=unreadable,
