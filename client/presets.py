@@ -129,9 +129,14 @@ PRESETS: dict[str, Preset] = {
         "docs": "https://github.com/microsoft/api-guidelines/blob/vNext/azure/Guidelines.md"
         "#long-running-operations--jobs",
         "rules": [
-            {"path": "status", "equals": "Succeeded", "then": "completed"},
-            {"path": "status", "in": ["Failed", "Canceled"], "then": "error"},
-            {"path": "status", "in": ["NotStarted", "Running"], "then": "pending"},
+            # Some Azure services answer these in lower case (Speech, Document Intelligence).
+            {"path": "status", "in": ["Succeeded", "succeeded"], "then": "completed"},
+            {"path": "status", "in": ["Failed", "Canceled", "failed", "canceled"], "then": "error"},
+            {
+                "path": "status",
+                "in": ["NotStarted", "Running", "notStarted", "running"],
+                "then": "pending",
+            },
         ],
         "progress": "percentComplete",
         "error": "error.message || status",

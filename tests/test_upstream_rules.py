@@ -791,3 +791,16 @@ def test_no_rule_matched_names_the_path_that_was_tried() -> None:
     assert only_codes.classify(200, body({"q": 1})).error == (
         "no rule matched: none is for HTTP 200"
     )
+
+
+def test_azure_lro_reads_the_lower_case_statuses_some_azure_services_answer() -> None:
+    reader = Upstream(preset="azure-lro").reader()
+    assert reader is not None
+    for body, status in [
+        (b'{"status": "succeeded"}', Status.COMPLETED),
+        (b'{"status": "failed", "error": {"message": "no"}}', Status.ERROR),
+        (b'{"status": "canceled"}', Status.ERROR),
+        (b'{"status": "notStarted"}', Status.PENDING),
+        (b'{"status": "running"}', Status.PENDING),
+    ]:
+        assert reader.classify(200, body).status is status, body
