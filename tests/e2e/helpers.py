@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -90,8 +91,17 @@ class Api:
             "metadata": metadata,
             "webhook_url": webhook_url,
         }
-        response = await self.http.post(f"{self.url}/v1/watches", json=body)
-        assert response.status_code == 201, response.text
+        # As a careful client does: a request whose answer was lost (a connection the server
+        # closed under a burst) is sent again with its Idempotency-Key, never registered twice.
+        key = {"Idempotency-Key": secrets.token_hex(8)}
+        for attempt in range(3):
+            try:
+                response = await self.http.post(f"{self.url}/v1/watches", json=body, headers=key)
+                break
+            except httpx.TransportError:
+                if attempt == 2:
+                    raise
+        assert response.status_code in (200, 201), response.text
         watch: dict[str, Any] = response.json()
         return watch
 
