@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test lint run demo simulate bench screenshots clean
+.PHONY: install test check lint run demo simulate bench screenshots clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,11 +20,22 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# The tests in two runs: those in one process (-m "not e2e") spread over TEST_PROCESSES
+# processes (most wait on sockets and timers, not the CPU), then the end-to-end tests one at a
+# time (each starts its own processes and some measure time). One coverage report for both.
+TEST_PROCESSES ?= 3
+
 test: lint
 	deploy/validate.sh
 	.ci/ensure_chromium.sh
+	export VTW_TEST_REDIS_URL="$$($(BIN)/python .ci/ensure_redis.py)" && \
+		$(BIN)/pytest -q -m "not e2e" -n $(TEST_PROCESSES) --cov --cov-report= $(PYTEST_ARGS) && \
+		$(BIN)/pytest -q -m e2e --cov --cov-append --cov-report=term $(PYTEST_ARGS)
+
+# A developer's inner loop (~2 min): lint and the tests that start no process and are quick.
+check: lint
 	VTW_TEST_REDIS_URL="$$($(BIN)/python .ci/ensure_redis.py)" \
-		$(BIN)/pytest -q --cov --cov-report=term $(PYTEST_ARGS)
+		$(BIN)/pytest -q -m "not e2e and not slow" -n $(TEST_PROCESSES) $(PYTEST_ARGS)
 
 # `make run PORT=8001` when 8000 is taken.
 PORT ?= 8000

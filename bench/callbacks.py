@@ -13,18 +13,16 @@ simulator process per run (`vtwatch simulate --callback-loss-rate 0.1 --seed N`,
 With callbacks the caller needs the watch's `callback_url` to create the job, and the watch needs
 the job's status URL: per job, pick its id; register the watch (`status_url`
 `<sim>/jobs/<id>/status`); `POST /jobs` with that `id`, its duration and the `callback_url`. A
-watch's first poll is due at its registration, so it may come before its job exists: these
-watches read a 404 as pending (the `vtwatch` preset's rules after `{"http_status": 404, "then":
-"pending"}`). Without callbacks the job is created first, then its watch, as before. The
+watch with callbacks makes its first poll at its `initial_wait_time` (not at registration), so
+that poll never comes before its job exists (the 404s are counted: 0 expected), and it follows no
+learned schedule. Without callbacks the job is created first, then its watch, as before. The
 simulator pushes each job's end at its end, except a share `--loss-rate` (0.1) drawn as lost.
 The runs (phase 1 alone, then phase 2's two side by side, their job k started together):
 
 - **push** (phase 1): `"callback": true`, policy `initial_wait_time` `--initial-wait` (60 s:
-  longer than the longest job, so a pushed job costs the first poll and the confirming one; a
-  lost push is found by the safety-net poll a minute after registration), `max_interval`
-  `--max-interval` (300 s), `max_wait_time` `--max-wait` (900 s), `adaptive` false
-  (`--adaptive`: true; a learned schedule polls where the upstream's jobs end whatever
-  `initial_wait_time` says, which is what the push tells anyway). The judged run.
+  longer than the longest job, so a pushed job costs the confirming poll alone; a lost push is
+  found by the safety-net poll a minute after registration), `max_interval`
+  `--max-interval` (300 s), `max_wait_time` `--max-wait` (900 s). The judged run.
 - **push-default-wait** (phase 2): the same with the default `initial_wait_time` (1 s, x2):
   what the default safety-net polls cost while the jobs run.
 - **poll** (phase 2): no callback, the default policy (`max_wait_time` the same): polling alone.
@@ -85,7 +83,6 @@ from bench._procs import (
     wait_http,
     wait_redis,
 )
-from client.presets import PRESETS
 from service.store.watches import Store
 
 TERMINAL = ("completed", "error", "timeout", "cancelled")
@@ -107,17 +104,9 @@ class CallbacksConfig:
     initial_wait: float = 60.0  # the push run's initial_wait_time
     max_interval: float = 300.0  # both push runs' max_interval
     max_wait: float = 900.0  # every run's max_wait_time
-    adaptive: bool = False  # the push run's policy.adaptive
 
 
 QUICK = CallbacksConfig(jobs=20, max_duration=3.0, spread=1.0, initial_wait=5.0, max_wait=60.0)
-
-
-# The watch exists before its job does, and a watch's first poll is due at its registration:
-# that poll may find no job yet. The default preset's rules, with a 404 read as pending first
-# (a wrong URL then ends in `timeout` at the deadline, not at once in `error`).
-NOT_YET = {"http_status": 404, "then": "pending"}
-REGISTER_FIRST = {"preset": "vtwatch", "rules": [NOT_YET, *PRESETS["vtwatch"]["rules"]]}
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,19 +117,13 @@ class RunSpec:
     judged: bool = False
     phase: int = 1  # runs of one phase go side by side, phases one after the other
 
-    @property
-    def upstream(self) -> dict[str, Any] | None:
-        return REGISTER_FIRST if self.callback else None
-
 
 def run_specs(cfg: CallbacksConfig) -> list[RunSpec]:
     push = {"max_interval": cfg.max_interval, "max_wait_time": cfg.max_wait}
-    # Not adaptive: a learned schedule polls where jobs end (from VTW_MIN_POLL_INTERVAL on,
-    # whatever initial_wait_time says), which is what the push already tells.
-    net = {"initial_wait_time": cfg.initial_wait, **push, "adaptive": cfg.adaptive}
+    net = {"initial_wait_time": cfg.initial_wait, **push}
     return [
         RunSpec("push", True, net, judged=True),
-        RunSpec("push-default-wait", True, {**push, "adaptive": cfg.adaptive}, phase=2),
+        RunSpec("push-default-wait", True, push, phase=2),
         RunSpec("poll", False, {"max_wait_time": cfg.max_wait}, phase=2),
     ]
 
@@ -255,7 +238,7 @@ class Bench:
             "metadata": {"job": plan.job_id, "duration": plan.duration},
         }
         if plan.run.callback:
-            body |= {"callback": True, "upstream": plan.run.upstream}
+            body["callback"] = True
         plan.registered_at = time.time()
         url = f"{self.api}/v1/watches"
         async with self.session.post(url, json=body, headers=self.auth(plan.run)) as answer:
@@ -607,7 +590,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--initial-wait", type=float, default=None, help=f"push run's ({d.initial_wait:g} s)")
     add("--max-interval", type=float, default=None, help=f"push runs' ({d.max_interval:g} s)")
     add("--max-wait", type=float, default=None, help=f"max_wait_time ({d.max_wait:g} s)")
-    add("--adaptive", action="store_true", default=None, help="push run's policy.adaptive")
     add("--quick", action="store_true", help="20 jobs of 1-3 s, first wait 5 s (a smoke run)")
     add("--json", action="store_true", help="print JSON instead of a table")
     return parser.parse_args(argv)

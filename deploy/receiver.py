@@ -62,7 +62,8 @@ async def receive(request: web.Request) -> web.Response:
         except Exception as exc:
             logger.warning("cannot fetch the signing secret: %s", exc)
     if not verified_with(secrets, headers, body):
-        logger.warning("webhook %s rejected: bad signature", request.headers.get("webhook-id"))
+        # %r: a hostile id (undecodable bytes arrive as lone surrogates) stays printable
+        logger.warning("webhook %r rejected: bad signature", request.headers.get("webhook-id"))
         return web.json_response({"detail": "signature does not verify"}, status=400)
     event = json.loads(body)
     msg_id = request.headers["webhook-id"]
