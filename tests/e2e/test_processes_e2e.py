@@ -20,7 +20,16 @@ import pytest
 import redis.asyncio as aioredis
 
 from .helpers import FAST_POLICY, Api, Simulator, register_all, verify_final, wait_all_done
-from .procs import SHARED_REDIS_URL, Proc, Processes, free_port, poll_until, service_env, vtwatch
+from .procs import (
+    SHARED_REDIS_URL,
+    Proc,
+    Processes,
+    free_port,
+    free_port_block,
+    poll_until,
+    service_env,
+    vtwatch,
+)
 from .test_events_e2e import follow
 from .test_faults import leases, plan_jobs
 
@@ -93,7 +102,7 @@ async def test_a_sigkilled_child_is_restarted_and_its_leases_are_picked_up(
     namespace: str, procs: Processes, http: httpx.AsyncClient, shared_redis: aioredis.Redis
 ) -> None:
     env = service_env(SHARED_REDIS_URL, namespace, lease_seconds=2, shutdown_grace_seconds=2)
-    metrics = free_port()
+    metrics = free_port_block(2)  # one metrics port per child
     _, sim_url = await procs.start_simulator("simulator", "--seed", "20")
     _, api_url = await procs.start_api(env)
     sim, api = Simulator(http, sim_url), Api(http, api_url)
@@ -148,7 +157,7 @@ async def test_sigterm_drains_every_child_within_the_grace_period(
 ) -> None:
     grace = 3.0
     env = service_env(SHARED_REDIS_URL, namespace, lease_seconds=2, shutdown_grace_seconds=grace)
-    metrics = free_port()
+    metrics = free_port_block(2)  # one metrics port per child
     _, sim_url = await procs.start_simulator("simulator", "--seed", "21")
     _, api_url = await procs.start_api(env)
     sim, api = Simulator(http, sim_url), Api(http, api_url)
@@ -187,7 +196,7 @@ async def test_two_processes_of_each_poll_nothing_twice_at_once_and_streams_see_
     """A two-process worker (metrics on base and base + 1) and a two-process API: 100 watches
     end, none polled by both children at once, and event streams (served by either API
     process) see their watches end."""
-    metrics = free_port()
+    metrics = free_port_block(2)  # one metrics port per child
     env = service_env(SHARED_REDIS_URL, namespace, shutdown_grace_seconds=2)
     _, sim_url = await procs.start_simulator("simulator", "--seed", "22")
     port = free_port()
