@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(120)]
 
 WATCHES = 5
 JOB_SECONDS = 1.0
-# The first poll sees the job pending; the backoff puts the next one 5 minutes out.
+# A watch with callbacks makes its first poll at initial_wait_time: 5 minutes out.
 SPARSE = {"initial_wait_time": 300, "max_interval": 300, "max_wait_time": 600, "adaptive": False}
 
 
@@ -87,3 +87,40 @@ async def finish_ms(redis: aioredis.Redis, namespace: str, watch_id: str) -> int
     assert raw is not None
     finished: int = json.loads(raw)["finished_at"]
     return finished
+
+
+async def test_pushes_the_simulator_sends_end_watches_and_lost_ones_are_caught_by_the_safety_net(
+    procs: Processes, namespace: str, http: httpx.AsyncClient
+) -> None:
+    """Register first, create the job after with the watch's callback_url (the job id chosen
+    by the caller), as with a provider that pushes: a pushed job ends its watch at once with one
+    request; a job whose push is lost is found by the safety-net poll at initial_wait_time."""
+    env = service_env(SHARED_REDIS_URL, namespace, min_poll_interval=1)
+    _, api = await procs.start_api(env)
+    procs.start_worker(env)
+    _, sim_url = await procs.start_simulator()
+    simulator = Simulator(http, sim_url)
+    net = {"initial_wait_time": 4, "max_interval": 300, "max_wait_time": 60}
+    watches = {}
+    for job_id, loss in (("pushed", 0.0), ("lost", 1.0)):
+        body = {"status_url": f"{sim_url}/jobs/{job_id}/status", "callback": True, "policy": net}
+        watch = (await http.post(f"{api}/v1/watches", json=body)).json()
+        await simulator.create_jobs(
+            [
+                {"id": job_id, "duration": 0.5, "callback_url": watch["callback_url"]}
+                | {"callback_loss_rate": loss}
+            ]
+        )
+        watches[job_id] = watch
+
+    async def ended(watch_id: str) -> dict[str, object] | None:
+        got: dict[str, object] = (await http.get(f"{api}/v1/watches/{watch_id}")).json()
+        return got if got["state"] != "pending" else None
+
+    pushed = await poll_until(lambda: ended(watches["pushed"]["id"]), timeout=3, what="the push")
+    assert pushed["state"] == "completed" and pushed["attempts"] == 1, pushed
+    lost = await poll_until(lambda: ended(watches["lost"]["id"]), timeout=10, what="the net")
+    assert lost["state"] == "completed" and lost["attempts"] == 1, lost
+    details = {job_id: await simulator.job(job_id) for job_id in watches}
+    assert details["pushed"]["callback"] == "sent" and details["lost"]["callback"] == "lost"
+    assert details["pushed"]["requests"] == details["lost"]["requests"] == 1
