@@ -9,7 +9,7 @@ import math
 import random
 import statistics
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -37,14 +37,14 @@ class Clock:
 
 
 @asynccontextmanager
-async def serve(clock: Clock | None = None, **config: Any) -> AsyncIterator[Client]:
+async def serve(clock: Callable[[], float] | None = None, **config: Any) -> AsyncIterator[Client]:
     app = create_app(SimulatorConfig(**config), clock or Clock())
     async with TestClient(TestServer(app)) as client:
         yield client
 
 
-async def get_json(client: Client, path: str) -> tuple[int, Any]:
-    async with client.get(path) as response:
+async def get_json(client: Client, path: str, **kwargs: Any) -> tuple[int, Any]:
+    async with client.get(path, **kwargs) as response:
         return response.status, await response.json()
 
 

@@ -23,33 +23,7 @@ from client.simulator import (
     error_message,
     result_url,
 )
-
-Client = TestClient[web.Request, web.Application]
-
-
-class Clock:
-    """A virtual monotonic clock the tests advance by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@asynccontextmanager
-async def serve(clock: Callable[[], float] | None = None, **config: Any) -> AsyncIterator[Client]:
-    app = create_app(SimulatorConfig(**config), clock or Clock())
-    async with TestClient(TestServer(app)) as client:
-        yield client
-
-
-async def get_json(client: Client, path: str, **kwargs: Any) -> tuple[int, Any]:
-    async with client.get(path, **kwargs) as response:
-        return response.status, await response.json()
+from tests.test_simulator import Client, Clock, get_json, serve
 
 
 async def post_json(client: Client, path: str, body: Any) -> tuple[int, Any]:

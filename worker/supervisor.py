@@ -291,10 +291,8 @@ def _die_with_parent(parent: int) -> Callable[[], None] | None:
 # -- the worker's children ----------------------------------------------------------------------
 
 
-def worker_command(
-    index: int, *, log_level: str, log_format: str | None, only: Sequence[str] | None
-) -> list[str]:
-    """`vtwatch worker` as child `index` (this interpreter, the same code)."""
+def vtwatch_command(log_level: str, log_format: str | None) -> list[str]:
+    """`vtwatch` with the supervisor's logging options, run by this interpreter (the same code)."""
     command = [
         sys.executable,
         "-c",
@@ -304,7 +302,14 @@ def worker_command(
     ]
     if log_format is not None:
         command += ["--log-format", log_format]
-    command.append("worker")
+    return command
+
+
+def worker_command(
+    index: int, *, log_level: str, log_format: str | None, only: Sequence[str] | None
+) -> list[str]:
+    """`vtwatch worker` as child `index` (this interpreter, the same code)."""
+    command = [*vtwatch_command(log_level, log_format), "worker"]
     for role in only or ():
         command += ["--only", role]
     return [*command, "--processes", "1", "--process-index", str(index)]
@@ -358,17 +363,8 @@ def api_command(
     index: int, *, host: str, port: int, fd: int, log_level: str, log_format: str | None
 ) -> list[str]:
     """`vtwatch api` as child `index`, serving the inherited socket `fd`."""
-    command = [
-        sys.executable,
-        "-c",
-        "from worker.cli import main; main()",
-        "--log-level",
-        log_level,
-    ]
-    if log_format is not None:
-        command += ["--log-format", log_format]
     return [
-        *command,
+        *vtwatch_command(log_level, log_format),
         "api",
         "--host",
         host,
