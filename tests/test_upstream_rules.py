@@ -38,6 +38,10 @@ JOB = "job-7"
 FRACTIONS = (0.0, 0.1, 0.25, 0.5, 0.75, 0.99, 1.0)
 SECRET = "s3cret-Value-42"
 
+# Not a performance target (bench/ holds those): what the unbudgeted code took was minutes, or
+# forever; a loaded CI machine must not fail a test that ran in milliseconds.
+HANG_GUARD = 10.0
+
 
 def body(obj: object) -> bytes:
     return json.dumps(obj).encode()
@@ -280,7 +284,7 @@ def test_a_body_over_64_kib_is_transient_and_a_megabyte_never_raises() -> None:
     started = time.perf_counter()
     seen = read.classify(200, megabyte)
     assert seen.transient and seen.error == "response body over 64 KiB"
-    assert time.perf_counter() - started < 1.0
+    assert time.perf_counter() - started < HANG_GUARD
 
 
 PROGRESS = [
@@ -549,7 +553,7 @@ def test_an_expensive_rule_is_bounded_and_transient(path: str) -> None:
     read = rules({"path": path, "equals": "never", "then": "completed"})
     started = time.perf_counter()
     seen = read.classify(200, payload)
-    assert time.perf_counter() - started < 1.0
+    assert time.perf_counter() - started < HANG_GUARD
     assert seen.transient and (seen.error or "").startswith("no rule matched")
 
 
@@ -558,7 +562,7 @@ def test_a_doubling_path_runs_out_of_budget_instead_of_memory(path: str) -> None
     read = rules({"path": path, "exists": True, "then": "completed"})
     started = time.perf_counter()
     seen = read.classify(200, body(WIDE))
-    assert time.perf_counter() - started < 1.0
+    assert time.perf_counter() - started < HANG_GUARD
     assert seen.transient and seen.error == f"no rule matched: {path} could not be evaluated"
 
 
@@ -572,7 +576,7 @@ def test_expensive_hints_never_raise_or_hang() -> None:
     )
     started = time.perf_counter()
     seen = read.classify(200, body(WIDE))
-    assert time.perf_counter() - started < 2.0
+    assert time.perf_counter() - started < HANG_GUARD
     assert seen.status is Status.COMPLETED and seen.result is None and seen.progress is None
     failing = reader(
         rules=[{"path": "rows[0].id", "equals": 0, "then": "error"}], error=doubling
@@ -716,7 +720,7 @@ def test_a_hint_with_shared_branches_is_cut_not_written_out(then: str) -> None:
     read = rules({"path": "s", "equals": "x", "then": then}, result=SHARED, error=SHARED)
     started = time.perf_counter()
     seen = read.classify(200, body({"s": "x", "pad": "y" * 1000}))
-    assert time.perf_counter() - started < 1.0
+    assert time.perf_counter() - started < HANG_GUARD
     assert seen.status == then
     if then == "completed":
         assert seen.result_truncated and isinstance(seen.result, str)
@@ -752,10 +756,8 @@ def test_all_the_rules_and_hints_of_an_answer_share_one_work_budget() -> None:
         {"path": "rows[0].id", "equals": 0, "then": "completed"},  # never reached
     ):
         read = reader(rules=[*many, last], progress=heavy, eta=heavy, error=heavy, result=heavy)
-        started = time.perf_counter()
         seen = read.classify(200, payload)
-        assert time.perf_counter() - started < 0.5
-        assert seen.transient  # the budget ran out before the last rule
+        assert seen.transient  # the one budget ran out before the last rule
     alone = rules({"path": heavy, "exists": True, "then": "completed"})
     assert alone.classify(200, payload).status is Status.COMPLETED  # one fits
 
