@@ -9,6 +9,7 @@ as the API shows it (`service.api.schemas.Watch`) and webhooks carry it."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -91,9 +92,24 @@ def timestamp(ms: int | None) -> datetime | None:
 
 
 def iso_time(ms: int | None) -> str | None:
-    """A time of a document (Redis milliseconds) as the API writes it: ISO 8601, UTC, `Z`."""
+    """A time of a document (Redis milliseconds) as the API writes it: ISO 8601, UTC, `Z` —
+    `timestamp(ms).isoformat()` with `Z` for `+00:00` (microseconds only when not zero). An
+    integer's text is made from its second's (a few cached: a page's times share them) and
+    its milliseconds: a watch has six times, a page of 50 three hundred."""
+    if type(ms) is int and 0 <= ms < _FAST_MS:
+        seconds, millis = divmod(ms, 1000)
+        text = _second_text(seconds)
+        return f"{text}.{millis:03d}000Z" if millis else f"{text}Z"
     when = timestamp(ms)
     return None if when is None else when.isoformat().replace("+00:00", "Z")
+
+
+_FAST_MS = 2**32 * 1000  # (2106) below, ms / 1000 is within half a microsecond: the same text
+
+
+@functools.lru_cache(maxsize=4096)
+def _second_text(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, tz=UTC).isoformat()[:19]
 
 
 def watch_json(doc: Mapping[str, Any]) -> dict[str, Any]:
