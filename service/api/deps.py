@@ -112,14 +112,15 @@ bearer = HTTPBearer(
 
 async def get_tenant(
     request: Request,
-    settings: SettingsDep,
     _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
 ) -> str:
     """The tenant `middleware.Authenticate` resolved before the body was read (resolved here for a
-    route off `/v1/`). `_bearer` only declares the scheme in the OpenAPI document."""
+    route off `/v1/`). `_bearer` only declares the scheme in the OpenAPI document. (The settings
+    are read here, not depended on: a sub-dependency costs every request its solving.)"""
     tenant = request.scope.get(TENANT_SCOPE_KEY)
     if isinstance(tenant, str):
         return tenant
+    settings: Settings = request.app.state.settings
     return tenant_for(request.headers.get("authorization"), settings)
 
 

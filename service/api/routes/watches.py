@@ -30,7 +30,7 @@ from ..schemas import (
     WatchCreate,
     WatchCreated,
     WatchPage,
-    render_summary,
+    summary_json,
 )
 
 router = APIRouter(prefix="/v1", tags=["watches"], responses=errors(401, 413, 422, 503))
@@ -203,10 +203,10 @@ async def list_presets(tenant: TenantDep) -> dict[str, Preset]:
     return PRESETS
 
 
-@router.get("/status")
-async def aggregated_status(store: StoreDep, tenant: TenantDep) -> StatusSummary:
+@router.get("/status", response_model=StatusSummary)
+async def aggregated_status(store: StoreDep, tenant: TenantDep) -> Response:
     """Counts of the tenant's watches by state, and of their webhooks; the budget and breaker
     of each upstream host its watches polled lately (only those: the fleet-wide state of a
     host the tenant uses, never which hosts other tenants use)."""
     counts, hosts = await asyncio.gather(store.counts(tenant), store.hosts.of_tenant(tenant))
-    return render_summary(counts, hosts)
+    return json_answer(summary_json(counts, hosts))
