@@ -17,8 +17,11 @@ interleaved within a repeat (so a busy moment of the shared machine hits them al
 * `GET /v1/status`.
 
 Reported per endpoint: requests/s, p50 and p99 latency (per request, wall clock, as this
-process sees it: nearest rank over the window), the API process's CPU per request, and the
-ratio of its requests/s to `/healthz`'s in the same repeat — medians over the repeats (p99: the
+process sees it: nearest rank over the window), the API process's CPU per request, the
+ratio of its requests/s to `/healthz`'s in the same repeat, and the ratio of CPU per request
+(`/healthz`'s to its: what the requests/s ratio would be with the API process alone on a core
+it saturates; on a shared, busy machine the API process often is not given a whole core, and
+then the requests/s ratio is squeezed towards 1) — medians over the repeats (p99: the
 worst repeat's too). This process's own CPU is reported: when it is near a core, the generator,
 not the API, is the limit (then the ratios understate the API).
 
@@ -27,10 +30,13 @@ Targets (issue 20): registration >= 0.5 x `/healthz`, a single GET >= 0.6 x, a p
 
 `--sse N` (5000 in the issue) then opens N event streams (`GET /v1/watches/{id}/events`, one
 connection each) to N new watches and measures the API process's RSS before and with them
-open (after a settle); then cancels every watch (`DELETE`, 64 at a time) and checks that each
-stream's last event is its watch's `state` event with `cancelled`. Bar: RSS growth <= 200 MiB,
-every stream sees its end. This process raises its own open-file limit (`RLIMIT_NOFILE`, soft
-to the hard limit) for the N sockets; the API process inherits it.
+open (after a 3 s settle). They are opened `SSE_OPENING` (100) at a time: each open reads its
+watch, and 5,000 at once would wait on the API's Redis pool past its timeout (503). Then every
+watch is cancelled (`DELETE`, 64 at a time, on connections of their own) and each stream's last
+event must be its watch's `state` event, `cancelled`. Bars: RSS growth <= 200 MiB, every
+stream sees its end. This process raises its own open-file limit (`RLIMIT_NOFILE`, soft to
+the hard limit) for the N sockets; the API process inherits it (uvicorn sets no limit of its
+own on connections). `--sse-only` skips the endpoints' windows.
 
 Run from the repository root (about a minute and a half with the defaults):
 
@@ -38,6 +44,7 @@ Run from the repository root (about a minute and a half with the defaults):
     .venv/bin/python bench/api.py --json          # the same as JSON
     .venv/bin/python bench/api.py --quick         # 1 repeat, 2 s windows
     .venv/bin/python bench/api.py --sse 5000      # and the event streams
+    .venv/bin/python bench/api.py --sse-only --sse 5000
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ if __name__ == "__main__":  # run as a script: let `worker` be the package, not 
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -86,6 +94,7 @@ ENDPOINTS = ("healthz", "register", "get", "page", "status")
 TARGETS = {"register": 0.5, "get": 0.6, "page": 0.3}  # x /healthz
 P99_BAR_MS = 50.0
 SSE_RSS_BAR_MIB = 200.0
+SSE_OPENING = 100  # streams being opened at once (each open reads the watch once)
 
 
 @dataclass(frozen=True)
@@ -97,6 +106,7 @@ class ApiConfig:
     seed: int = 2000  # watches registered before the windows (the GETs read them)
     page: int = 50
     sse: int = 0  # event streams to open (0: none)
+    load: bool = True  # the endpoints' windows (False: only the event streams)
     log_level: str = "info"
 
 
@@ -117,7 +127,8 @@ class Window:
 class Figure:
     endpoint: str
     rps: float  # medians over the repeats
-    ratio: float | None  # to /healthz in the same repeat
+    ratio: float | None  # req/s to /healthz's in the same repeat
+    cpu_ratio: float | None  # /healthz's API CPU per request to this one's, in the same repeat
     p50_ms: float
     p99_ms: float
     p99_worst_ms: float
@@ -257,13 +268,17 @@ async def measure_sse(session: aiohttp.ClientSession, base: str, api: Proc, coun
     before = rss_mib(api.pid)
     opened = 0
     all_open = asyncio.Event()
+    opening = asyncio.Semaphore(SSE_OPENING)
 
     async def follow(watch_id: str) -> str | None:
         nonlocal opened
         last: str | None = None
-        async with session.get(
-            f"{base}/v1/watches/{watch_id}/events", timeout=aiohttp.ClientTimeout(total=None)
-        ) as response:
+        url = f"{base}/v1/watches/{watch_id}/events"
+        async with contextlib.AsyncExitStack() as stack:
+            async with opening:  # until its answer's headers came
+                response = await stack.enter_async_context(
+                    session.get(url, timeout=aiohttp.ClientTimeout(total=None))
+                )
             response.raise_for_status()
             opened += 1
             if opened == count:
@@ -285,12 +300,16 @@ async def measure_sse(session: aiohttp.ClientSession, base: str, api: Proc, coun
     started = time.monotonic()
     pending = iter(ids)
 
-    async def cancel_some() -> None:
-        for watch_id in pending:
-            async with session.delete(f"{base}/v1/watches/{watch_id}") as response:
-                await response.read()
+    # Connections of their own: a stream's, back in the pool once it ended, may be one the
+    # server is closing (keep-alive timeout).
+    async with aiohttp.ClientSession(headers=session.headers) as cancels:
 
-    await asyncio.gather(*(cancel_some() for _ in range(64)))
+        async def cancel_some() -> None:
+            for watch_id in pending:
+                async with cancels.delete(f"{base}/v1/watches/{watch_id}") as response:
+                    await response.read()
+
+        await asyncio.gather(*(cancel_some() for _ in range(64)))
     results = await asyncio.wait_for(asyncio.gather(*streams), 120)
     end_seconds = time.monotonic() - started
     saw_end = 0
@@ -315,11 +334,17 @@ def summarize(windows: list[Window], repeats: int) -> list[Figure]:
     for index, endpoint in enumerate(ENDPOINTS):
         mine = [rep[index] for rep in by_repeat]
         ratios = [w.rps / rep[0].rps for w, rep in zip(mine, by_repeat, strict=True)]
+        cpu_ratios = [
+            rep[0].api_cpu_ms / w.api_cpu_ms for w, rep in zip(mine, by_repeat, strict=True)
+        ]
         figures.append(
             Figure(
                 endpoint=endpoint,
                 rps=round(statistics.median(w.rps for w in mine), 1),
                 ratio=None if endpoint == "healthz" else round(statistics.median(ratios), 3),
+                cpu_ratio=(
+                    None if endpoint == "healthz" else round(statistics.median(cpu_ratios), 3)
+                ),
                 p50_ms=round(statistics.median(w.p50_ms for w in mine), 2),
                 p99_ms=round(statistics.median(w.p99_ms for w in mine), 2),
                 p99_worst_ms=round(max(w.p99_ms for w in mine), 2),
@@ -373,10 +398,12 @@ async def run_benchmark(cfg: ApiConfig) -> Report:
             connector = aiohttp.TCPConnector(limit=max(cfg.clients, cfg.sse + 16))
             headers = {"Authorization": f"Bearer {key}"}
             async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
-                log(f"seeding {cfg.seed} watches")
-                ids = await seed_watches(session, base, cfg.seed)
+                ids = []
+                if cfg.load:
+                    log(f"seeding {cfg.seed} watches")
+                    ids = await seed_watches(session, base, cfg.seed)
                 load = Load(session, base, ids)
-                for repeat in range(cfg.repeats):
+                for repeat in range(cfg.repeats if cfg.load else 0):
                     for endpoint in ENDPOINTS:
                         w = await load.window(endpoint, cfg.clients, cfg.warmup, cfg.window, api)
                         log(
@@ -385,7 +412,7 @@ async def run_benchmark(cfg: ApiConfig) -> Report:
                             f"api {w.api_cpu_ms:.3f} ms CPU/req, client {w.client_cpu:.2f} CPU"
                         )
                         report.windows.append(w)
-                report.figures = summarize(report.windows, cfg.repeats)
+                report.figures = summarize(report.windows, cfg.repeats) if cfg.load else []
                 if cfg.sse:
                     report.sse = await measure_sse(session, base, api, cfg.sse)
         finally:
@@ -403,13 +430,14 @@ def format_table(report: Report) -> str:
         f"medians of {cfg['repeats']} interleaved repeats ({report.machine})",
         "",
         f"{'endpoint':10} {'req/s':>8} {'x healthz':>9} {'p50 ms':>7} {'p99 ms':>7} "
-        f"{'worst p99':>9} {'API CPU/req':>11} {'client CPU':>10}",
+        f"{'worst p99':>9} {'API CPU/req':>11} {'CPU x':>6} {'client CPU':>10}",
     ]
     for f in report.figures:
         ratio = "-" if f.ratio is None else f"{f.ratio:.2f}"
+        cpu_ratio = "-" if f.cpu_ratio is None else f"{f.cpu_ratio:.2f}"
         lines.append(
             f"{f.endpoint:10} {f.rps:8.0f} {ratio:>9} {f.p50_ms:7.2f} {f.p99_ms:7.2f} "
-            f"{f.p99_worst_ms:9.2f} {f.api_cpu_ms:9.3f} ms {f.client_cpu:10.2f}"
+            f"{f.p99_worst_ms:9.2f} {f.api_cpu_ms:8.3f} ms {cpu_ratio:>6} {f.client_cpu:10.2f}"
         )
     if report.sse is not None:
         s = report.sse
@@ -434,6 +462,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=positive_int, default=ApiConfig.repeats)
     parser.add_argument("--seed", type=positive_int, default=ApiConfig.seed)
     parser.add_argument("--sse", type=int, default=0, help="event streams to open (0: none)")
+    parser.add_argument(
+        "--sse-only", action="store_true", help="only the event streams, not the endpoints"
+    )
     parser.add_argument("--log-level", default=ApiConfig.log_level)
     parser.add_argument("--quick", action="store_true", help="1 repeat, 2 s windows")
     parser.add_argument("--json", action="store_true")
@@ -445,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         repeats=1 if args.quick else args.repeats,
         seed=min(args.seed, 500) if args.quick else args.seed,
         sse=args.sse,
+        load=not args.sse_only,
         log_level=args.log_level,
     )
     try:

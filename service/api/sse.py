@@ -91,8 +91,9 @@ async def stream(
                     sent = key
             if hub.closed:
                 return
-            try:
-                await asyncio.wait_for(changed.wait(), HEARTBEAT_SECONDS)
+            try:  # (not `wait_for`: a task of its own per wait, for each open stream)
+                async with asyncio.timeout(HEARTBEAT_SECONDS):
+                    await changed.wait()
             except TimeoutError:
                 yield ": heartbeat\n\n"
             changed.clear()
@@ -119,7 +120,8 @@ async def tenant_stream(store: Store, hub: EventHub, tenant: str) -> AsyncIterat
         ready = False
         while not hub.closed:
             try:
-                await asyncio.wait_for(follower.changed.wait(), HEARTBEAT_SECONDS)
+                async with asyncio.timeout(HEARTBEAT_SECONDS):
+                    await follower.changed.wait()
             except TimeoutError:
                 yield ": heartbeat\n\n"
                 continue
