@@ -4,6 +4,10 @@ The store and the outbox are handed out only once the store's partition count is
 this process's `VTW_PARTITIONS` (`PartitionCheck`): a process started while Redis was down
 checks it before its first request touches the store, so a misconfigured pod answers `503`, never
 a `201` for a watch no worker would claim.
+
+Every dependency is `async def`, however little it does: FastAPI runs a plain `def` one in a
+worker thread, a thread hop per dependency per request (a third of a `GET /v1/watches/{id}`'s
+time in the API process before, bench/api.py).
 """
 
 from __future__ import annotations
@@ -66,29 +70,29 @@ def _retrieve(task: asyncio.Task[None]) -> None:
         task.exception()
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_partition_check(request: Request) -> PartitionCheck:
+async def get_partition_check(request: Request) -> PartitionCheck:
     check: PartitionCheck = request.app.state.partition_check
     return check
 
 
 async def get_store(request: Request) -> Store:
-    await get_partition_check(request).ensure()
+    await request.app.state.partition_check.ensure()
     store: Store = request.app.state.store
     return store
 
 
 async def get_outbox(request: Request) -> Outbox:
-    await get_partition_check(request).ensure()
+    await request.app.state.partition_check.ensure()
     outbox: Outbox = request.app.state.outbox
     return outbox
 
 
-def get_events(request: Request) -> EventHub:
+async def get_events(request: Request) -> EventHub:
     hub: EventHub = request.app.state.events
     return hub
 
@@ -106,16 +110,17 @@ bearer = HTTPBearer(
 )
 
 
-def get_tenant(
+async def get_tenant(
     request: Request,
-    settings: SettingsDep,
     _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
 ) -> str:
     """The tenant `middleware.Authenticate` resolved before the body was read (resolved here for a
-    route off `/v1/`). `_bearer` only declares the scheme in the OpenAPI document."""
+    route off `/v1/`). `_bearer` only declares the scheme in the OpenAPI document. (The settings
+    are read here, not depended on: a sub-dependency costs every request its solving.)"""
     tenant = request.scope.get(TENANT_SCOPE_KEY)
     if isinstance(tenant, str):
         return tenant
+    settings: Settings = request.app.state.settings
     return tenant_for(request.headers.get("authorization"), settings)
 
 

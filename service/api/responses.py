@@ -17,7 +17,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from fastapi.responses import JSONResponse
+import orjson
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from ..errors import PartitionsMismatch
@@ -164,3 +165,21 @@ def _without_credentials(loc: Sequence[Any], value: Any, depth: int = 0) -> Any:
 
 def invalid_input(errors: Iterable[Mapping[str, Any]]) -> JSONResponse:
     return JSONResponse({"detail": describe(errors)}, status_code=422)
+
+
+def json_bytes(value: Any) -> bytes:
+    """`value` as compact UTF-8 JSON (orjson; Python's `json` for an integer beyond 64 bits,
+    which a watch's metadata or result may hold and orjson refuses)."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        return text.encode()
+
+
+def json_answer(value: Any, status_code: int = 200) -> Response:
+    """An answer already in the shape of the route's declared model (`codec.watch_json`, say),
+    sent as it is: no validation and serialisation again by the model (the model stays the
+    route's `response_model`, for the OpenAPI document). FastAPI sends a returned `Response`
+    untouched."""
+    return Response(json_bytes(value), status_code=status_code, media_type="application/json")

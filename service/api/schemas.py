@@ -21,7 +21,7 @@ from client.presets import DEFAULT_PRESET
 from client.upstream import MAX_HEADERS, MAX_HEADERS_BYTES, MAX_RULES, Upstream
 
 from ..domain import WatchState, WebhookState
-from ..store.codec import POLICY_DEFAULTS, timestamp, watch_json
+from ..store.codec import POLICY_DEFAULTS, iso_time, timestamp, watch_json
 from ..store.hosts import HostState
 
 MAX_METADATA_BYTES = 4096
@@ -272,6 +272,34 @@ class Health(BaseModel):
 def render_watch(doc: Mapping[str, Any]) -> Watch:
     """The stored document as the API's Watch (`codec.watch_json`, which webhooks carry)."""
     return Watch.model_validate(watch_json(doc))
+
+
+def summary_json(counts: dict[str, int], hosts: Sequence[HostState] = ()) -> dict[str, Any]:
+    """`render_summary` as the JSON of its `StatusSummary` (its fields in its order, numbers of its
+    types, `hosts` left out while there are none), for `GET /v1/status` to send as it is."""
+    by_state = {state.value: int(counts.get(state.value, 0)) for state in WatchState}
+    webhooks = {state.value: int(counts.get(f"wh:{state.value}", 0)) for state in WebhookState}
+    webhooks.pop(WebhookState.NONE.value)
+    summary: dict[str, Any] = {
+        "total": sum(by_state.values()),
+        "by_state": by_state,
+        "webhooks": {name: webhooks.get(name, 0) for name in WebhookCounts.model_fields},
+    }
+    if hosts:
+        summary["hosts"] = [
+            {
+                "host": h.host,
+                "port": int(h.port),
+                "budget": float(round(h.budget, 3)),
+                "rate_limit": float(h.rate_limit),
+                "breaker": h.breaker,
+                "open_until": iso_time(h.open_until_ms),
+                "breaker_trips": int(h.trips),
+                "last_polled_at": iso_time(h.last_seen_ms),
+            }
+            for h in hosts
+        ]
+    return summary
 
 
 def render_summary(counts: dict[str, int], hosts: Sequence[HostState] = ()) -> StatusSummary:

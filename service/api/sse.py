@@ -26,9 +26,10 @@ from redis.exceptions import RedisError
 
 from ..domain import WatchDoc, WatchState
 from ..errors import WatchNotFound
+from ..store.codec import watch_json
 from ..store.pubsub import EventHub
 from ..store.watches import Store
-from .schemas import render_watch
+from .responses import json_bytes
 
 logger = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 15.0
@@ -58,7 +59,7 @@ def current_events(doc: WatchDoc) -> list[tuple[EventKey, str]]:
 
 
 def format_event(key: EventKey, name: str, doc: WatchDoc) -> str:
-    data = render_watch(doc).model_dump_json()
+    data = json_bytes(watch_json(doc)).decode()
     return f"id: {key[0]}-{key[1]}\nevent: {name}\ndata: {data}\n\n"
 
 
@@ -90,8 +91,9 @@ async def stream(
                     sent = key
             if hub.closed:
                 return
-            try:
-                await asyncio.wait_for(changed.wait(), HEARTBEAT_SECONDS)
+            try:  # (not `wait_for`: a task of its own per wait, for each open stream)
+                async with asyncio.timeout(HEARTBEAT_SECONDS):
+                    await changed.wait()
             except TimeoutError:
                 yield ": heartbeat\n\n"
             changed.clear()
@@ -118,7 +120,8 @@ async def tenant_stream(store: Store, hub: EventHub, tenant: str) -> AsyncIterat
         ready = False
         while not hub.closed:
             try:
-                await asyncio.wait_for(follower.changed.wait(), HEARTBEAT_SECONDS)
+                async with asyncio.timeout(HEARTBEAT_SECONDS):
+                    await follower.changed.wait()
             except TimeoutError:
                 yield ": heartbeat\n\n"
                 continue
@@ -141,5 +144,5 @@ async def tenant_stream(store: Store, hub: EventHub, tenant: str) -> AsyncIterat
                 yield "event: resync\ndata: {}\n\n"  # the changes are lost: the list is not
                 continue
             for doc in docs:
-                yield f"event: watch\ndata: {render_watch(doc).model_dump_json()}\n\n"
+                yield f"event: watch\ndata: {json_bytes(watch_json(doc)).decode()}\n\n"
         yield ": the server is shutting down; reconnect\n\n"

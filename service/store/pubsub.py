@@ -13,7 +13,6 @@ import contextlib
 import contextvars
 import logging
 import time
-from collections import deque
 from collections.abc import Iterator
 
 import redis.asyncio as aioredis
@@ -27,6 +26,9 @@ LISTEN_TICK = 0.2  # how soon a new stream's subscription starts, at worst
 MARK_SECONDS = 30.0  # a partition is `listening` this long after its last mark...
 MARK_REFRESH_SECONDS = 10.0  # ...renewed this often while one of its watches is followed
 MAX_QUEUED_IDS = 1000  # a tenant stream further behind is told to resync (`event: resync`)
+# What an open stream holds is most of an API process's memory with thousands open
+# (bench/api.py --sse): a follower's ids are the one shared empty list until one comes.
+_NO_IDS: list[str] = []
 
 
 class Follower:
@@ -39,7 +41,7 @@ class Follower:
 
     def __init__(self) -> None:
         self.changed = asyncio.Event()
-        self.ids: deque[str] = deque()
+        self.ids: list[str] = _NO_IDS  # a list of its own once an id comes (a watch's: never)
         self.overflowed = False
         self.live = False  # its channel's subscription has started at least once
 
@@ -52,6 +54,8 @@ class Follower:
 
     def notify(self, payload: str) -> None:
         if payload:
+            if self.ids is _NO_IDS:
+                self.ids = []
             if len(self.ids) < MAX_QUEUED_IDS:
                 self.ids.append(payload)
             else:
@@ -61,7 +65,7 @@ class Follower:
     def take_ids(self) -> list[str]:
         """The ids queued since the last call, each once, oldest first."""
         ids = list(dict.fromkeys(self.ids))
-        self.ids.clear()
+        self.ids = _NO_IDS
         return ids
 
 

@@ -22,7 +22,7 @@ from ...settings import Settings
 from ...store.codec import HEADER_NAMES, SEALED_HEADERS, watch_json
 from ...store.watches import Store
 from ..deps import SettingsDep, StoreDep, TenantDep
-from ..responses import errors
+from ..responses import errors, json_answer
 from ..schemas import (
     StatusSummary,
     UpstreamSpec,
@@ -30,8 +30,7 @@ from ..schemas import (
     WatchCreate,
     WatchCreated,
     WatchPage,
-    render_summary,
-    render_watch,
+    summary_json,
 )
 
 router = APIRouter(prefix="/v1", tags=["watches"], responses=errors(401, 413, 422, 503))
@@ -42,6 +41,7 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = errors(404)
 @router.post(
     "/watches",
     status_code=status.HTTP_201_CREATED,
+    response_model=WatchCreated,
     # `callback_url` only with `callback: true` (render_watch sets every other field).
     response_model_exclude_unset=True,
     responses={
@@ -66,7 +66,6 @@ async def register_watch(
     tenant: TenantDep,
     settings: SettingsDep,
     request: Request,
-    response: Response,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -74,7 +73,7 @@ async def register_watch(
             description="repeat a request safely: same key and body give the same watch",
         ),
     ] = None,
-) -> WatchCreated:
+) -> Response:
     """Register a job to watch; workers poll its `status_url` until it ends."""
     _refuse_blocked_urls(body, settings)
     spec = body.spec()
@@ -91,13 +90,11 @@ async def register_watch(
     )
     if created:
         WATCHES_REGISTERED.inc()
-    else:
-        response.status_code = status.HTTP_200_OK
-    watch = WatchCreated.model_validate(watch_json(doc))
-    if body.callback:
+    watch = watch_json(doc)  # WatchCreated's fields, in its order
+    if body.callback:  # (without it, no `callback_url` at all: response_model_exclude_unset)
         base = settings.public_url or str(request.base_url).rstrip("/")
-        watch.callback_url = await _callback_url(store, doc["id"], base)
-    return watch
+        watch["callback_url"] = await _callback_url(store, doc["id"], base)
+    return json_answer(watch, status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
 async def _callback_url(store: Store, watch_id: str, base: str) -> str | None:
@@ -161,12 +158,17 @@ def _refuse_blocked_urls(body: WatchCreate, settings: Settings) -> None:
         raise RequestValidationError(errors)
 
 
-@router.get("/watches/{watch_id}", responses=NOT_FOUND)
-async def get_watch(watch_id: WatchId, store: StoreDep, tenant: TenantDep) -> Watch:
-    return render_watch(await store.get(tenant, watch_id))
+# The watch routes answer `codec.watch_json` as it is (`json_answer`): it is the JSON of `Watch`,
+# the model each declares for the OpenAPI document, which would only validate and serialise it
+# again (bench/api.py).
 
 
-@router.get("/watches")
+@router.get("/watches/{watch_id}", response_model=Watch, responses=NOT_FOUND)
+async def get_watch(watch_id: WatchId, store: StoreDep, tenant: TenantDep) -> Response:
+    return json_answer(watch_json(await store.get(tenant, watch_id)))
+
+
+@router.get("/watches", response_model=WatchPage)
 async def list_watches(
     store: StoreDep,
     tenant: TenantDep,
@@ -175,21 +177,23 @@ async def list_watches(
     cursor: Annotated[
         str | None, Query(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="`next_cursor` of a page")
     ] = None,
-) -> WatchPage:
+) -> Response:
     """The tenant's watches, newest first."""
     page = await store.page(tenant, state, limit, cursor)
-    return WatchPage(items=[render_watch(doc) for doc in page.docs], next_cursor=page.next_cursor)
+    items = [watch_json(doc) for doc in page.docs]
+    return json_answer({"items": items, "next_cursor": page.next_cursor})
 
 
 @router.delete(
     "/watches/{watch_id}",
+    response_model=Watch,
     responses={**NOT_FOUND, **errors(409, why={409: "the watch has already ended"})},
 )
-async def cancel_watch(watch_id: WatchId, store: StoreDep, tenant: TenantDep) -> Watch:
+async def cancel_watch(watch_id: WatchId, store: StoreDep, tenant: TenantDep) -> Response:
     """Stop watching; the watch ends as `cancelled` (no webhook is sent)."""
     doc = await store.cancel(tenant, watch_id)
     WATCHES_FINISHED.labels(WatchState.CANCELLED.value).inc()
-    return render_watch(doc)
+    return json_answer(watch_json(doc))
 
 
 @router.get("/presets", tags=["upstreams"])
@@ -199,10 +203,10 @@ async def list_presets(tenant: TenantDep) -> dict[str, Preset]:
     return PRESETS
 
 
-@router.get("/status")
-async def aggregated_status(store: StoreDep, tenant: TenantDep) -> StatusSummary:
+@router.get("/status", response_model=StatusSummary)
+async def aggregated_status(store: StoreDep, tenant: TenantDep) -> Response:
     """Counts of the tenant's watches by state, and of their webhooks; the budget and breaker
     of each upstream host its watches polled lately (only those: the fleet-wide state of a
     host the tenant uses, never which hosts other tenants use)."""
     counts, hosts = await asyncio.gather(store.counts(tenant), store.hosts.of_tenant(tenant))
-    return render_summary(counts, hosts)
+    return json_answer(summary_json(counts, hosts))
