@@ -31,7 +31,9 @@ async def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
 
 @pytest.fixture
 async def job_url() -> AsyncIterator[str]:
-    runner = web.AppRunner(create_app(SimulatorConfig(delay=2.0, hints=True)), access_log=None)
+    # 4 s: `vtwatch watch` starts a Python process, which on a loaded machine takes seconds; it
+    # must still see the job pending first.
+    runner = web.AppRunner(create_app(SimulatorConfig(delay=4.0, hints=True)), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     yield f"http://127.0.0.1:{runner.addresses[0][1]}/status"
