@@ -360,11 +360,13 @@ class ClaimLoop(ABC):
     def host_slot(self, host: str) -> HostSlot:
         return HostSlot(self, host)
 
-    async def write_while_held(self, claimed: Claimed, write: Callable[[], Awaitable[T]]) -> T:
+    async def write_while_held(
+        self, claimed: Claimed, write: Callable[[], Awaitable[T]], failures: int = 0
+    ) -> T:
         """Run a fenced write (safe to repeat), again after a store error for as long as the
         lease is ours: a passing READONLY or OOM must not throw away a finished poll or a
-        delivered webhook (whose lease would lapse, and the work be done again)."""
-        failures = 0
+        delivered webhook (whose lease would lapse, and the work be done again). `failures`:
+        how many times the caller's own first try already failed (the backoff goes on)."""
         while True:
             try:
                 return await write()
