@@ -79,7 +79,7 @@ def advance(
 ) -> WatchDoc:
     """The watch after one poll (sent at `sent_ms`, answered by `now_ms`) saw `seen`: a new
     document, due again (when the `planner`, if any, says within the rules) or ended."""
-    new = cast(WatchDoc, {**doc, "webhook": {**doc["webhook"]}})
+    new = cast(WatchDoc, {**doc})  # its webhook shared: only `end` changes it (a copy)
     new["attempts"] += 1
     new["last_polled_at"] = new["updated_at"] = now_ms
     new["last_error"] = seen.error
@@ -131,7 +131,7 @@ def plan_first_poll(
 def refused(doc: WatchDoc, spec: WatchSpec, reason: str, now_ms: int) -> WatchDoc:
     """The watch ended at its deadline without a last request (its host refused it): timeout,
     no attempt spent."""
-    new = cast(WatchDoc, {**doc, "webhook": {**doc["webhook"]}})
+    new = cast(WatchDoc, {**doc})
     new["updated_at"] = now_ms
     new["last_error"] = REFUSED[reason]
     end(new, Observation(None, error=REFUSED[reason]), spec.webhook_url, now_ms)
@@ -139,7 +139,8 @@ def refused(doc: WatchDoc, spec: WatchSpec, reason: str, now_ms: int) -> WatchDo
 
 
 def end(doc: WatchDoc, seen: Observation, webhook_url: str | None, now_ms: int) -> None:
-    """Write the terminal state onto the watch document."""
+    """Write the terminal state onto the watch document (a new webhook dict: the claimed
+    document's is shared)."""
     if seen.terminal and seen.status is not None:
         doc["state"] = seen.status.value
         doc["reason"] = seen.error if seen.status is Status.ERROR else None
@@ -152,7 +153,7 @@ def end(doc: WatchDoc, seen: Observation, webhook_url: str | None, now_ms: int) 
     doc["finished_at"] = now_ms
     doc["next_poll_at"] = None
     if webhook_url:
-        doc["webhook"]["state"] = WebhookState.PENDING.value
+        doc["webhook"] = {**doc["webhook"], "state": WebhookState.PENDING.value}
 
 
 class Poller(ClaimLoop):
