@@ -13,6 +13,7 @@ class Config:
     concurrency: int = 256
     per_host_concurrency: int | None = None  # None: the same as concurrency
     repeats: int = 3
+    processes: int = 1  # above 1: also `vtwatch worker --processes N` in each repeat
     warmup: float = 2.0
     window: float = 10.0
     lateness_period: float = 1.0

@@ -37,6 +37,34 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime (fields 14, 15)
 
 
+def tree_cpu_seconds(pid: int) -> float | None:
+    """`cpu_seconds` of a live process plus those of its live descendants (a supervisor and its
+    workers), else None."""
+    own = cpu_seconds(pid)
+    if own is None:
+        return None
+    for child in descendants(pid):
+        own += cpu_seconds(child) or 0.0
+    return own
+
+
+def descendants(pid: int) -> list[int]:
+    """The live descendants of a process (Linux /proc/<pid>/task/*/children)."""
+    found: list[int] = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            children = [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+        for child in children:
+            found += [child, *descendants(child)]
+    return found
+
+
 def machine_busy() -> float | None:
     """CPU seconds all cores spent busy since boot (everything but idle and iowait), else None."""
     try:
@@ -72,7 +100,8 @@ class Proc:
         return self.popen.poll() is None
 
     def cpu(self) -> float | None:
-        return cpu_seconds(self.pid)
+        """CPU seconds of the process and its descendants (`vtwatch worker --processes N`)."""
+        return tree_cpu_seconds(self.pid)
 
     def tail(self, lines: int = 20) -> str:
         try:

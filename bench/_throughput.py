@@ -207,11 +207,22 @@ async def wait_first_polls(sim: Simulator, proc: Proc, timeout: float = 30.0) ->
 
 
 async def run_worker(
-    sim: Simulator, store: Store, redis_url: str, cfg: Config, folder: Path, index: int
+    sim: Simulator,
+    store: Store,
+    redis_url: str,
+    cfg: Config,
+    folder: Path,
+    index: int,
+    processes: int = 1,
 ) -> WorkerRun:
+    """One `vtwatch worker` (with `processes` > 1: `--processes N`, a supervisor and N worker
+    processes, CPU summed over them) over the window."""
     env = worker_env(cfg, redis_url, store.keys.namespace)
+    env["VTW_METRICS_PORT"] = "0"  # N processes would need N ports; no scrape here anyway
     argv = vtwatch("--log-level", "warning", "worker")
-    proc = Proc("worker", argv, folder / f"worker-{index}.log", env)
+    if processes > 1:
+        argv += ["--processes", str(processes)]
+    proc = Proc("worker", argv, folder / f"worker-{index}-x{processes}.log", env)
     try:
         await wait_first_polls(sim, proc)
         await asyncio.sleep(cfg.warmup)

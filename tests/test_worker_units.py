@@ -161,6 +161,57 @@ async def test_one_slow_host_holds_at_most_half_the_slots() -> None:
     await loop.drain(0)
 
 
+class BatchQueue(RecordingQueue):
+    """Every claim returns as many items as asked for."""
+
+    async def claim(
+        self,
+        limit: int,
+        lease_seconds: float,
+        token: str,
+        lost_token: str | None = None,
+        partition: int = 0,
+    ) -> Claim:
+        items = []
+        for _ in range(limit):
+            self.claims += 1
+            doc: Any = {"id": f"w{self.claims}"}
+            items.append(Claimed(f"w{self.claims}", token, doc))
+        return Claim(0, None, items)
+
+
+class OneFastHostLoop(ClaimLoop):
+    name = "one-fast-host"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.most = 0
+
+    async def handle(self, claimed: Claimed) -> None:
+        async with self.host_slot("fast.example"):
+            self.most = max(self.most, self.host_limits.users("fast.example"))
+            await asyncio.sleep(0.002)
+
+
+async def test_a_host_that_turns_its_slots_over_quickly_may_take_more_than_its_share() -> None:
+    """A host whose polls answer in milliseconds is deferred only until its turnover is known
+    (`TURNOVER_SECONDS`); then it uses every slot, instead of its items going back to the
+    schedule and being claimed again (work the share rule would only churn)."""
+    queue = BatchQueue()
+    loop = OneFastHostLoop(queue, concurrency=8, lease_seconds=30)
+    claiming = asyncio.create_task(loop._claim_until_stopped())
+    await asyncio.sleep(1.5)
+    released = len(queue.released)
+    await asyncio.sleep(1.0)
+    loop.stop()
+    await asyncio.wait_for(claiming, 1)
+    await loop.drain(1)
+
+    assert released > 0  # at first: at most its share
+    assert len(queue.released) == released  # once its turnover is known: no more deferrals
+    assert loop.most > loop.host_share
+
+
 class FailingQueue(OneItemQueue):
     """Every claim fails with an error a failover or a full Redis gives."""
 

@@ -126,20 +126,21 @@ class HostBudget:
         # host -> tokens to take ahead (from its budget)
         self._prefetch: dict[str, int] = CappedDict(NOTED_MAX)
         # tokens taken ahead, until
-        self._credit: dict[Ask, tuple[int, float]] = CappedDict(NOTED_MAX)
+        self._credit: dict[Ask, list[float]] = CappedDict(NOTED_MAX)  # [tokens, until]
 
     def spend_credit(self, host: str, port: int, tenant: str) -> Admission | None:
         """One request of `tenant` to `port` of `host` from the tokens taken ahead for it, if
         any are left (no round trip, and no coroutine: most polls of a busy host go this way);
         else None."""
         key = (host, port, tenant)
-        credit = self._credit.pop(key, None)
+        credit = self._credit.get(key)
         if credit is not None:
-            tokens, until = credit
-            if time.monotonic() < until:
-                if tokens > 1:
-                    self._credit[key] = (tokens - 1, until)
+            if time.monotonic() < credit[1]:
+                credit[0] -= 1  # spent in place: no re-insertion per poll
+                if credit[0] <= 0:
+                    del self._credit[key]
                 return GRANTED
+            del self._credit[key]
         return None
 
     async def ask(self, host: str, port: int, tenant: str) -> Admission:
@@ -204,7 +205,7 @@ class HostBudget:
             for (port, tenant), grant in by_port.items():
                 extra = grant.granted - asked[host, port, tenant]
                 if extra > 0 and grant.breaker == "closed" and not grant.probe:
-                    self._credit[host, port, tenant] = (extra, until)
+                    self._credit[host, port, tenant] = [extra, until]
                 ahead = int(grant.budget * PREFETCH_SECONDS)
                 self._prefetch[host] = min(MAX_PREFETCH, ahead) if ahead >= MIN_PREFETCH else 0
 

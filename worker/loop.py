@@ -18,7 +18,7 @@ import time
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 
 from redis.exceptions import RedisError
 
@@ -33,6 +33,9 @@ from .retry import FailureStreak, outage_backoff
 logger = logging.getLogger(__name__)
 IDLE_SLEEP = 0.05
 DEFER_SECONDS = 1.0  # how long an item of a host over its share waits (±50 %)
+# A host whose items hold a slot this long or less on average may go past its share (HostLimits).
+TURNOVER_SECONDS = 0.5
+STALE_TURNOVER = 4 * TURNOVER_SECONDS  # an estimate older than this is not used
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -113,12 +116,23 @@ class HostLimits:
     """Per host of one loop: its users (items inside `host_slot`, running or waiting for a
     slot), counted always (the share rule binds whatever the limit), and, when `limit` can bind
     (it is below the loop's concurrency; None: it cannot), a semaphore of `limit` slots. A host
-    is forgotten with its last user."""
+    is forgotten with its last user.
+
+    The share rule is work-conserving for a host that turns its slots over quickly: one whose
+    items, by Little's law (users ÷ finishes per second over the last `TURNOVER_SECONDS` or
+    more), hold a slot for at most `TURNOVER_SECONDS` may take more than its share, since any
+    other host's item waits no longer than that for a slot; a slow or hanging host (few or no
+    finishes) stays at its share. Deferring the items of a fast host instead only puts them
+    back and claims them again, a Redis round trip each."""
 
     def __init__(self, limit: int | None) -> None:
         self.limit = limit
         self._semaphores: dict[str, asyncio.Semaphore] = {}
         self._users: Counter[str] = Counter()
+        # Hosts that reached their share: [time of the last estimate, finishes counted then,
+        # fast?, finishes]; kept across moments without users (a burst of polls that all
+        # answer at once), forgotten once stale.
+        self._turnover: dict[str, list[Any]] = {}
 
     def users(self, host: str) -> int:
         """Items of `host` running or waiting for a slot."""
@@ -128,10 +142,38 @@ class HostLimits:
         self._users[host] += 1
 
     def leave(self, host: str) -> None:
-        self._users[host] -= 1
-        if not self._users[host]:
-            del self._users[host]
+        users = self._users
+        users[host] -= 1
+        if not users[host]:
+            del users[host]
             self._semaphores.pop(host, None)
+        turnover = self._turnover.get(host)
+        if turnover is not None:
+            turnover[3] += 1
+
+    def turns_over(self, host: str) -> bool:
+        """Whether `host`'s items hold their slots briefly (at most `TURNOVER_SECONDS` each on
+        average, measured over at least that long); a host just seen at its share is not."""
+        now = time.monotonic()
+        turnover = self._turnover.get(host)
+        if turnover is not None:
+            elapsed = now - turnover[0]
+            if elapsed < TURNOVER_SECONDS:
+                return bool(turnover[2])
+            if elapsed <= STALE_TURNOVER:
+                fast: bool = (turnover[3] - turnover[1]) * TURNOVER_SECONDS >= self._users[
+                    host
+                ] * elapsed
+                turnover[:3] = now, turnover[3], fast
+                return fast
+            turnover[:3] = now, turnover[3], False  # stale: measure anew
+            return False
+        if len(self._turnover) >= 64:  # forget the stale hosts without users
+            for name, (since, *_) in list(self._turnover.items()):
+                if now - since > STALE_TURNOVER and not self._users[name]:
+                    del self._turnover[name]
+        self._turnover[host] = [now, 0, False, 0]
+        return False
 
     async def acquire(self, host: str) -> None:
         """Wait for a slot of `host` (a user who joined); give it back by `release`."""
@@ -147,9 +189,10 @@ class HostLimits:
 class HostSlot:
     """`async with loop.host_slot(host)`: the block runs within the host's limit, unless the
     loop began stopping meanwhile (`Abandoned`) or the host already holds its share of the
-    loop's slots (`Deferred`: so one slow host never takes every slot, whatever the per-host
-    limit). A context manager, not a wrapping coroutine: the block's awaits do not pass through
-    one more frame each time they resume (the poll's hot path)."""
+    loop's slots and does not turn them over quickly (`Deferred`: so one slow host never takes
+    every slot, whatever the per-host limit). A context manager, not a wrapping coroutine: the
+    block's awaits do not pass through one more frame each time they resume (the poll's hot
+    path)."""
 
     __slots__ = ("host", "limits", "loop")
 
@@ -158,7 +201,7 @@ class HostSlot:
 
     async def __aenter__(self) -> None:
         limits, host = self.limits, self.host
-        if limits.users(host) >= self.loop.host_share:
+        if limits.users(host) >= self.loop.host_share and not limits.turns_over(host):
             raise Deferred
         limits.join(host)
         if limits.limit is None:  # no queue to wait in: nothing to abandon either
@@ -317,11 +360,13 @@ class ClaimLoop(ABC):
     def host_slot(self, host: str) -> HostSlot:
         return HostSlot(self, host)
 
-    async def write_while_held(self, claimed: Claimed, write: Callable[[], Awaitable[T]]) -> T:
+    async def write_while_held(
+        self, claimed: Claimed, write: Callable[[], Awaitable[T]], failures: int = 0
+    ) -> T:
         """Run a fenced write (safe to repeat), again after a store error for as long as the
         lease is ours: a passing READONLY or OOM must not throw away a finished poll or a
-        delivered webhook (whose lease would lapse, and the work be done again)."""
-        failures = 0
+        delivered webhook (whose lease would lapse, and the work be done again). `failures`:
+        how many times the caller's own first try already failed (the backoff goes on)."""
         while True:
             try:
                 return await write()

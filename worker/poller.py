@@ -17,6 +17,7 @@ policy's bounds and lets hints win. Every job seen to completion teaches its ups
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -24,6 +25,7 @@ from collections import deque
 from typing import cast
 
 import aiohttp
+from redis.exceptions import RedisError
 
 from client.backoff import Planner, first_poll_delay, next_poll_delay
 from client.upstream import Observation, Status, fetch_status
@@ -45,7 +47,7 @@ from service.store.watches import Store
 from .budget import Admission, HostBudget, policy_of
 from .loop import ClaimLoop, Deferred, LeaseLost, WriteBatch
 from .partitions import Assignment, PartitionPicker
-from .retry import FailureStreak
+from .retry import FailureStreak, outage_backoff
 from .schedules import LearnedSchedules, completion_sample
 from .spec import SpecCache, WatchSpec
 
@@ -77,7 +79,7 @@ def advance(
 ) -> WatchDoc:
     """The watch after one poll (sent at `sent_ms`, answered by `now_ms`) saw `seen`: a new
     document, due again (when the `planner`, if any, says within the rules) or ended."""
-    new = cast(WatchDoc, {**doc, "webhook": {**doc["webhook"]}})
+    new = cast(WatchDoc, {**doc})  # its webhook shared: only `end` changes it (a copy)
     new["attempts"] += 1
     new["last_polled_at"] = new["updated_at"] = now_ms
     new["last_error"] = seen.error
@@ -129,7 +131,7 @@ def plan_first_poll(
 def refused(doc: WatchDoc, spec: WatchSpec, reason: str, now_ms: int) -> WatchDoc:
     """The watch ended at its deadline without a last request (its host refused it): timeout,
     no attempt spent."""
-    new = cast(WatchDoc, {**doc, "webhook": {**doc["webhook"]}})
+    new = cast(WatchDoc, {**doc})
     new["updated_at"] = now_ms
     new["last_error"] = REFUSED[reason]
     end(new, Observation(None, error=REFUSED[reason]), spec.webhook_url, now_ms)
@@ -137,7 +139,8 @@ def refused(doc: WatchDoc, spec: WatchSpec, reason: str, now_ms: int) -> WatchDo
 
 
 def end(doc: WatchDoc, seen: Observation, webhook_url: str | None, now_ms: int) -> None:
-    """Write the terminal state onto the watch document."""
+    """Write the terminal state onto the watch document (a new webhook dict: the claimed
+    document's is shared)."""
     if seen.terminal and seen.status is not None:
         doc["state"] = seen.status.value
         doc["reason"] = seen.error if seen.status is Status.ERROR else None
@@ -150,7 +153,7 @@ def end(doc: WatchDoc, seen: Observation, webhook_url: str | None, now_ms: int) 
     doc["finished_at"] = now_ms
     doc["next_poll_at"] = None
     if webhook_url:
-        doc["webhook"]["state"] = WebhookState.PENDING.value
+        doc["webhook"] = {**doc["webhook"], "state": WebhookState.PENDING.value}
 
 
 class Poller(ClaimLoop):
@@ -196,7 +199,10 @@ class Poller(ClaimLoop):
             if self.lateness_ms is not None:
                 self.lateness_ms.append(lateness_ms)
             SCHEDULE_LAG.observe(max(0, lateness_ms) / 1000)
-        planner = await self.schedules.planner(spec.upstream) if spec.adaptive else None
+        planner: Planner | None = None
+        if spec.adaptive:  # cached and fresh without a coroutine; else read (batched)
+            cached = self.schedules.cached(spec.upstream)
+            planner = await self.schedules.planner(spec.upstream) if cached is False else cached
         put_off = plan_first_poll(doc, spec, planner, self.server_now_ms(), self.rng)
         if put_off is not None:
             await self._write(claimed, put_off)
@@ -236,7 +242,16 @@ class Poller(ClaimLoop):
     async def _write(self, claimed: Claimed, updated: WatchDoc) -> None:
         """Save under the lease, then tell this process's pickers when the partition has
         something due next: the watch's next poll, or its webhook (at once)."""
-        if not await self.write_while_held(claimed, lambda: self.writes.add((claimed, updated))):
+        item = (claimed, updated)
+        try:  # most saves: one await, no retrying wrapper on the poll's await chain
+            saved = await self.writes.add(item)
+        except (RedisError, OSError):  # as `write_while_held`, which goes on from here
+            delay = outage_backoff(1)
+            if not self.keeper.holds(claimed, margin=delay):
+                raise
+            await asyncio.sleep(delay)
+            saved = await self.write_while_held(claimed, lambda: self.writes.add(item), 1)
+        if not saved:
             raise LeaseLost(claimed.id)
         partition = self.store.keys.of(claimed.id).number
         if updated["next_poll_at"] is not None:

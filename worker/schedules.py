@@ -18,7 +18,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from client.learned import LearnedSchedule
 from service.domain import WatchDoc
@@ -60,6 +60,14 @@ class LearnedSchedules:
         self._samples: dict[str, list[Sample]] = {}
         self._garbage: CappedDict[str, None] = CappedDict(GARBAGE_NOTED_MAX)  # logged ones
         self._read_failures = FailureStreak("poller: reading learned durations", logger)
+
+    def cached(self, upstream: str) -> LearnedSchedule | Literal[False] | None:
+        """`planner` without a coroutine when the upstream's is cached and fresh (most polls);
+        False when it must be read (then await `planner`)."""
+        cached = self._cache.get(upstream)
+        if cached is not None and self._clock() < cached[0]:
+            return cached[1]
+        return False
 
     async def planner(self, upstream: str) -> LearnedSchedule | None:
         """The upstream's planner; None while it has too few samples (or cannot be read)."""
