@@ -144,15 +144,15 @@ POLLS_DEFERRED = Counter(
     "vtwatch_polls_deferred",
     "Polls put off without a request (no attempt spent), by reason: budget (the host's "
     "fleet-wide budget is used up), budget_unavailable (the budget could not be taken: a store "
-    "error), breaker (its circuit breaker is open), host_share (it holds half of this worker's "
-    "slots)",
+    "error), breaker (its circuit breaker is open), host_share (a slow host holding half of "
+    "this worker's slots)",
     ["reason"],
 )
 WEBHOOKS_DEFERRED = Counter(
     "vtwatch_webhooks_deferred",
     "Webhook deliveries put off without a POST (no attempt spent), by reason: budget (the "
     "receiver host's fleet-wide budget is used up), budget_unavailable (the budget could not be "
-    "taken: a store error), host_share (the host holds half of this worker's slots)",
+    "taken: a store error), host_share (a slow host holds half of this worker's slots)",
     ["reason"],
 )
 BREAKER_TRIPS = Counter(
