@@ -9,7 +9,8 @@ shared branches `to_string` or `==` walk exponentially. So:
   itself), comparisons of two computed values (one side of `==`, `<`... must be a literal:
   ``status == `"done"` `` is fine, `a == b` is not), and `contains` with a computed needle;
   and at most `MAX_NODES` syntax nodes;
-* `search` counts its work (each node visited, each element a flatten produces) and gives up
+* `search` counts its work (each node visited, each element a flatten produces, each character
+  or element a function returns) and gives up
   past `WORK_BUDGET` with `TooMuchWork`: a 64 KiB body takes well under that. A `Budget` is
   shared by all the expressions run on one answer (the rules and hints of a StatusReader).
 """
@@ -104,8 +105,25 @@ class _Budgeted(TreeInterpreter):
         return super().visit(node, *args, **kwargs)
 
     def visit_flatten(self, node: Any, value: Any) -> Any:
-        result = super().visit_flatten(node, value)
-        if isinstance(result, list):
+        """As jmespath's, its size spent before the list is built (not after: one flatten of
+        a list of wide lists would build millions of elements first)."""
+        base = self.visit(node["children"][0], value)
+        if not isinstance(base, list):
+            return None
+        self._spend(sum(len(element) if isinstance(element, list) else 1 for element in base))
+        merged: list[Any] = []
+        for element in base:
+            if isinstance(element, list):
+                merged.extend(element)
+            else:
+                merged.append(element)
+        return merged
+
+    def visit_function_expression(self, node: Any, value: Any) -> Any:
+        """A function's result is work too: `join('', [@, @])` repeated doubles a string at
+        each stage without visiting more nodes."""
+        result = super().visit_function_expression(node, value)
+        if isinstance(result, str | list):
             self._spend(len(result))
         return result
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+import tracemalloc
 from typing import Any
 
 import aiohttp
@@ -806,3 +807,30 @@ def test_azure_lro_reads_the_lower_case_statuses_some_azure_services_answer() ->
         (b'{"status": "running"}', Status.PENDING),
     ]:
         assert reader.classify(200, body).status is status, body
+
+
+def test_a_function_result_is_work_a_join_that_doubles_a_string_stops_at_once() -> None:
+    """One tenant's rule must not build 2^46 bytes on a shared worker: `join` doubling a
+    string at each stage visits few nodes, so the budget counts what functions return."""
+    doubling = '`"xxxxxxxxxxxxxxxx"`' + " | join('', [@, @])" * 42
+    read = reader(rules=[{"path": doubling, "exists": True, "then": "completed"}])
+    started = time.perf_counter()
+    seen = read.classify(200, b'{"a": 1}')
+    assert seen.transient and "could not be evaluated" in (seen.error or "")
+    assert time.perf_counter() - started < HANG_GUARD
+
+
+def test_a_flatten_is_charged_before_it_builds_its_list() -> None:
+    """`[@, @ x 240][]` over a 64 KiB array of zeros would build 23 million elements before a
+    charge after the fact; the size is spent first, so nothing that large is built."""
+    payload = json.dumps([0] * 30_000, separators=(",", ":")).encode()
+    wide = "[@,@,@][] | [" + ",".join(["@"] * 240) + "][]"
+    read = reader(rules=[{"path": wide, "exists": True, "then": "completed"}])
+    tracemalloc.start()
+    try:
+        seen = read.classify(200, payload)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert seen.transient
+    assert peak < 20 * 1024 * 1024, peak  # the 23-million-element list is 180 MB
