@@ -86,3 +86,4 @@ class WatchDoc(TypedDict):
     webhook: WebhookDoc
     cancel_request: NotRequired[str]  # the request id of the cancel that ended it
     pending_at: NotRequired[int]  # when the last poll that saw the job pending was sent
+    pushed: NotRequired[bool]  # a callback came before its first poll: poll at once

@@ -123,7 +123,9 @@ async def test_a_callback_makes_a_watch_due_now_never_later(store: Store) -> Non
 
 
 async def test_a_callback_to_a_watch_already_due_changes_nothing(store: Store) -> None:
-    watch_id, (token,) = await register(store)  # a new watch is due at once
+    watch_id, (token,) = await register(store)
+    claimed = await claim_one(store)
+    await poll_and_save(store, claimed, seconds=-1)  # polled once, due again already
     due = await due_at(store, watch_id)
 
     assert await store.callback(watch_id, token_hash(token), 1.0) == "ignored"
@@ -132,6 +134,25 @@ async def test_a_callback_to_a_watch_already_due_changes_nothing(store: Store) -
     # ... and takes no early poll of the interval: one after the watch is polled still counts.
     await polled_far(store, watch_id)
     assert await store.callback(watch_id, token_hash(token), 1.0) == "accepted"
+
+
+async def test_a_callback_before_the_first_poll_is_not_lost(store: Store) -> None:
+    """A fast job pushes before any worker claimed its new watch: the watch is due already,
+    but its first poll would be put off to initial_wait_time at the claim; the callback marks
+    it, and the first poll comes at once."""
+    watch_id, (token,) = await register(store)  # a new watch is due at once, never polled
+
+    assert await store.callback(watch_id, token_hash(token), 1.0) == "accepted"
+    assert await store.callback(watch_id, token_hash(token), 1.0) == "ignored"  # one per interval
+
+    doc = (await claim_one(store)).doc
+    assert doc["pushed"] is True
+    spec = SpecCache(min_poll_interval=1.0).parse(
+        json.dumps(
+            {"status_url": "http://u/s", "callback": True, "policy": {"initial_wait_time": 60}}
+        )
+    )
+    assert plan_first_poll(doc, spec, None, doc["created_at"], random.Random(0)) is None
 
 
 async def test_a_burst_of_callbacks_makes_one_early_poll_per_interval(store: Store) -> None:

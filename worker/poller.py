@@ -116,7 +116,7 @@ def plan_first_poll(
     watch of one attempt; `initial_wait_time` for a watch with push callbacks, whose job the
     caller may create only after registering it; no request before it); None: poll now (its
     first poll is already planned, a callback came, or it is not worth putting off)."""
-    if doc["attempts"] or doc["next_poll_at"] != doc["created_at"]:
+    if doc["attempts"] or doc["next_poll_at"] != doc["created_at"] or doc.get("pushed"):
         return None
     remaining = (doc["deadline"] - doc["created_at"]) / 1000
     wait = first_poll_delay(spec.backoff, remaining, rng, planner, spec.max_attempts)

@@ -26,7 +26,9 @@ CHALLENGE = {"WWW-Authenticate": "Bearer"}
 CALLBACK_PATH = re.compile(r"^/v1/callbacks/[A-Za-z0-9_-]{1,64}/[A-Za-z0-9_-]{1,64}$")
 
 
-CALLBACK_TOKEN = re.compile(r"(/v1/callbacks/[^/?#\s]+/)[^/?#\s\"]+")
+# The last segment of any path under /v1/callbacks/ (malformed ones too: `ID//TOKEN`, an
+# encoded slash), up to a query, a fragment, a space or a quote.
+CALLBACK_TOKEN = re.compile(r"(/v1/callbacks/(?:[^?#\s\"]*/)?)[^/?#\s\"]+")
 
 
 def is_callback(path: str) -> bool:

@@ -4,7 +4,8 @@
 -- confirms by polling the status URL.
 --
 -- * Not leased (no poll in flight): its due time moves to now, never later than it was (a
---   watch already due is left alone: 'ignored'), and its document's `next_poll_at` says so. No
+--   watch already due is left alone: 'ignored', unless it was never polled: then it is marked
+--   `pushed`, so that its first poll is not put off), and its document's `next_poll_at` says so. No
 --   worker holds a copy of the document, so this write races no save; a claim after it reads it.
 -- * Leased (a poll in flight): a second, concurrent poll is never made. Instead an early poll is
 --   owed to the poll in flight: "<id> <its fencing token>" goes in the partition's `callbacks`
@@ -51,6 +52,14 @@ if holder then
   redis.call('ZADD', KEYS[5], now + interval, mark)
 else
   local due = redis.call('ZSCORE', KEYS[1], id)
+  if due and tonumber(due) <= now and (doc.attempts or 0) == 0 and not doc.pushed then
+    -- Due, never claimed yet: its first poll would be put off to initial_wait_time when the
+    -- worker claims it (poller.plan_first_poll); `pushed` says poll at once instead.
+    doc.pushed = true
+    redis.call('SET', KEYS[3], cjson.encode(doc))
+    redis.call('HSET', KEYS[4], 'early', now)
+    return 'accepted'
+  end
   if not due or tonumber(due) <= now then
     return 'ignored'
   end
